@@ -1,0 +1,92 @@
+"""Gradient conflict between tasks: cosine similarity of per-task gradients, layer by layer."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+
+def cosine_matrix(vectors: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """Pairwise cosine similarity of the rows of `vectors` (n, d) -> (n, n)."""
+    unit = vectors / vectors.norm(dim=-1, keepdim=True).clamp_min(eps)
+    return unit @ unit.T
+
+
+def _layer_of(param_name: str) -> str:
+    """Group a parameter under its owning module: 'a.b.lora_A.default.weight' -> 'a.b'."""
+    parts = param_name.split(".")
+    for i, part in enumerate(parts):
+        if part.startswith(("badit_", "lora_")):
+            return ".".join(parts[:i])
+    return ".".join(parts[:-1])
+
+
+def _batch_loss(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "labels")}
+    return model(**inputs).loss
+
+
+def gradient_conflict(
+    model: nn.Module, batches: Mapping[str, Mapping[str, torch.Tensor]]
+) -> dict[str, torch.Tensor | list[str]]:
+    """Per-task gradients of the trainable parameters and their pairwise cosines.
+
+    `batches` maps a task name to one collated batch (input_ids, attention_mask, labels). Returns
+    ``{"tasks": names, "layers": layer names, "overall": (T, T), "per_layer": (L, T, T)}`` where
+    ``overall`` uses all trainable parameters at once. The model's existing gradients are left as
+    they were.
+    """
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("gradient_conflict: the model has no trainable parameter; attach an adapter first")
+    if len(batches) < 2:
+        raise ValueError(f"gradient_conflict needs batches of at least 2 tasks, got {len(batches)}")
+    layers = sorted({_layer_of(n) for n, _ in params})
+    layer_index = torch.tensor([layers.index(_layer_of(n)) for n, _ in params])
+    saved = [p.grad for _, p in params]
+    device = params[0][1].device
+
+    flat_grads: list[list[torch.Tensor]] = []  # [task][parameter] -> flattened gradient
+    was_training = model.training
+    model.eval()  # no dropout: the measurement is deterministic
+    try:
+        for batch in batches.values():
+            grads = torch.autograd.grad(
+                _batch_loss(model, {k: v.to(device) for k, v in batch.items()}),
+                [p for _, p in params],
+                allow_unused=True,
+            )
+            flat_grads.append(
+                [
+                    torch.zeros_like(p).flatten() if g is None else g.flatten()
+                    for g, (_, p) in zip(grads, params)
+                ]
+            )
+    finally:
+        model.train(was_training)
+        for (_, p), g in zip(params, saved):
+            p.grad = g
+
+    tasks = list(batches)
+    n_tasks = len(tasks)
+    # Dot products per parameter, then summed per layer: (P, T, T) -> (L, T, T). No (T, all-params) copy.
+    dots = []
+    for i in range(len(params)):
+        g = torch.stack([flat_grads[t][i] for t in range(n_tasks)]).double()  # (T, numel)
+        dots.append(g @ g.T)
+    dots = torch.stack(dots)
+    per_layer_dots = torch.zeros(len(layers), n_tasks, n_tasks, dtype=torch.float64)
+    per_layer_dots.index_add_(0, layer_index, dots.cpu())
+
+    def to_cos(d: torch.Tensor) -> torch.Tensor:
+        norms = d.diagonal(dim1=-2, dim2=-1).clamp_min(1e-24).sqrt()
+        return (d / (norms.unsqueeze(-1) * norms.unsqueeze(-2))).float()
+
+    return {
+        "tasks": tasks,
+        "layers": layers,
+        "overall": to_cos(per_layer_dots.sum(0)),
+        "per_layer": to_cos(per_layer_dots),
+    }

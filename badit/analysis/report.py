@@ -1,0 +1,122 @@
+"""One call that measures interference and writes `analysis.json` plus heatmaps into a folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from badit.analysis.coactivation import expert_usage, neuron_overlap
+from badit.analysis.gradient_conflict import gradient_conflict
+
+
+def _has_badit_layers(model: nn.Module) -> bool:
+    return any(hasattr(m, "badit_router") for m in model.modules())
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _heatmap(matrix: torch.Tensor, labels_x, labels_y, title: str, path: Path, vmin=None, vmax=None) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(1.2 + 0.55 * len(labels_x), 1.0 + 0.45 * len(labels_y)))
+    im = ax.imshow(
+        matrix.numpy(), cmap="coolwarm" if vmin is not None and vmin < 0 else "viridis", vmin=vmin, vmax=vmax
+    )
+    ax.set_xticks(range(len(labels_x)), labels_x, rotation=60, ha="right", fontsize=7)
+    ax.set_yticks(range(len(labels_y)), labels_y, fontsize=7)
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(im, ax=ax, shrink=0.8)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def _short(names: list[str]) -> list[str]:
+    return [n if len(n) <= 24 else n[:21] + "..." for n in names]
+
+
+def analyze(
+    model: nn.Module,
+    batches: Mapping[str, Mapping[str, torch.Tensor]],
+    output_dir: str | os.PathLike,
+    neuron_module_suffix: str = "down_proj",
+    neuron_top_fraction: float = 0.01,
+) -> dict:
+    """Measure gradient conflict, expert usage (BADIT models) and neuron overlap between tasks.
+
+    Writes ``analysis.json`` and PNG heatmaps into `output_dir` and returns the JSON-ready dict.
+    """
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tasks = list(batches)
+    short = _short(tasks)
+    result: dict = {"tasks": tasks}
+
+    conflict = gradient_conflict(model, batches)
+    off = ~torch.eye(len(tasks), dtype=torch.bool)
+    per_layer_mean = torch.stack([c[off].mean() for c in conflict["per_layer"]])
+    worst = torch.argmin(torch.where(off, conflict["overall"], torch.inf))
+    a, b = divmod(int(worst), len(tasks))
+    result["gradient_conflict"] = {
+        "overall": conflict["overall"].tolist(),
+        "layers": conflict["layers"],
+        "per_layer_mean_offdiag": per_layer_mean.tolist(),
+        "mean_offdiag": float(conflict["overall"][off].mean()),
+        "most_conflicting_pair": [tasks[a], tasks[b], float(conflict["overall"][a, b])],
+        "most_conflicting_layer": conflict["layers"][int(per_layer_mean.argmin())],
+    }
+    _heatmap(
+        conflict["overall"],
+        short,
+        short,
+        "gradient cosine between tasks",
+        out / "gradient_conflict.png",
+        -1,
+        1,
+    )
+
+    if _has_badit_layers(model):
+        usage = expert_usage(model, batches)
+        result["expert_usage"] = {
+            "layers": usage["layers"],
+            "usage": usage["usage"].tolist(),
+            "similarity": usage["similarity"].tolist(),
+        }
+        mean_usage = usage["usage"].mean(0)  # (T, K)
+        experts = [f"e{k}" for k in range(mean_usage.shape[1])]
+        _heatmap(
+            mean_usage, experts, short, "mean routing weight per task", out / "expert_usage.png", 0, None
+        )
+
+    neurons = neuron_overlap(model, batches, neuron_module_suffix, neuron_top_fraction)
+    result["neuron_overlap"] = {
+        "top_fraction": neuron_top_fraction,
+        "mean_jaccard": neurons["mean_jaccard"].tolist(),
+        "mean_offdiag": float(neurons["mean_jaccard"][off].mean()),
+    }
+    _heatmap(
+        neurons["mean_jaccard"], short, short, "top-neuron Jaccard overlap", out / "neuron_overlap.png", 0, 1
+    )
+
+    _write_atomic(out / "analysis.json", json.dumps(result, indent=2).encode())
+    return result

@@ -1,0 +1,84 @@
+"""Interference measurements give known numbers on hand-made cases."""
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+from badit.analysis import cosine_matrix, gradient_conflict, neuron_overlap, top_fraction_jaccard
+from tests.conftest import make_tiny_model
+
+
+class LinearLoss(nn.Module):
+    """loss = w1 . x1 + w2 . x2, so the gradient of task t is exactly its (x1, x2)."""
+
+    def __init__(self):
+        super().__init__()
+        self.first = nn.Linear(2, 1, bias=False)
+        self.second = nn.Linear(2, 1, bias=False)
+
+    def forward(self, input_ids, attention_mask=None, labels=None):
+        x1, x2 = input_ids[:, :2].float(), input_ids[:, 2:].float()
+        return SimpleNamespace(loss=(self.first(x1) + self.second(x2)).sum())
+
+
+def test_gradient_conflict_matches_hand_computed_cosines():
+    model = LinearLoss()
+    batches = {
+        "a": {"input_ids": torch.tensor([[1, 0, 0, 1]])},
+        "b": {"input_ids": torch.tensor([[-1, 0, 0, -1]])},
+        "c": {"input_ids": torch.tensor([[1, 0, 0, 0]])},
+    }
+    out = gradient_conflict(model, batches)
+    assert out["tasks"] == ["a", "b", "c"]
+    assert out["layers"] == ["first", "second"]
+    expected = torch.tensor(
+        [[1, -1, 1 / math.sqrt(2)], [-1, 1, -1 / math.sqrt(2)], [1 / math.sqrt(2), -1 / math.sqrt(2), 1]]
+    )
+    torch.testing.assert_close(out["overall"], expected.float())
+    # Layer "first" sees x1 only: a and c agree exactly, b opposes both.
+    torch.testing.assert_close(out["per_layer"][0], torch.tensor([[1.0, -1, 1], [-1, 1, -1], [1, -1, 1]]))
+    assert model.first.weight.grad is None  # the measurement leaves .grad untouched
+
+
+def test_gradient_conflict_rejects_frozen_model_and_single_task():
+    model = LinearLoss()
+    with pytest.raises(ValueError, match="at least 2 tasks"):
+        gradient_conflict(model, {"a": {"input_ids": torch.ones(1, 4, dtype=torch.long)}})
+    model.requires_grad_(False)
+    with pytest.raises(ValueError, match="no trainable parameter"):
+        gradient_conflict(model, {"a": {}, "b": {}})
+
+
+def test_cosine_matrix():
+    v = torch.tensor([[3.0, 4.0], [4.0, -3.0], [-6.0, -8.0]])
+    torch.testing.assert_close(cosine_matrix(v), torch.tensor([[1.0, 0, -1], [0, 1, 0], [-1, 0, 1]]))
+
+
+def test_top_fraction_jaccard_known_sets():
+    scores = torch.tensor([[[9.0, 8, 1, 0], [9.0, 0, 8, 1], [0.0, 1, 8, 9]]])  # 1 layer, 3 tasks, 4 neurons
+    jac = top_fraction_jaccard(scores, 0.5)  # top-2 sets: {0,1}, {0,2}, {2,3}
+    expected = torch.tensor([[[1.0, 1 / 3, 0], [1 / 3, 1, 1 / 3], [0, 1 / 3, 1]]])
+    torch.testing.assert_close(jac, expected)
+    with pytest.raises(ValueError, match="fraction"):
+        top_fraction_jaccard(scores, 0.0)
+
+
+def test_neuron_overlap_on_tiny_model():
+    model = make_tiny_model("llama")
+    ids = torch.randint(3, 128, (2, 9), generator=torch.Generator().manual_seed(0))
+    other = torch.randint(3, 128, (2, 9), generator=torch.Generator().manual_seed(1))
+    batches = {
+        "same1": {"input_ids": ids},
+        "same2": {"input_ids": ids.clone()},
+        "other": {"input_ids": other},
+    }
+    out = neuron_overlap(model, batches, top_fraction=0.1)
+    assert out["layers"] == ["model.layers.0.mlp.down_proj", "model.layers.1.mlp.down_proj"]
+    assert out["jaccard"].shape == (2, 3, 3)
+    assert torch.all(out["jaccard"][:, 0, 1] == 1.0)  # identical inputs -> identical top neurons
+    assert torch.all(out["jaccard"][:, 0, 2] < 1.0)
+    with pytest.raises(ValueError, match="module_suffix"):
+        neuron_overlap(model, batches, module_suffix="nonexistent")
