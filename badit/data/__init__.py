@@ -1,1 +1,36 @@
-"""badit.data"""
+"""badit.data: SuperNI tasks, prompts, tokenisation with answer-only labels, batching and sampling."""
+
+from badit.data.check import check_data, run_data_check
+from badit.data.collate import DataCollator
+from badit.data.download import download_tasks, write_split_layout
+from badit.data.files import DataError
+from badit.data.order import task_order
+from badit.data.prompts import PAPER_TEMPLATE, PromptParts, PromptTemplate, format_prompt
+from badit.data.sampling import TaskBalancedSampler
+from badit.data.splits import SplitSizes
+from badit.data.tasks import Instance, Task, list_tasks, load_task, load_tasks
+from badit.data.tokenize import IGNORE_INDEX, encode_prompts, tokenize_tasks
+
+__all__ = [
+    "DataCollator",
+    "DataError",
+    "IGNORE_INDEX",
+    "Instance",
+    "PAPER_TEMPLATE",
+    "PromptParts",
+    "PromptTemplate",
+    "SplitSizes",
+    "Task",
+    "TaskBalancedSampler",
+    "check_data",
+    "download_tasks",
+    "encode_prompts",
+    "format_prompt",
+    "list_tasks",
+    "load_task",
+    "load_tasks",
+    "run_data_check",
+    "task_order",
+    "tokenize_tasks",
+    "write_split_layout",
+]

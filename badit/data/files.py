@@ -1,0 +1,73 @@
+"""Safe file access for data and run folders: clear errors for bad files, atomic writes."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+class DataError(ValueError):
+    """Bad input data: the message names the file, what is wrong and how to fix it."""
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write `text` (UTF-8) to `path` so readers see either the old file or the complete new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+def atomic_write_jsonl(path: str | os.PathLike, rows: list[dict]) -> None:
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+def inside(root: Path, path: Path) -> Path:
+    """`path` with symlinks resolved; DataError if it lies outside `root` (e.g. `../` or a symlink)."""
+    resolved = path.resolve()
+    if not resolved.is_relative_to(root.resolve()):
+        raise DataError(
+            f"{path}: resolves to {resolved}, outside the data folder {root.resolve()}; "
+            "move the data into the folder instead of linking to it, and do not use '..' in task names"
+        )
+    return resolved
+
+
+def parse_json_bytes(raw: bytes, source: str) -> Any:
+    """Decode UTF-8 JSON; DataError naming `source` and the position of the problem."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(
+            f"{source}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at offset {e.start}); re-save the file as UTF-8"
+        ) from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{source}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
+
+
+def read_json_file(path: Path) -> Any:
+    """Read and parse a UTF-8 JSON file; DataError for a missing, unreadable, non-UTF-8 or invalid file."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror})") from None
+    return parse_json_bytes(raw, str(path))

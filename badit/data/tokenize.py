@@ -1,0 +1,111 @@
+"""Tokenisation for causal-LM instruction tuning: loss on the answer only.
+
+An example is `prompt_ids + answer_ids + [eos]` with labels -100 on the prompt. The prompt is
+tokenised in three pieces (prefix, input, suffix; see `PromptParts`) so that only the instance
+input is truncated, from the left, to fit `max_source_length`; the answer (+ EOS) is cut to
+`max_target_length` from the right. Evaluation encodes prompts with the same function
+(`encode_prompts`), so the model sees identical prompt tokens in training and evaluation.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+from badit.data.prompts import PromptParts, PromptTemplate
+from badit.data.tasks import Instance, Task
+
+IGNORE_INDEX = -100
+
+
+def leading_special_tokens(tokenizer) -> list[int]:
+    """The ids the tokenizer puts before any text (e.g. BOS for Llama/Gemma; none for SmolLM2/Qwen)."""
+    with_special = tokenizer("a")["input_ids"]
+    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+    return with_special[: with_special.index(plain[0])] if plain and plain[0] in with_special else []
+
+
+def _batch_ids(tokenizer, texts: list[str]) -> list[list[int]]:
+    return tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+
+
+def _fit_prompt(
+    lead: list[int], prefix: list[int], inp: list[int], suffix: list[int], max_len: int
+) -> list[int]:
+    """lead + prefix + input + suffix in at most `max_len` tokens, cutting the input from the left
+    (and, only when the input is gone, the prefix from the left)."""
+    budget = max_len - len(lead) - len(prefix) - len(suffix)
+    if budget >= 0:
+        return lead + prefix + inp[max(len(inp) - budget, 0) :] + suffix
+    keep = max_len - len(lead) - len(suffix)
+    if keep < 0:
+        raise ValueError(
+            f"max_source_length={max_len} is shorter than the fixed end of the prompt ({len(suffix)} tokens); "
+            "raise max_source_length"
+        )
+    return lead + prefix[len(prefix) - keep :] + suffix
+
+
+def encode_prompt_parts(
+    tokenizer, parts: Sequence[PromptParts], max_source_length: int, chat: bool
+) -> list[list[int]]:
+    """Token ids of each prompt, the input truncated from the left to fit `max_source_length`.
+    `chat`: the text came from a chat template, which already holds its special tokens."""
+    lead = [] if chat else leading_special_tokens(tokenizer)
+    prefixes = _batch_ids(tokenizer, [p.prefix for p in parts])
+    inputs = _batch_ids(tokenizer, [p.input for p in parts])
+    suffixes = _batch_ids(tokenizer, [p.suffix for p in parts])
+    return [_fit_prompt(lead, a, b, c, max_source_length) for a, b, c in zip(prefixes, inputs, suffixes)]
+
+
+def _pairs(tasks: Sequence[Task]) -> list[tuple[Task, Instance]]:
+    return [(task, inst) for task in tasks for inst in task.instances]
+
+
+def encode_prompts(
+    tokenizer, tasks: Sequence[Task], template: PromptTemplate | None = None, max_source_length: int = 1024
+) -> list[list[int]]:
+    """Prompt token ids of every instance of every task, in task then instance order."""
+    template = template or PromptTemplate()
+    parts = [template.parts(task, inst, tokenizer) for task, inst in _pairs(tasks)]
+    return encode_prompt_parts(tokenizer, parts, max_source_length, template.use_chat_template)
+
+
+def tokenize_tasks(
+    tokenizer,
+    tasks: Sequence[Task],
+    template: PromptTemplate | None = None,
+    *,
+    max_source_length: int = 1024,
+    max_target_length: int = 128,
+    seed: int = 0,
+    task_ids: dict[str, int] | None = None,
+) -> list[dict]:
+    """Training examples {input_ids, labels, task_id} for every instance of every task.
+
+    Where an instance has several acceptable outputs, one is chosen with `random.Random(seed)`.
+    `task_ids` maps task name -> integer id (default: position in `tasks`).
+    """
+    if tokenizer.eos_token_id is None:
+        raise ValueError("the tokenizer has no eos_token_id; set tokenizer.eos_token before tokenising")
+    if max_target_length < 1:
+        raise ValueError(f"max_target_length must be >= 1 (room for EOS), got {max_target_length}")
+    task_ids = task_ids if task_ids is not None else {t.name: i for i, t in enumerate(tasks)}
+    missing = [t.name for t in tasks if t.name not in task_ids]
+    if missing:
+        raise ValueError(f"task_ids has no id for tasks {missing}")
+    rng = random.Random(seed)
+    pairs = _pairs(tasks)
+    prompts = encode_prompts(tokenizer, tasks, template, max_source_length)
+    answers = _batch_ids(tokenizer, [rng.choice(inst.outputs) for _, inst in pairs])
+    examples = []
+    for (task, _), prompt, answer in zip(pairs, prompts, answers):
+        answer = answer[: max_target_length - 1] + [tokenizer.eos_token_id]
+        examples.append(
+            {
+                "input_ids": prompt + answer,
+                "labels": [IGNORE_INDEX] * len(prompt) + answer,
+                "task_id": task_ids[task.name],
+            }
+        )
+    return examples
