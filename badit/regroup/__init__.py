@@ -1,1 +1,26 @@
-"""badit.regroup"""
+"""Dynamic orthogonality: periodic regrouping of rank-1 components by gradient direction.
+
+`attach_gradient_tracking(model)` installs the backward hooks that gather each component's gradient
+since the last regroup; `regroup(model, optimizer)` clusters the components of every BADIT layer into
+experts of equal size (balanced spherical k-means) and permutes them, with their optimizer state;
+`regroup_due(config, ...)` implements the schedule of the BaditConfig.
+"""
+
+from badit.regroup.core import regroup, summarize
+from badit.regroup.gradients import attach_gradient_tracking, detach_gradient_tracking
+from badit.regroup.permute import UnsupportedOptimizerState, permute_components
+from badit.regroup.plan import RegroupPlan, grouping_stats, plan_regroup
+from badit.regroup.schedule import regroup_due
+
+__all__ = [
+    "RegroupPlan",
+    "UnsupportedOptimizerState",
+    "attach_gradient_tracking",
+    "detach_gradient_tracking",
+    "grouping_stats",
+    "permute_components",
+    "plan_regroup",
+    "regroup",
+    "regroup_due",
+    "summarize",
+]

@@ -1,0 +1,104 @@
+"""`regroup(model, optimizer)`: one regroup of every tracked BADIT layer, now."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+from torch import nn
+
+from badit.regroup.distributed import all_reduce_sum_, broadcast_from_rank0
+from badit.regroup.gradients import GradientWindow, gradient_windows, iter_badit_layers
+from badit.regroup.permute import check_not_sharded, permute_components
+from badit.regroup.plan import grouping_stats, plan_regroup
+
+logger = logging.getLogger(__name__)
+
+
+def _kmeans_iters(model: nn.Module, adapter_name: str, default: int = 20) -> int:
+    for module in model.modules():
+        configs = getattr(module, "peft_config", None)
+        if isinstance(configs, dict) and adapter_name in configs:
+            return int(getattr(configs[adapter_name], "regroup_kmeans_iters", default))
+    return default
+
+
+def _stats_key(layer_name: str, adapter_name: str) -> str:
+    return layer_name if adapter_name == "default" else f"{layer_name}.{adapter_name}"
+
+
+@torch.no_grad()
+def regroup(
+    model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *, kmeans_iters: int | None = None
+) -> dict[str, dict[str, float]]:
+    """Regroup the rank-1 components of every tracked BADIT layer by gradient direction, now.
+
+    Uses the gradients gathered since the last regroup by `attach_gradient_tracking` (installed when
+    the BADIT model is built), permutes each layer's components so that each expert holds one cluster
+    of the balanced spherical k-means (clusters matched to experts so that few components move), moves
+    the optimizer state with them (pass the optimizer!) and starts a new gradient window.
+
+    Under torch.distributed every rank must call it at the same point; all ranks apply the same
+    permutations. Layers with no gradient in the window are left as they are.
+
+    Returns {layer name: statistics} (see `badit.regroup.plan.grouping_stats`; `*_before` entries
+    describe the grouping before this regroup); adapters other than "default" get a ".<name>" suffix.
+    """
+    check_not_sharded(model)
+    tracked: list[tuple[str, nn.Module, str, GradientWindow]] = [
+        (layer_name, layer, adapter_name, window)
+        for layer_name, layer in iter_badit_layers(model)
+        for adapter_name, window in gradient_windows(layer).items()
+    ]
+    if not tracked:
+        logger.warning("badit.regroup: no tracked BADIT layer (was attach_gradient_tracking called?)")
+        return {}
+    signals = [window.statistics() for *_, window in tracked]
+    all_reduce_sum_(signals)
+
+    perms: list[torch.Tensor] = []
+    plans: list[tuple[np.ndarray, dict[str, float]] | None] = []  # directions and plan statistics
+    for (_, layer, adapter_name, _), signal in zip(tracked, signals, strict=True):
+        num_experts, size = layer.num_experts[adapter_name], layer.r[adapter_name]
+        directions = signal.double().cpu().numpy()
+        if num_experts < 2 or not directions.any():
+            perms.append(torch.arange(num_experts * size))
+            plans.append(None)
+            continue
+        iters = kmeans_iters if kmeans_iters is not None else _kmeans_iters(model, adapter_name)
+        plan = plan_regroup(directions, num_experts, size, kmeans_iters=iters)
+        perms.append(torch.from_numpy(plan.perm))
+        plans.append((directions, plan.stats))
+    perms = broadcast_from_rank0(perms, device=signals[0].device)
+
+    stats: dict[str, dict[str, float]] = {}
+    for (layer_name, layer, adapter_name, window), perm, plan in zip(tracked, perms, plans, strict=True):
+        if not torch.equal(perm, torch.arange(len(perm))):
+            permute_components(layer, adapter_name, perm, optimizer)
+        window.reset()
+        if plan is None:
+            continue
+        directions, plan_stats = plan
+        # Recomputed from the permutation actually applied (rank 0's), so every rank reports the same.
+        final = grouping_stats(
+            directions, perm.numpy(), layer.num_experts[adapter_name], layer.r[adapter_name]
+        )
+        stats[_stats_key(layer_name, adapter_name)] = {**plan_stats, **final}
+    skipped = len(tracked) - len(stats)
+    if skipped:
+        logger.info(
+            "badit.regroup: %d adapter layer(s) had no gradient since the last regroup; unchanged", skipped
+        )
+    return stats
+
+
+def summarize(stats: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Means over layers of the per-layer statistics of one regroup (`moved` is summed), for logging."""
+    if not stats:
+        return {}
+    keys = next(iter(stats.values())).keys()
+    summary = {key: float(np.mean([layer[key] for layer in stats.values()])) for key in keys}
+    summary["moved"] = float(sum(layer["moved"] for layer in stats.values()))
+    summary["layers"] = float(len(stats))
+    return summary

@@ -1,0 +1,147 @@
+"""Per-component gradient windows, filled by backward hooks on the adapter parameters.
+
+Rank-1 component j of a BADIT layer is row j of A (K*r, in) with column j of B (out, K*r). Its
+gradient signal is the row j of one (K*r, in + out) buffer holding [dL/dA_j, dL/dB_j], summed (or
+averaged exponentially) over the backward passes since the last regroup: as many entries as the
+adapter itself, and no per-expert copies of the gradients.
+
+The hooks are `Tensor.register_hook` hooks on the parameters: they see the gradient of each backward
+pass exactly once, before it is accumulated into `.grad`, so gradient accumulation does not count a
+micro-batch twice (a hook reading `.grad` after every micro-batch would), and under
+DistributedDataParallel they see the local gradient (ranks are combined when regrouping).
+Non-finite gradients (a step that fp16 loss scaling will skip) are ignored; the loss scale itself
+does not matter because only directions are used.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+WINDOWS_ATTR = "_badit_gradient_windows"  # layer attribute: dict adapter name -> GradientWindow
+
+
+class GradientWindow:
+    """Gradient statistics of one adapter of one layer since the last regroup.
+
+    ema=None sums the gradients; a float d in [0, 1) keeps buffer <- d * buffer + (1 - d) * grad at
+    every backward pass (one update per micro-batch under gradient accumulation).
+    """
+
+    def __init__(self, lora_A: nn.Parameter, lora_B: nn.Parameter, ema: float | None = None):
+        if ema is not None and not 0.0 <= ema < 1.0:
+            raise ValueError(f"regroup_ema must be None or a float in [0, 1), got {ema!r}")
+        self.lora_A, self.lora_B, self.ema = lora_A, lora_B, ema
+        self.in_features = lora_A.shape[1]
+        self.buffer: torch.Tensor | None = None  # (K*r, in + out) float32, allocated on first backward
+        self.backward_passes = 0
+        self._handles = [lora_A.register_hook(self._on_grad_A), lora_B.register_hook(self._on_grad_B)]
+
+    def _buffer_like(self, grad: torch.Tensor) -> torch.Tensor:
+        if self.buffer is None:
+            rows = self.lora_A.shape[0]
+            self.buffer = torch.zeros(rows, self.in_features + self.lora_B.shape[0], device=grad.device)
+        elif self.buffer.device != grad.device:  # the model was moved after the window started
+            self.buffer = self.buffer.to(grad.device)
+        return self.buffer
+
+    def _accumulate(self, target: torch.Tensor, grad: torch.Tensor) -> None:
+        finite = torch.isfinite(grad).all()  # stays on the device: no synchronisation
+        grad = grad.float()
+        with torch.no_grad():
+            if self.ema is None:
+                target.add_(torch.where(finite, grad, 0.0))
+            else:
+                target.lerp_(torch.where(finite, grad, target), 1.0 - self.ema)
+
+    def _on_grad_A(self, grad: torch.Tensor) -> None:
+        self.backward_passes += 1
+        self._accumulate(self._buffer_like(grad)[:, : self.in_features], grad)
+
+    def _on_grad_B(self, grad: torch.Tensor) -> None:
+        self._accumulate(self._buffer_like(grad)[:, self.in_features :], grad.T)
+
+    def statistics(self) -> torch.Tensor:
+        """The (K*r, in + out) buffer, zeros if no gradient arrived yet."""
+        if self.buffer is None:
+            rows = self.lora_A.shape[0]
+            return torch.zeros(rows, self.in_features + self.lora_B.shape[0], device=self.lora_A.device)
+        return self.buffer
+
+    def permute_(self, perm: torch.Tensor) -> None:
+        """Reorder the components like the adapter: new row j = old row perm[j]."""
+        if self.buffer is not None:
+            self.buffer.copy_(self.buffer.index_select(0, perm.to(self.buffer.device)))
+
+    def reset(self) -> None:
+        """Start a new window (called after each regroup)."""
+        if self.buffer is not None:
+            self.buffer.zero_()
+        self.backward_passes = 0
+
+    def remove(self) -> None:
+        """Remove the hooks; the window stops receiving gradients."""
+        for handle in self._handles:
+            handle.remove()
+
+    def __deepcopy__(self, memo: dict) -> GradientWindow:
+        # Parameter.__deepcopy__ drops tensor hooks: re-register them on the copied parameters.
+        clone = GradientWindow(copy.deepcopy(self.lora_A, memo), copy.deepcopy(self.lora_B, memo), self.ema)
+        clone.buffer = None if self.buffer is None else self.buffer.clone()
+        clone.backward_passes = self.backward_passes
+        return clone
+
+
+def iter_badit_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+    """(name, module) of every module carrying packed BADIT factors (badit_A / badit_B)."""
+    for name, module in model.named_modules():
+        if hasattr(module, "badit_A") and hasattr(module, "badit_B"):
+            yield name, module
+
+
+def _config_ema(model: nn.Module, adapter_name: str) -> float | None:
+    """regroup_ema of the adapter's BaditConfig, found on the PEFT model or tuner (None if absent)."""
+    for module in model.modules():
+        configs = getattr(module, "peft_config", None)
+        if isinstance(configs, dict) and adapter_name in configs:
+            return getattr(configs[adapter_name], "regroup_ema", None)
+    return None
+
+
+def attach_gradient_tracking(model: nn.Module, ema: float | None = None) -> int:
+    """Install gradient windows on every BADIT layer and adapter of `model`; returns how many are tracked.
+
+    ema: EMA decay for every adapter; None takes each adapter's `BaditConfig.regroup_ema` (None there
+    means a plain sum since the last regroup). Frozen adapters are skipped (a hook needs a parameter
+    that requires grad), so call it again after making an adapter trainable; it is idempotent:
+    adapters already tracked keep their window.
+    """
+    decays: dict[str, float | None] = {}
+    tracked = 0
+    for _, layer in iter_badit_layers(model):
+        windows = layer.__dict__.setdefault(WINDOWS_ATTR, {})
+        for adapter_name, lora_A in layer.badit_A.items():
+            lora_B = layer.badit_B[adapter_name]
+            if not (lora_A.requires_grad and lora_B.requires_grad):
+                continue  # frozen (e.g. loaded for inference): nothing to track, no hook possible
+            if adapter_name not in windows:
+                if adapter_name not in decays:
+                    decays[adapter_name] = ema if ema is not None else _config_ema(model, adapter_name)
+                windows[adapter_name] = GradientWindow(lora_A, lora_B, decays[adapter_name])
+            tracked += 1
+    return tracked
+
+
+def detach_gradient_tracking(model: nn.Module) -> None:
+    """Remove every gradient window and its hooks from `model`."""
+    for _, layer in iter_badit_layers(model):
+        for window in layer.__dict__.pop(WINDOWS_ATTR, {}).values():
+            window.remove()
+
+
+def gradient_windows(layer: nn.Module) -> dict[str, GradientWindow]:
+    """The windows installed on a layer (empty if tracking was never attached)."""
+    return layer.__dict__.get(WINDOWS_ATTR, {})

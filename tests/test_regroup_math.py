@@ -1,0 +1,133 @@
+"""Balanced spherical k-means, cluster-to-expert matching and the regroup schedule, on synthetic data."""
+
+from __future__ import annotations
+
+import itertools
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from badit.regroup import plan_regroup, regroup_due
+from badit.regroup.kmeans import balanced_assignment
+from badit.regroup.matching import match_clusters_to_experts, permutation_from_targets
+
+K, R, DIM = 6, 4, 2112  # SmolLM2 gate_proj: 576 + 1536 gradient entries per component
+
+
+def planted_directions(groups: np.ndarray, noise: float, seed: int) -> np.ndarray:
+    """Directions of len(groups) components: component j = center of groups[j] + isotropic noise."""
+    rng = np.random.default_rng(seed)
+    centers = rng.standard_normal((groups.max() + 1, DIM))
+    return centers[groups] + noise * rng.standard_normal((len(groups), DIM))
+
+
+def groups_of(perm: np.ndarray) -> set[frozenset[int]]:
+    """The sets of original components that end up in each expert."""
+    return {frozenset(perm[e * R : (e + 1) * R].tolist()) for e in range(K)}
+
+
+def test_balanced_assignment_is_the_exact_optimum():
+    rng = np.random.default_rng(0)
+    n_clusters, size = 3, 2
+    for _ in range(20):
+        similarity = rng.standard_normal((n_clusters * size, n_clusters))
+        labels = balanced_assignment(similarity, size)
+        assert np.array_equal(np.bincount(labels, minlength=n_clusters), [size] * n_clusters)
+        # Brute force over every balanced labelling (90 of them).
+        best = max(
+            similarity[np.arange(6), list(lab)].sum()
+            for lab in set(itertools.permutations([0, 0, 1, 1, 2, 2]))
+        )
+        assert similarity[np.arange(6), labels].sum() == pytest.approx(best, abs=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_planted_clusters_are_recovered_exactly(seed):
+    rng = np.random.default_rng(100 + seed)
+    planted = rng.permutation(np.repeat(np.arange(K), R))  # planted groups scattered over the experts
+    directions = planted_directions(planted, noise=1.0, seed=seed)  # per-entry noise as large as signal
+    plan = plan_regroup(directions, K, R)
+
+    assert np.array_equal(np.sort(plan.perm), np.arange(K * R))  # a bijection
+    assert groups_of(plan.perm) == {frozenset(np.flatnonzero(planted == g).tolist()) for g in range(K)}
+    stats = plan.stats
+    assert stats["inter_cosine"] < stats["inter_cosine_before"] - 0.1
+    assert stats["intra_cosine"] > stats["intra_cosine_before"]
+    assert stats["kmeans_objective"] == pytest.approx(K * R * (1 - stats["intra_cosine"]))
+    # The matching keeps the largest possible overlap with the current experts.
+    overlap = np.zeros((K, K), dtype=int)
+    np.add.at(overlap, (planted, np.arange(K * R) // R), 1)
+    mapping = match_clusters_to_experts(planted, np.arange(K * R) // R, K)
+    assert stats["moved"] == K * R - overlap[np.arange(K), mapping].sum()
+
+
+def test_current_grouping_already_optimal_moves_nothing():
+    directions = planted_directions(np.repeat(np.arange(K), R), noise=0.5, seed=1)
+    plan = plan_regroup(directions, K, R)
+    assert np.array_equal(plan.perm, np.arange(K * R))
+    assert plan.stats["moved"] == 0
+    assert plan.stats["inter_cosine"] == pytest.approx(plan.stats["inter_cosine_before"])
+
+
+def test_one_swap_moves_exactly_two_components_and_nothing_else():
+    planted = np.repeat(np.arange(K), R)
+    planted[[1, 9]] = planted[[9, 1]]  # component 1 belongs with expert 2, component 9 with expert 0
+    plan = plan_regroup(planted_directions(planted, noise=0.5, seed=2), K, R)
+    expected = np.arange(K * R)
+    expected[[1, 9]] = [9, 1]
+    assert np.array_equal(plan.perm, expected)
+    assert plan.stats["moved"] == 2
+
+
+def test_components_without_gradient_stay_in_their_expert():
+    routed = np.r_[0:8, 12 : K * R]  # expert 2 (components 8..11) was never routed in the window
+    planted = np.random.default_rng(3).permutation(np.repeat(np.arange(K - 1), R))
+    directions = np.zeros((K * R, DIM))
+    directions[routed] = planted_directions(planted, noise=0.5, seed=3)
+    plan = plan_regroup(directions, K, R)
+    assert plan.stats["moved"] > 0
+    assert sorted(plan.perm[8:12]) == [8, 9, 10, 11]
+    assert np.array_equal(np.sort(plan.perm), np.arange(K * R))
+
+
+def test_permutation_from_targets_keeps_stayers_in_place():
+    rng = np.random.default_rng(4)
+    for _ in range(50):
+        targets = rng.permutation(np.repeat(np.arange(K), R))
+        perm = permutation_from_targets(targets, R)
+        assert np.array_equal(np.sort(perm), np.arange(K * R))
+        # The component now in slot j came from perm[j] and was destined to expert j // R.
+        assert np.array_equal(targets[perm], np.arange(K * R) // R)
+        stayers = np.flatnonzero(targets == np.arange(K * R) // R)
+        assert np.array_equal(perm[stayers], stayers)
+    with pytest.raises(ValueError, match="exactly"):
+        permutation_from_targets(np.zeros(K * R, dtype=int), R)
+
+
+@pytest.mark.parametrize(
+    ("fields", "step", "total", "epoch_end", "due"),
+    [
+        ({}, 100, 400, True, True),  # default: each epoch end ...
+        ({}, 200, 400, True, True),  # ... up to half of training
+        ({}, 300, 400, True, False),
+        ({}, 100, 400, False, False),  # not between epoch ends
+        ({"regroup": False}, 100, 400, True, False),
+        ({"regroup_every": 50}, 150, 400, False, True),
+        ({"regroup_every": 50}, 149, 400, False, False),
+        ({"regroup_every": 50}, 150, 400, True, False),  # step schedules ignore epoch ends
+        ({"regroup_every": 50}, 250, 400, False, False),
+        ({"regroup_every": 50, "regroup_until": None}, 250, 400, False, True),
+        ({"regroup_until": 1.0}, 400, 400, True, False),  # never after the last step
+        ({"regroup_until": 1.0}, 300, None, True, True),  # unknown length: no limit
+    ],
+)
+def test_regroup_schedule(fields, step, total, epoch_end, due):
+    config = SimpleNamespace(**{"regroup": True, "regroup_every": "epoch", "regroup_until": 0.5, **fields})
+    assert regroup_due(config, step=step, total_steps=total, epoch_end=epoch_end) is due
+
+
+def test_regroup_schedule_rejects_bad_every():
+    config = SimpleNamespace(regroup=True, regroup_every="daily", regroup_until=0.5)
+    with pytest.raises(ValueError, match="regroup_every"):
+        regroup_due(config, step=1, total_steps=10, epoch_end=True)
