@@ -26,7 +26,11 @@ def fetch_task(name: str, base_url: str = DEFAULT_BASE_URL, timeout: float = 60.
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
             raw = response.read()
-    except (urllib.error.URLError, OSError) as e:
+    except urllib.error.HTTPError as e:
+        raise DataError(
+            f"{url}: download failed (HTTP {e.code} {e.reason}); check the task name and base_url"
+        ) from None
+    except OSError as e:  # URLError and connection errors
         reason = getattr(e, "reason", e)
         raise DataError(f"{url}: download failed ({reason}); check the task name and base_url") from None
     data = parse_json_bytes(raw, url)
