@@ -1,0 +1,133 @@
+"""`BaditConfig`: the PEFT configuration of a BADIT adapter."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from peft.config import PeftConfig
+
+from badit.adapter.registration import badit_peft_type
+
+INITS = ("svd", "random")
+SVD_METHODS = ("randomized", "exact")
+ROUTER_SCALES = ("preserve", "paper")
+
+
+@dataclass
+class BaditConfig(PeftConfig):
+    """Configuration of BADIT: K orthogonal low-rank experts from the SVD of each target weight, mixed per
+    sequence by a router (arXiv 2605.05676).
+
+    Args:
+        r: rank of each expert.
+        num_experts: number of experts K; the adapter uses the top K*r singular directions of each weight.
+        top_k: experts kept per sequence; `top_k == num_experts` is the paper's dense routing.
+        lora_alpha: scaling numerator; the adapter output is multiplied by `lora_alpha / r`.
+        lora_dropout: dropout on the adapter input.
+        target_modules: module names (a list), a regex (a str) or "all-linear"; only `torch.nn.Linear` layers.
+        exclude_modules: module names or a regex never adapted.
+        init: "svd" (BADIT: experts are consecutive blocks of the top singular triplets; expert 0 holds the
+            largest) or "random" (LoRAMoE-style baseline: random A, zero B).
+        svd_method: "randomized" (fast range finder, default) or "exact" (`torch.linalg.svd`).
+        svd_oversample: extra random directions of the randomized SVD (beyond K*r).
+        svd_niter: power iterations of the randomized SVD.
+        router_scale: "preserve" multiplies the softmax mixing weights by K, so a zero-initialised dense router
+            reproduces the pretrained layer exactly; "paper" keeps the plain softmax of the public code.
+        regroup: gather gradient statistics and regroup rank-1 components between experts during training.
+        regroup_every: "epoch" or a number of optimizer steps between regroups.
+        regroup_until: fraction of training during which regrouping happens.
+        regroup_ema: None (sum of gradients since the last regroup) or an EMA decay in (0, 1).
+        regroup_kmeans_iters: iterations of the balanced spherical k-means.
+    """
+
+    r: int = field(default=4, metadata={"help": "Rank of each expert."})
+    num_experts: int = field(default=6, metadata={"help": "Number of experts K."})
+    top_k: int = field(default=6, metadata={"help": "Experts used per sequence (dense when == num_experts)."})
+    lora_alpha: float = field(default=32, metadata={"help": "Scaling numerator: scaling = lora_alpha / r."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the adapter input."})
+    target_modules: list[str] | str | None = field(
+        default_factory=lambda: ["gate_proj"],
+        metadata={"help": "Module names, a regex, or 'all-linear'. Default: the MLP gate projection."},
+    )
+    exclude_modules: list[str] | str | None = field(default=None, metadata={"help": "Modules never adapted."})
+    init: Literal["svd", "random"] = field(default="svd", metadata={"help": "'svd' (BADIT) or 'random'."})
+    svd_method: Literal["randomized", "exact"] = field(
+        default="randomized", metadata={"help": "SVD algorithm."}
+    )
+    svd_oversample: int = field(default=16, metadata={"help": "Oversampling of the randomized SVD."})
+    svd_niter: int = field(default=6, metadata={"help": "Power iterations of the randomized SVD."})
+    router_scale: Literal["preserve", "paper"] = field(
+        default="preserve", metadata={"help": "'preserve' (K * softmax) or 'paper' (softmax)."}
+    )
+    regroup: bool = field(default=True, metadata={"help": "Regroup rank-1 components during training."})
+    regroup_every: str | int = field(default="epoch", metadata={"help": "'epoch' or a number of steps."})
+    regroup_until: float = field(default=0.5, metadata={"help": "Fraction of training with regrouping."})
+    regroup_ema: float | None = field(default=None, metadata={"help": "None (sum) or an EMA decay."})
+    regroup_kmeans_iters: int = field(default=20, metadata={"help": "Balanced spherical k-means iterations."})
+    modules_to_save: list[str] | None = field(
+        default=None, metadata={"help": "Extra modules trained and saved."}
+    )
+    task_type: str | None = field(default="CAUSAL_LM", metadata={"help": "PEFT task type."})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.peft_type = badit_peft_type()
+        if isinstance(self.target_modules, (list, tuple)):
+            self.target_modules = list(self.target_modules)
+        self._validate()
+
+    def _validate(self) -> None:
+        def fail(field_name: str, problem: str, fix: str) -> None:
+            raise ValueError(f"BaditConfig.{field_name}={getattr(self, field_name)!r} {problem}; {fix}.")
+
+        def is_int(value) -> bool:
+            return isinstance(value, int) and not isinstance(value, bool)
+
+        if not is_int(self.r) or self.r < 1:
+            fail("r", "is not a positive integer", "set r (the rank of each expert) to 1 or more")
+        if not is_int(self.num_experts) or self.num_experts < 1:
+            fail("num_experts", "is not a positive integer", "set num_experts (K) to 1 or more")
+        if not is_int(self.top_k) or not 1 <= self.top_k <= self.num_experts:
+            fail(
+                "top_k",
+                f"is not in [1, num_experts={self.num_experts}]",
+                "set top_k between 1 and num_experts",
+            )
+        if not isinstance(self.lora_alpha, (int, float)) or self.lora_alpha <= 0:
+            fail("lora_alpha", "is not a positive number", "set lora_alpha > 0 (scaling = lora_alpha / r)")
+        if not isinstance(self.lora_dropout, (int, float)) or not 0 <= self.lora_dropout < 1:
+            fail("lora_dropout", "is not in [0, 1)", "set lora_dropout to a probability such as 0.05")
+        if self.init not in INITS:
+            fail("init", f"is not one of {INITS}", "use 'svd' (BADIT) or 'random' (LoRAMoE-style baseline)")
+        if self.svd_method not in SVD_METHODS:
+            fail("svd_method", f"is not one of {SVD_METHODS}", "use 'randomized' (default) or 'exact'")
+        if not is_int(self.svd_oversample) or self.svd_oversample < 0:
+            fail("svd_oversample", "is not a non-negative integer", "use e.g. 16")
+        if not is_int(self.svd_niter) or self.svd_niter < 0:
+            fail("svd_niter", "is not a non-negative integer", "use e.g. 6")
+        if self.router_scale not in ROUTER_SCALES:
+            fail("router_scale", f"is not one of {ROUTER_SCALES}", "use 'preserve' (default) or 'paper'")
+        if self.target_modules is None or (
+            not isinstance(self.target_modules, str) and len(self.target_modules) == 0
+        ):
+            fail(
+                "target_modules", "is empty", "name the modules to adapt, e.g. ['gate_proj'] or 'all-linear'"
+            )
+        if not (self.regroup_every == "epoch" or (is_int(self.regroup_every) and self.regroup_every >= 1)):
+            fail("regroup_every", "is neither 'epoch' nor a positive integer", "use 'epoch' or a step count")
+        if not isinstance(self.regroup_until, (int, float)) or not 0 <= self.regroup_until <= 1:
+            fail(
+                "regroup_until", "is not in [0, 1]", "give the fraction of training with regrouping, e.g. 0.5"
+            )
+        if self.regroup_ema is not None and (
+            not isinstance(self.regroup_ema, (int, float)) or not 0 < self.regroup_ema < 1
+        ):
+            fail("regroup_ema", "is not None or a decay in (0, 1)", "use None (plain sum) or e.g. 0.9")
+        if not is_int(self.regroup_kmeans_iters) or self.regroup_kmeans_iters < 1:
+            fail("regroup_kmeans_iters", "is not a positive integer", "use e.g. 20")
+
+    @property
+    def scaling(self) -> float:
+        """Multiplier of the adapter output: lora_alpha / r."""
+        return self.lora_alpha / self.r

@@ -1,0 +1,352 @@
+"""`BaditLinear`: an nn.Linear with K low-rank experts mixed per sequence by a router."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from peft.tuners._buffer_dict import BufferDict
+from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
+from torch import nn
+
+from badit.adapter.config import BaditConfig
+from badit.adapter.routing import RoutingState, masked_mean, mixing_weights
+from badit.adapter.svd import expert_factors, top_singular_triplets
+
+
+class BaditLayer(BaseTunerLayer):
+    """PEFT bookkeeping shared by BADIT layers (one per adapter name in every dict)."""
+
+    adapter_layer_names = ("badit_A", "badit_B", "badit_router")
+    other_param_names = (
+        "badit_A0",
+        "badit_B0",
+        "badit_dropout",
+        "r",
+        "num_experts",
+        "top_k",
+        "scaling",
+        "router_scale",
+        "fixed_routing",
+    )
+
+
+class BaditLinear(nn.Module, BaditLayer):
+    """BADIT adapter around an `nn.Linear`.
+
+    Per adapter name n: `badit_A[n]` (K*r, in) and `badit_B[n]` (out, K*r) pack the K experts (expert e owns
+    rows / columns e*r:(e+1)*r), `badit_router[n]` maps the mean of the prompt tokens' inputs to K logits,
+    `badit_A0[n]` / `badit_B0[n]` keep the initial factors. The wrapped base layer holds the residual
+    W - scaling * B0 @ A0, so
+
+        output = base(x) + scaling * ((dropout(x) @ A.T) * gate.repeat_interleave(r)) @ B.T
+
+    with gate (batch, K) one weight vector per sequence. A disabled or inactive adapter contributes its
+    initial components instead (scaling * B0 @ A0), which gives back the pretrained layer.
+    """
+
+    def __init__(
+        self, base_layer: nn.Module, adapter_name: str, config: BaditConfig, layer_name: str
+    ) -> None:
+        super().__init__()
+        self.base_layer = base_layer
+        self.layer_name = layer_name
+        self.badit_A = nn.ParameterDict()
+        self.badit_B = nn.ParameterDict()
+        self.badit_router = nn.ModuleDict()
+        self.badit_A0 = BufferDict(persistent=True)
+        self.badit_B0 = BufferDict(persistent=True)
+        self.badit_dropout = nn.ModuleDict()
+        self.r: dict[str, int] = {}
+        self.num_experts: dict[str, int] = {}
+        self.top_k: dict[str, int] = {}
+        self.scaling: dict[str, float] = {}
+        self.router_scale: dict[str, float] = {}
+        self.fixed_routing: dict[str, torch.Tensor] = {}
+        self.routing_weights: dict[str, torch.Tensor] = {}
+        # Adapters created on the meta device (PEFT's low_cpu_mem_usage): the base weight is still the
+        # pretrained one; the residual is formed when their initial factors are loaded.
+        self._residual_pending: set[str] = set()
+        self.merged_routing: dict[str, torch.Tensor] = {}
+        self.merged_adapters = []
+        self.routing_state: RoutingState | None = None
+
+        base = self.get_base_layer()
+        if not isinstance(base, nn.Linear):
+            raise TypeError(
+                f"BADIT cannot adapt module '{layer_name}' of type {type(base).__name__}: only torch.nn.Linear "
+                "layers are supported; remove it from target_modules."
+            )
+        self.in_features, self.out_features = base.in_features, base.out_features
+        self._active_adapter = adapter_name
+        self.update_layer(adapter_name, config)
+
+    # ------------------------------------------------------------------ creation and the residual
+
+    def update_layer(self, adapter_name: str, config: BaditConfig, inference_mode: bool = False) -> None:
+        """Add adapter `adapter_name`: experts from the SVD of the pretrained weight (or random), router at 0."""
+        k, r = config.num_experts, config.r
+        rank = k * r
+        if rank > min(self.in_features, self.out_features):
+            raise ValueError(
+                f"BADIT layer '{self.layer_name}' ({self.out_features}x{self.in_features}) cannot hold "
+                f"num_experts * r = {k} * {r} = {rank} components: at most min(in, out) = "
+                f"{min(self.in_features, self.out_features)}. Lower r or num_experts, or exclude this module."
+            )
+        self.r[adapter_name] = r
+        self.num_experts[adapter_name] = k
+        self.top_k[adapter_name] = config.top_k
+        self.scaling[adapter_name] = config.scaling
+        self.router_scale[adapter_name] = float(k) if config.router_scale == "preserve" else 1.0
+        self.badit_dropout[adapter_name] = (
+            nn.Dropout(config.lora_dropout) if config.lora_dropout else nn.Identity()
+        )
+
+        weight = self.get_base_layer().weight
+        device = weight.device
+        self.badit_A[adapter_name] = nn.Parameter(torch.zeros(rank, self.in_features, device=device))
+        self.badit_B[adapter_name] = nn.Parameter(torch.zeros(self.out_features, rank, device=device))
+        self.badit_router[adapter_name] = nn.Linear(self.in_features, k, bias=False, device=device)
+        on_meta = self.badit_A[
+            adapter_name
+        ].is_meta  # PEFT's low_cpu_mem_usage: values come from a checkpoint
+        if on_meta:
+            # Real (small) placeholders: PEFT moves buffer-only modules with .to(), which meta tensors refuse.
+            self.badit_A0[adapter_name] = torch.zeros(rank, self.in_features, device=device)
+            self.badit_B0[adapter_name] = torch.zeros(self.out_features, rank, device=device)
+            self._residual_pending.add(adapter_name)
+        else:
+            pretrained = self.pretrained_weight()  # before this adapter's factors exist
+            a, b = self._initial_factors(pretrained, config, rank)
+            with torch.no_grad():
+                self.badit_A[adapter_name].copy_(a)
+                self.badit_B[adapter_name].copy_(b)
+                nn.init.zeros_(self.badit_router[adapter_name].weight)
+            self.badit_A0[adapter_name] = a.detach().clone()
+            self.badit_B0[adapter_name] = b.detach().clone()
+            self._set_residual(pretrained - self._initial_delta_weight(adapter_name))
+        self.set_adapter(self.active_adapters, inference_mode=inference_mode)
+
+    def _initial_factors(
+        self, pretrained: torch.Tensor, config: BaditConfig, rank: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Float32 A (rank, in), B (out, rank) for a new adapter on the pretrained weight (out, in)."""
+        device = self.get_base_layer().weight.device
+        if config.init == "random":  # LoRAMoE-style baseline: LoRA's init, zero B
+            a = torch.empty(rank, self.in_features, device=device)
+            nn.init.kaiming_uniform_(a, a=math.sqrt(5))
+            return a, torch.zeros(self.out_features, rank, device=device)
+        u, s, vh = top_singular_triplets(
+            pretrained, rank, config.svd_method, config.svd_oversample, config.svd_niter
+        )
+        a, b = expert_factors(u, s, vh, config.scaling)
+        return a.float(), b.float()
+
+    def _initial_delta_weight(self, adapter_name: str) -> torch.Tensor:
+        """scaling * B0 @ A0 in float32: what the residual lacks for this adapter."""
+        return self.scaling[adapter_name] * (
+            self.badit_B0[adapter_name].float() @ self.badit_A0[adapter_name].float()
+        )
+
+    def pretrained_weight(self) -> torch.Tensor:
+        """The original weight (float32): the residual plus every adapter's initial components."""
+        weight = self.get_base_layer().weight.detach().float()
+        for name in self.badit_A0:
+            if name in self.merged_adapters:
+                weight = weight - self._delta_weight(name, self.merged_routing[name])
+            if name not in self._residual_pending:
+                weight = weight + self._initial_delta_weight(name)
+        return weight
+
+    def _set_residual(self, weight: torch.Tensor) -> None:
+        base_weight = self.get_base_layer().weight
+        with torch.no_grad():
+            base_weight.copy_(weight.to(base_weight.dtype))
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
+        """Rebuild the residual for loaded initial factors: W = residual + s*B0 @ A0 stays what it was.
+
+        A checkpoint's A0 / B0 (e.g. from another run of the randomized SVD) differ from the ones this layer
+        was created with, so the base weight becomes W - s * B0_loaded @ A0_loaded before they are copied in.
+        """
+        for name in list(self.badit_A0):
+            a0, b0 = state_dict.get(f"{prefix}badit_A0.{name}"), state_dict.get(f"{prefix}badit_B0.{name}")
+            if a0 is None or b0 is None:
+                continue  # nothing to rebuild; PyTorch reports missing keys itself
+            if a0.shape != self.badit_A0[name].shape or b0.shape != self.badit_B0[name].shape:
+                continue  # PyTorch reports the size mismatch itself
+            residual = self.get_base_layer().weight.detach().float()
+            if name not in self._residual_pending:
+                residual = residual + self._initial_delta_weight(name)
+            loaded = self.scaling[name] * (b0.to(residual) @ a0.to(residual))
+            self._set_residual(residual - loaded)
+            self._residual_pending.discard(name)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def _move_adapter_to_device_of_base_layer(
+        self, adapter_name: str, device: torch.device | None = None
+    ) -> None:
+        """Move adapter `adapter_name` to the base layer's device; BADIT keeps its factors in float32."""
+        device = device if device is not None else self.get_base_layer().weight.device
+        for container in (self.badit_A, self.badit_B, self.badit_A0, self.badit_B0):
+            if adapter_name in container and not container[adapter_name].is_meta:
+                container[adapter_name].data = container[adapter_name].data.to(device)
+        for container in (self.badit_router, self.badit_dropout):
+            if adapter_name in container:
+                module = container[adapter_name]
+                if not any(p.is_meta for p in module.parameters()):
+                    module.to(device)
+
+    # ------------------------------------------------------------------ forward
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if self.disable_adapters and self.merged:
+            self.unmerge()
+        result = self.base_layer(x, *args, **kwargs)
+        for name in self.badit_A:
+            if name in self.merged_adapters:
+                continue
+            if name in self._residual_pending:
+                raise RuntimeError(
+                    f"BADIT adapter '{name}' of layer '{self.layer_name}' was created on the meta device and "
+                    "its weights were never loaded"
+                )
+            if self.disable_adapters or name not in self.active_adapters:
+                result = result + self._initial_output(name, x).to(result.dtype)
+            else:
+                result = result + self._adapter_output(name, x).to(result.dtype)
+        return result
+
+    def _initial_output(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        """scaling * x @ A0.T @ B0.T: the pretrained components this adapter took out of the base weight."""
+        a0, b0 = self.badit_A0[name], self.badit_B0[name]
+        return F.linear(F.linear(self._cast_input_dtype(x, a0.dtype), a0), b0) * self.scaling[name]
+
+    def _adapter_output(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        a, b = self.badit_A[name], self.badit_B[name]
+        x = self._cast_input_dtype(x, a.dtype)
+        sequences = x if x.dim() == 3 else x.reshape(1, -1, x.shape[-1])
+        gate = self._gate(name, sequences)  # (batch, K)
+        # One weight per rank-1 component, scaling folded in: (batch, 1, ..., K*r).
+        component_gate = (gate * self.scaling[name]).repeat_interleave(self.r[name], dim=-1)
+        component_gate = component_gate.view(gate.shape[0], *([1] * (x.dim() - 2)), -1)
+        if x.dim() != 3:
+            component_gate = component_gate.reshape(-1)
+        hidden = F.linear(self.badit_dropout[name](x), a) * component_gate
+        return F.linear(hidden, b)
+
+    def _gate(self, name: str, sequences: torch.Tensor) -> torch.Tensor:
+        """Mixing weights (batch, K) of adapter `name` for sequences (batch, seq, in); stored in routing_weights."""
+        batch = sequences.shape[0]
+        if name in self.fixed_routing:
+            gate = self.fixed_routing[name].to(sequences).expand(batch, -1)
+        elif self.routing_state is not None and self.routing_state.reuse:
+            gate = self.routing_weights.get(name)
+            if gate is None or gate.shape[0] != batch:
+                raise RuntimeError(
+                    f"BADIT layer '{self.layer_name}': a cached decoding step arrived without the prefill's "
+                    "routing for this batch; run the prefill through the BADIT model first"
+                )
+            return gate.to(sequences)
+        else:
+            mask = self.routing_state.prompt_mask if self.routing_state is not None else None
+            if mask is not None and mask.shape != sequences.shape[:2]:
+                raise RuntimeError(
+                    f"BADIT layer '{self.layer_name}' got input of shape {tuple(sequences.shape)} but the prompt "
+                    f"mask has shape {tuple(mask.shape)}"
+                )
+            router = self.badit_router[name]
+            pooled = masked_mean(sequences, mask)
+            gate = mixing_weights(
+                router(pooled.to(router.weight.dtype)), self.top_k[name], self.router_scale[name]
+            )
+        self.routing_weights[name] = gate.detach()
+        return gate
+
+    # ------------------------------------------------------------------ merging
+
+    def set_fixed_routing(self, adapter_name: str, weights: torch.Tensor | None) -> None:
+        """Use the mixing weights `weights` (K,) for every input, or the router again when None."""
+        if weights is None:
+            self.fixed_routing.pop(adapter_name, None)
+            return
+        weights = torch.as_tensor(weights, dtype=torch.float32, device=self.badit_A[adapter_name].device)
+        if weights.shape != (self.num_experts[adapter_name],):
+            raise ValueError(
+                f"fixed routing for layer '{self.layer_name}' must have shape ({self.num_experts[adapter_name]},) "
+                f"(one mixing weight per expert), got {tuple(weights.shape)}"
+            )
+        self.fixed_routing[adapter_name] = weights
+
+    def _delta_weight(self, name: str, routing: torch.Tensor) -> torch.Tensor:
+        """scaling * B diag(gate per component) A in float32."""
+        component_gate = (routing.float() * self.scaling[name]).repeat_interleave(self.r[name])
+        return self.badit_B[name].float() @ (component_gate[:, None] * self.badit_A[name].float())
+
+    def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
+        """Fold adapters into the base weight; only possible with a fixed routing (see `set_fixed_routing`)."""
+        for name in check_adapters_to_merge(self, adapter_names):
+            if name not in self.badit_A:
+                continue
+            if name not in self.fixed_routing:
+                raise ValueError(
+                    f"Cannot merge BADIT adapter '{name}' of layer '{self.layer_name}': its expert mixing weights "
+                    "depend on each input sequence (the router), so no single weight matrix reproduces it. Fix "
+                    "a routing vector first with model.set_fixed_routing(weights) (e.g. the mean of "
+                    "badit.get_routing_weights(model) over a task), then merge."
+                )
+            routing = self.fixed_routing[name].clone()
+            merged = self.get_base_layer().weight.detach().float() + self._delta_weight(name, routing)
+            if safe_merge and not torch.isfinite(merged).all():
+                raise ValueError(
+                    f"merging BADIT adapter '{name}' into '{self.layer_name}' gives non-finite weights"
+                )
+            self._set_residual(merged)
+            self.merged_routing[name] = routing
+            self.merged_adapters.append(name)
+
+    def unmerge(self) -> None:
+        """Take merged adapters back out of the base weight."""
+        if not self.merged:
+            warnings.warn("Already unmerged. Nothing to do.", stacklevel=2)
+            return
+        while self.merged_adapters:
+            name = self.merged_adapters.pop()
+            routing = self.merged_routing.pop(name)
+            self._set_residual(
+                self.get_base_layer().weight.detach().float() - self._delta_weight(name, routing)
+            )
+
+    def unload_and_optionally_merge_module(
+        self, merge: bool, safe_merge: bool, adapter_names: list[str] | None
+    ) -> nn.Module:
+        """The plain nn.Linear: the pretrained weight, plus the merged adapters when `merge` is True.
+
+        Called by PEFT's `merge_and_unload()` / `unload()`. Adapters not merged give back their initial
+        components, so `unload()` returns the pretrained layer.
+        """
+        if merge:
+            self.merge(safe_merge=safe_merge, adapter_names=adapter_names)
+        weight = self.get_base_layer().weight.detach().float()
+        for name in self.badit_A0:
+            if name not in self.merged_adapters and name not in self._residual_pending:
+                weight = weight + self._initial_delta_weight(name)
+        self._set_residual(weight)
+        self.merged_adapters = []
+        return self.get_base_layer()
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        """Remove an adapter, giving its initial components back to the base weight."""
+        if adapter_name in self.badit_A0 and adapter_name not in self._residual_pending:
+            self._set_residual(
+                self.get_base_layer().weight.detach().float() + self._initial_delta_weight(adapter_name)
+            )
+        self._residual_pending.discard(adapter_name)
+        self.routing_weights.pop(adapter_name, None)
+        super().delete_adapter(adapter_name)
+
+    def __repr__(self) -> str:
+        return "badit." + super().__repr__()

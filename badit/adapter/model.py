@@ -1,0 +1,134 @@
+"""`BaditModel`: the PEFT tuner that puts BADIT layers into a Hugging Face model."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
+from torch import nn
+
+from badit.adapter.config import BaditConfig
+from badit.adapter.layer import BaditLayer, BaditLinear
+from badit.adapter.routing import RoutingState
+
+
+class BaditModel(BaseTuner):
+    """BADIT tuner; build it with `peft.get_peft_model(model, BaditConfig(...))` after `import badit`.
+
+    Besides PEFT's usual API it offers:
+      - `forward(..., prompt_mask=...)`: a (batch, seq) bool mask of the tokens the routers pool (by default
+        the attended tokens whose label is -100, or all attended tokens when there are no labels);
+      - `generate(...)`: routing on the prompt only, identical with and without KV cache;
+      - `set_fixed_routing(weights)`: a routing vector for every input, which `merge_and_unload()` needs.
+    """
+
+    prefix: str = "badit_"
+    tuner_layer_cls = BaditLayer
+    target_module_mapping: dict[str, list[str]] = {}
+
+    def __init__(self, model: nn.Module, config, adapter_name: str, **kwargs: Any) -> None:
+        self.__dict__["routing_state"] = (
+            RoutingState()
+        )  # before nn.Module.__init__: layers are built in there
+        super().__init__(model, config, adapter_name, **kwargs)
+        self._routing_hook = self.model.register_forward_pre_hook(
+            self.routing_state.capture, with_kwargs=True
+        )
+        adapter_config = self.peft_config[adapter_name]
+        if adapter_config.regroup:
+            self._attach_regroup_tracking()
+
+    def _attach_regroup_tracking(self) -> None:
+        # Hook point for badit.regroup (developed separately): it installs the gradient statistics hooks.
+        try:
+            from badit.regroup import attach_gradient_tracking
+        except ImportError:
+            warnings.warn(
+                "BaditConfig.regroup is True but badit.regroup.attach_gradient_tracking is not available; "
+                "gradient statistics for regrouping are not collected.",
+                stacklevel=3,
+            )
+            return
+        attach_gradient_tracking(self)
+
+    def _create_and_replace(
+        self,
+        config: BaditConfig,
+        adapter_name: str,
+        target: nn.Module,
+        target_name: str,
+        parent: nn.Module,
+        current_key: str,
+        **optional_kwargs: Any,
+    ) -> None:
+        if isinstance(target, BaditLinear):
+            target.update_layer(adapter_name, config)
+            return
+        if isinstance(target, BaseTunerLayer) or not isinstance(target, nn.Linear):
+            raise TypeError(
+                f"BADIT cannot adapt module '{current_key}' of type {type(target).__name__}: only torch.nn.Linear "
+                "layers are supported; remove it from target_modules (or list it in exclude_modules)."
+            )
+        new_module = BaditLinear(target, adapter_name, config, layer_name=current_key)
+        new_module.routing_state = self.__dict__["routing_state"]
+        if adapter_name not in self.active_adapters:
+            new_module.requires_grad_(False)  # an additional adapter is not trainable until activated
+        self._replace_module(parent, target_name, new_module, target)
+
+    # ------------------------------------------------------------------ routing
+
+    def forward(self, *args: Any, **kwargs: Any):
+        """The wrapped model's forward; accepts `prompt_mask` (batch, seq) bool."""
+        return self.model(*args, **kwargs)
+
+    def generate(self, *args: Any, prompt_mask: torch.Tensor | None = None, **kwargs: Any):
+        """`model.generate` with routing on the prompt tokens (all attended input tokens unless `prompt_mask`)."""
+        input_ids = kwargs.get("input_ids", args[0] if args else None)
+        if prompt_mask is None:
+            prompt_mask = kwargs.get("attention_mask")
+        if prompt_mask is None:
+            reference = input_ids if input_ids is not None else kwargs["inputs_embeds"]
+            prompt_mask = torch.ones(reference.shape[:2], dtype=torch.bool, device=reference.device)
+        with self.routing_state.generating(prompt_mask):
+            return self.model.generate(*args, **kwargs)
+
+    def set_fixed_routing(
+        self, weights: torch.Tensor | Mapping[str, torch.Tensor] | None, adapter_name: str | None = None
+    ) -> None:
+        """Use fixed expert mixing weights instead of the router, e.g. to merge the adapter.
+
+        Args:
+            weights: one tensor (K,) for every layer, or a dict from layer name (as in
+                `badit.get_routing_weights`) to a (K,) tensor, or None to go back to the router.
+                Mixing weights are post-softmax and post-scale: with router_scale="preserve", all ones
+                reproduce the initial (pretrained) model.
+            adapter_name: the adapter to fix; default the active one.
+        """
+        adapter_name = adapter_name or self.active_adapters[0]
+        layers = {m.layer_name: m for m in self.model.modules() if isinstance(m, BaditLinear)}
+        if isinstance(weights, Mapping):
+            unknown = sorted(set(weights) - set(layers))
+            if unknown:
+                raise KeyError(
+                    f"set_fixed_routing: no BADIT layer named {unknown[:3]}; known: {sorted(layers)[:3]}..."
+                )
+            missing = sorted(set(layers) - set(weights))
+            if missing:
+                raise KeyError(f"set_fixed_routing: no routing given for layers {missing[:3]}")
+        for name, layer in layers.items():
+            layer_weights = weights[name] if isinstance(weights, Mapping) else weights
+            layer.set_fixed_routing(adapter_name, layer_weights)
+
+
+def get_routing_weights(model: nn.Module, adapter_name: str | None = None) -> dict[str, torch.Tensor]:
+    """The mixing weights (batch, K) of the last forward, per adapted layer (named as in the base model)."""
+    result = {}
+    for module in model.modules():
+        if isinstance(module, BaditLinear):
+            name = adapter_name or module.active_adapters[0]
+            if name in module.routing_weights:
+                result[module.layer_name] = module.routing_weights[name]
+    return result

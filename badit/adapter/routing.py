@@ -1,0 +1,121 @@
+"""Per-sequence routing: which tokens a layer's router pools, and how router logits become mixing weights.
+
+The model's forward receives the attention mask, labels and KV cache; the adapted layers only see their
+input tensor. A forward pre-hook on the model (installed by `BaditModel`) stores what the layers need in a
+`RoutingState` shared by all of them, the way PEFT's Poly tuner hands its task ids to every layer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+
+def mixing_weights(logits: torch.Tensor, top_k: int, scale: float) -> torch.Tensor:
+    """Per-sequence expert weights (batch, K): softmax over the `top_k` largest logits (others 0), times `scale`.
+
+    With `top_k == K` this is a dense softmax. `scale` is K for router_scale="preserve" (a zero router then
+    gives every expert weight 1, i.e. the pretrained layer) and 1 for "paper" (weights sum to 1).
+    """
+    if top_k < logits.shape[-1]:
+        kept = logits.topk(top_k, dim=-1).indices
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, kept, logits.gather(-1, kept))
+    return F.softmax(logits, dim=-1) * scale
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean of x (batch, seq, d) over the positions where mask (batch, seq) is true; all positions if None.
+
+    A sequence with no selected position gets a zero vector.
+    """
+    if mask is None:
+        return x.mean(dim=1)
+    weights = mask.to(x.dtype)
+    counts = weights.sum(dim=1, keepdim=True).clamp_min(1.0)
+    return torch.einsum("bsd,bs->bd", x, weights) / counts
+
+
+def _right_pad(mask: torch.Tensor, length: int) -> torch.Tensor:
+    """Cut or extend (with False) a (batch, seq) mask to `length` columns."""
+    if mask.shape[1] >= length:
+        return mask[:, :length]
+    return F.pad(mask, (0, length - mask.shape[1]), value=False)
+
+
+def _cached_length(past_key_values: Any) -> int:
+    """How many tokens a KV cache already holds (0 when there is none)."""
+    if past_key_values is None:
+        return 0
+    if hasattr(past_key_values, "get_seq_length"):
+        return int(past_key_values.get_seq_length())
+    return int(past_key_values[0][0].shape[-2])  # legacy tuple-of-tuples cache
+
+
+class RoutingState:
+    """What the adapted layers need from the current model call.
+
+    Attributes:
+        prompt_mask: (batch, seq) bool, the tokens each layer's router pools; None pools every token.
+        reuse: True on cached decoding steps: layers reuse the mixing weights computed at prefill.
+        generation_prompt: while `BaditModel.generate` runs, the (batch, prompt_len) mask of prompt tokens, so
+            that generation without a KV cache routes on the prompt only, like generation with one.
+    """
+
+    def __init__(self) -> None:
+        self.prompt_mask: torch.Tensor | None = None
+        self.reuse: bool = False
+        self.generation_prompt: torch.Tensor | None = None
+
+    @contextmanager
+    def generating(self, prompt_mask: torch.Tensor) -> Iterator[None]:
+        """Within this context, un-cached forwards route on `prompt_mask` (padded with False)."""
+        previous = self.generation_prompt
+        self.generation_prompt = prompt_mask.bool()
+        try:
+            yield
+        finally:
+            self.generation_prompt = previous
+
+    def capture(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        """Forward pre-hook of the model: record the prompt mask of this call and drop the `prompt_mask` kwarg.
+
+        Prompt tokens are, in order of precedence: the `prompt_mask` kwarg; during `generate`, the prompt
+        tokens; `attention_mask & (labels == -100)` when labels are given; else every attended token. When
+        the KV cache already holds tokens, the layers reuse the routing of the prefill instead.
+        """
+        prompt_mask = kwargs.pop("prompt_mask", None)
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))  # renamed in transformers 5
+        self.reuse = prompt_mask is None and _cached_length(cache) > 0
+        if self.reuse:
+            self.prompt_mask = None
+            return args, kwargs
+
+        tokens = kwargs.get("input_ids", args[0] if args else None)
+        if tokens is None:
+            tokens = kwargs["inputs_embeds"]
+        batch, length = tokens.shape[:2]
+        attention_mask = kwargs.get("attention_mask")
+        if attention_mask is None or attention_mask.dim() != 2:  # absent, or a prepared 4-D mask
+            attention_mask = torch.ones(batch, length, dtype=torch.bool, device=tokens.device)
+        attention_mask = attention_mask[:, -length:].bool()  # a mask may also cover cached tokens
+
+        if prompt_mask is None and self.generation_prompt is not None:
+            prompt = self.generation_prompt.to(tokens.device)
+            if prompt.shape[0] != batch:  # beams / several sequences per prompt, expanded like HF does
+                prompt = prompt.repeat_interleave(batch // prompt.shape[0], dim=0)
+            prompt_mask = _right_pad(prompt, length)
+        elif prompt_mask is None and kwargs.get("labels") is not None:
+            prompt_mask = kwargs["labels"] == -100
+        if prompt_mask is None:
+            prompt_mask = attention_mask
+        if prompt_mask.shape != (batch, length):
+            raise ValueError(
+                f"prompt_mask has shape {tuple(prompt_mask.shape)} but the input has shape {(batch, length)}: "
+                "give one bool per input token (True on prompt tokens)"
+            )
+        self.prompt_mask = prompt_mask.bool() & attention_mask
+        return args, kwargs
