@@ -1,0 +1,223 @@
+"""Trainer callbacks: the regrouping schedule, regroup state in checkpoints, a progress bar, JSONL logs."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+
+logger = logging.getLogger(__name__)
+
+REGROUP_STATE_FILE = "regroup_state_rank{rank}.safetensors"
+
+
+# ----------------------------------------------------------------------------------------------
+# Regrouping
+
+
+def _iter_windows(model: torch.nn.Module):
+    """(key, window) for every gradient window on the model's BADIT layers (key: layer.adapter)."""
+    from badit.regroup.gradients import gradient_windows, iter_badit_layers
+
+    for layer_name, layer in iter_badit_layers(model):
+        for adapter_name, window in gradient_windows(layer).items():
+            yield f"{layer_name}.{adapter_name}", window
+
+
+def save_regroup_state(
+    model: torch.nn.Module, folder: str | Path, rank: int = 0, last_regroup_step: int = -1
+) -> None:
+    """Write the gradient windows (sums since the last regroup) of this process into ``folder``.
+
+    Each process keeps its own local gradient sums (ranks are combined when regrouping), so each
+    writes its own file.
+    """
+    tensors, metadata = {}, {"last_regroup_step": str(last_regroup_step)}
+    for key, window in _iter_windows(model):
+        tensors[key] = window.statistics().detach().float().cpu().contiguous()
+        metadata[f"{key}.backward_passes"] = str(window.backward_passes)
+    path = Path(folder) / REGROUP_STATE_FILE.format(rank=rank)
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(tensors, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
+
+
+def load_regroup_state(model: torch.nn.Module, folder: str | Path, rank: int = 0) -> int | None:
+    """Restore the gradient windows saved by ``save_regroup_state``; returns the last regroup step
+    (None when the folder holds no regroup state)."""
+    path = Path(folder) / REGROUP_STATE_FILE.format(rank=rank)
+    if not path.is_file():
+        fallback = Path(folder) / REGROUP_STATE_FILE.format(rank=0)
+        if not fallback.is_file():
+            return None
+        logger.warning("%s is missing (different number of processes?): using rank 0's gradient sums", path)
+        path = fallback
+    with safe_open(str(path), framework="pt") as f:
+        metadata = f.metadata() or {}
+    tensors = load_file(str(path))
+    windows = dict(_iter_windows(model))
+    missing = sorted(set(windows) - set(tensors))
+    if missing:
+        raise ValueError(
+            f"{path}: no gradient sums for {missing[0]} (and {len(missing) - 1} more): not this model's run?"
+        )
+    for key, window in windows.items():
+        saved = tensors[key]
+        device = window.lora_A.device
+        window.buffer = saved.to(device) if window.buffer is None else window.buffer.copy_(saved)
+        window.backward_passes = int(metadata.get(f"{key}.backward_passes", 0))
+    return int(metadata.get("last_regroup_step", -1))
+
+
+def _jsonable(value):
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+class RegroupCallback(TrainerCallback):
+    """Calls ``badit.regroup(model, optimizer)`` when ``badit.regroup.regroup_due`` says so.
+
+    ``schedule`` is the BADIT config (fields regroup, regroup_every, regroup_until): by default at each
+    epoch end during the first half of training, as in the paper. Each regroup's per-layer statistics
+    go to ``log_file`` (one JSON line per regroup) and their means over layers to the Trainer's logs
+    (TensorBoard, JSONL) through ``log_fn``. The gradient windows are saved with every checkpoint and
+    restored from ``resume_from`` when training resumes.
+    """
+
+    def __init__(
+        self,
+        schedule,
+        log_file: str | Path | None = None,
+        log_fn: Callable[[dict[str, float]], None] | None = None,
+    ):
+        self.schedule = schedule
+        self.log_file = Path(log_file) if log_file else None
+        self.log_fn = log_fn
+        self.last_regroup_step = -1
+        self.resume_from: str | None = None
+        self.history: list[dict] = []
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if self.resume_from and model is not None:
+            step = load_regroup_state(model, self.resume_from, args.process_index)
+            if step is None:
+                logger.warning(
+                    "%s holds no regroup state: the gradient sums restart from zero", self.resume_from
+                )
+            else:
+                self.last_regroup_step = step
+
+    def on_step_end(self, args, state, control, model=None, optimizer=None, **kwargs):
+        self._maybe_regroup(state, model, optimizer, epoch_end=False)
+
+    def on_epoch_end(self, args, state, control, model=None, optimizer=None, **kwargs):
+        self._maybe_regroup(state, model, optimizer, epoch_end=True)
+
+    def on_save(self, args, state, control, model=None, **kwargs):
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if model is not None and folder.is_dir():
+            save_regroup_state(model, folder, args.process_index, self.last_regroup_step)
+
+    def _maybe_regroup(self, state: TrainerState, model, optimizer, epoch_end: bool) -> None:
+        from badit.regroup import regroup, regroup_due, summarize
+
+        if not regroup_due(
+            self.schedule, step=state.global_step, total_steps=state.max_steps, epoch_end=epoch_end
+        ):
+            return
+        start = time.perf_counter()
+        stats = regroup(model, optimizer)
+        seconds = time.perf_counter() - start
+        self.last_regroup_step = state.global_step
+        record = {
+            "step": state.global_step,
+            "epoch": state.epoch,
+            "seconds": seconds,
+            "layers": _jsonable(stats),
+        }
+        self.history.append(record)
+        if self.log_file is not None and state.is_world_process_zero:
+            self.log_file.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.log_file, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+        if self.log_fn is not None:
+            summary = {f"regroup/{key}": value for key, value in summarize(stats).items()}
+            self.log_fn({**summary, "regroup/seconds": seconds})
+
+
+# ----------------------------------------------------------------------------------------------
+# Progress and logs
+
+
+class ProgressBar(TrainerCallback):
+    """One tqdm bar over optimizer steps with ETA, the last logged loss and tokens/s (main process only)."""
+
+    def __init__(self):
+        self.bar: tqdm | None = None
+        self.postfix: dict[str, str] = {}
+        self.last_tokens, self.last_time = 0, 0.0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self.bar = tqdm(
+                total=state.max_steps,
+                initial=state.global_step,
+                desc="train",
+                unit="step",
+                dynamic_ncols=True,
+            )
+            self.last_tokens, self.last_time = state.num_input_tokens_seen, time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.update(state.global_step - self.bar.n)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self.bar is None or not logs:
+            return
+        if "loss" not in logs:  # e.g. a regroup summary
+            return
+        self.postfix["loss"] = f"{logs['loss']:.4f}"
+        now = time.perf_counter()
+        if state.num_input_tokens_seen > self.last_tokens and now > self.last_time:
+            # tokens/s since the previous log (all processes together), not the session average
+            rate = (state.num_input_tokens_seen - self.last_tokens) / (now - self.last_time)
+            self.postfix["tok/s"] = f"{rate:.0f}"
+            self.last_tokens, self.last_time = state.num_input_tokens_seen, now
+        self.bar.set_postfix(self.postfix, refresh=False)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+class JsonlLogger(TrainerCallback):
+    """Appends every Trainer log record (loss, learning rate, tokens/s, regroup summaries) to a JSONL file."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def on_log(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, logs=None, **kwargs
+    ):
+        if not state.is_world_process_zero or not logs:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        record = {"step": state.global_step, "epoch": state.epoch, "time": time.time(), **logs}
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
