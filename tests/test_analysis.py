@@ -82,3 +82,43 @@ def test_neuron_overlap_on_tiny_model():
     assert torch.all(out["jaccard"][:, 0, 2] < 1.0)
     with pytest.raises(ValueError, match="module_suffix"):
         neuron_overlap(model, batches, module_suffix="nonexistent")
+
+
+def test_expert_usage_and_report_on_badit_model(tmp_path):
+    import json
+
+    from peft import get_peft_model
+
+    from badit import BaditConfig
+    from badit.analysis import analyze, expert_usage
+
+    model = get_peft_model(make_tiny_model("llama"), BaditConfig(r=2, num_experts=4, top_k=4, regroup=False))
+    ids = torch.randint(3, 128, (3, 8), generator=torch.Generator().manual_seed(0))
+    labels = ids.clone()
+    labels[:, :5] = -100
+    batches = {
+        "t0": {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels},
+        "t1": {"input_ids": ids.flip(1), "attention_mask": torch.ones_like(ids), "labels": labels.flip(1)},
+    }
+    usage = expert_usage(model, batches)
+    assert usage["usage"].shape == (2, 2, 4)  # 2 adapted gate_proj layers, 2 tasks, 4 experts
+    # Zero-initialised router: every task spreads its weight uniformly over the experts.
+    torch.testing.assert_close(usage["usage"], torch.full((2, 2, 4), 0.25))
+    torch.testing.assert_close(usage["similarity"], torch.ones(2, 2))
+
+    # A router that sends task t0's prompts elsewhere makes the profiles differ.
+    with torch.no_grad():
+        for module in model.modules():
+            if hasattr(module, "badit_router"):
+                module.badit_router["default"].weight.normal_(0, 5.0)
+    usage = expert_usage(model, batches)
+    torch.testing.assert_close(usage["usage"].sum(-1), torch.ones(2, 2))
+    assert usage["similarity"][0, 1] < 0.999
+
+    result = analyze(model, batches, tmp_path / "analysis", neuron_top_fraction=0.1)
+    saved = json.loads((tmp_path / "analysis" / "analysis.json").read_text())
+    assert saved["tasks"] == ["t0", "t1"]
+    assert set(result) == {"tasks", "gradient_conflict", "expert_usage", "neuron_overlap"}
+    assert -1.0 <= saved["gradient_conflict"]["mean_offdiag"] <= 1.0
+    for png in ("gradient_conflict.png", "expert_usage.png", "neuron_overlap.png"):
+        assert (tmp_path / "analysis" / png).stat().st_size > 1000
