@@ -61,10 +61,11 @@ def test_labels_mask_the_prompt_and_keep_answer_plus_eos(tokenizer):
         assert ex["labels"][:n] == [IGNORE_INDEX] * n  # no loss on the prompt
         assert ex["labels"][n:] == ex["input_ids"][n:]  # loss on every answer token
         assert answer_part(ex)[-1] == tokenizer.eos_token_id
-        assert tokenizer.decode(answer_part(ex)) == inst.outputs[0] + tokenizer.eos_token
-        assert tokenizer.decode(prompt) == format_prompt(
-            task, inst
-        )  # piecewise tokens decode to the paper prompt
+        # the paper prompt's final space moves to the answer: " word0" is one token, as in running text
+        assert tokenizer.decode(prompt) == format_prompt(task, inst).removesuffix(" ")
+        assert tokenizer.decode(answer_part(ex)) == " " + inst.outputs[0] + tokenizer.eos_token
+        full_text = format_prompt(task, inst) + inst.outputs[0] + tokenizer.eos_token
+        assert tokenizer.decode(ex["input_ids"]) == full_text
         assert ex["task_id"] == 0
 
 
@@ -80,23 +81,25 @@ def test_input_is_cut_from_the_left_and_answer_from_the_right(tokenizer):
     assert text.startswith(
         "Repeat the last word of the input.\n\nNow complete the following example -\nInput: "
     )
-    assert text.endswith(" THE-END\nOutput: ")  # the end of the input survives, the start is cut
+    assert text.endswith(" THE-END\nOutput:")  # the end of the input survives, the start is cut
     assert prompt[-20:] == full[-20:]
     answer = answer_part(ex)
     assert len(answer) == 8 and answer[-1] == tokenizer.eos_token_id
-    assert tokenizer.decode(answer[:-1]) == " ".join(["answer"] * 7)
+    assert tokenizer.decode(answer[:-1]) == " answer" * 7
 
 
 def test_one_reference_chosen_per_instance_with_the_seed(tokenizer):
     task = make_task(n=40, outputs=lambda i: ["yes", "no", "maybe"])
     answers = {
-        seed: [tokenizer.decode(answer_part(ex)[:-1]) for ex in tokenize_tasks(tokenizer, [task], seed=seed)]
+        seed: [
+            tokenizer.decode(answer_part(ex)[:-1]).strip()
+            for ex in tokenize_tasks(tokenizer, [task], seed=seed)
+        ]
         for seed in (0, 1)
     }
     assert set(answers[0]) == {"yes", "no", "maybe"}
-    assert answers[0] == [
-        tokenizer.decode(answer_part(ex)[:-1]) for ex in tokenize_tasks(tokenizer, [task], seed=0)
-    ]
+    again = tokenize_tasks(tokenizer, [task], seed=0)
+    assert answers[0] == [tokenizer.decode(answer_part(ex)[:-1]).strip() for ex in again]
     assert answers[0] != answers[1]
 
 
@@ -137,7 +140,7 @@ def test_evaluate_writes_predictions_and_metrics(tokenizer, tmp_path):
     assert [(r["task"], r["id"]) for r in records] == [(t.name, i.id) for t in tasks for i in t.instances]
     for r, (task, inst) in zip(records, [(t, i) for t in tasks for i in t.instances]):
         assert r["references"] == inst.outputs
-        assert r["prompt"] == format_prompt(task, inst)
+        assert r["prompt"] == format_prompt(task, inst).removesuffix(" ")
         assert r["rougeL"] == pytest.approx(100 * rouge_l(r["prediction"], inst.outputs))
         assert r["exact_match"] in (0.0, 100.0)
         assert (

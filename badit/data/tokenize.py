@@ -5,6 +5,12 @@ tokenised in three pieces (prefix, input, suffix; see `PromptParts`) so that onl
 input is truncated, from the left, to fit `max_source_length`; the answer (+ EOS) is cut to
 `max_target_length` from the right. Evaluation encodes prompts with the same function
 (`encode_prompts`), so the model sees identical prompt tokens in training and evaluation.
+
+Spaces at the very end of the prompt (the paper's "Output: ") are moved to the start of the answer:
+BPE tokenizers (Llama-3, Qwen, SmolLM, Gemma, ...) write a word with its leading space as one token,
+so "Output:" + " answer" tokenises like the running text, whereas a lone trailing-space token is
+something pretrained models rarely see and often answer with a newline (this matters for the base
+model's zero-shot scores, e.g. FWT's b_j). The text of prompt + answer is unchanged.
 """
 
 from __future__ import annotations
@@ -52,23 +58,35 @@ def encode_prompt_parts(
     """Token ids of each prompt, the input truncated from the left to fit `max_source_length`.
     `chat`: the text came from a chat template, which already holds its special tokens."""
     lead = [] if chat else leading_special_tokens(tokenizer)
+    parts = [PromptParts(p.prefix, p.input, p.suffix.rstrip(" ")) for p in parts]
     prefixes = _batch_ids(tokenizer, [p.prefix for p in parts])
     inputs = _batch_ids(tokenizer, [p.input for p in parts])
     suffixes = _batch_ids(tokenizer, [p.suffix for p in parts])
     return [_fit_prompt(lead, a, b, c, max_source_length) for a, b, c in zip(prefixes, inputs, suffixes)]
 
 
+def _trailing_spaces(text: str) -> str:
+    return text[len(text.rstrip(" ")) :]
+
+
 def _pairs(tasks: Sequence[Task]) -> list[tuple[Task, Instance]]:
     return [(task, inst) for task in tasks for inst in task.instances]
+
+
+def prompt_parts(
+    tokenizer, tasks: Sequence[Task], template: PromptTemplate | None = None
+) -> list[PromptParts]:
+    """The prompt of every instance of every task, in task then instance order."""
+    template = template or PromptTemplate()
+    return [template.parts(task, inst, tokenizer) for task, inst in _pairs(tasks)]
 
 
 def encode_prompts(
     tokenizer, tasks: Sequence[Task], template: PromptTemplate | None = None, max_source_length: int = 1024
 ) -> list[list[int]]:
-    """Prompt token ids of every instance of every task, in task then instance order."""
-    template = template or PromptTemplate()
-    parts = [template.parts(task, inst, tokenizer) for task, inst in _pairs(tasks)]
-    return encode_prompt_parts(tokenizer, parts, max_source_length, template.use_chat_template)
+    """Prompt token ids (trailing spaces dropped, see module doc) of every instance of every task."""
+    chat = bool(template and template.use_chat_template)
+    return encode_prompt_parts(tokenizer, prompt_parts(tokenizer, tasks, template), max_source_length, chat)
 
 
 def tokenize_tasks(
@@ -96,8 +114,14 @@ def tokenize_tasks(
         raise ValueError(f"task_ids has no id for tasks {missing}")
     rng = random.Random(seed)
     pairs = _pairs(tasks)
-    prompts = encode_prompts(tokenizer, tasks, template, max_source_length)
-    answers = _batch_ids(tokenizer, [rng.choice(inst.outputs) for _, inst in pairs])
+    parts = prompt_parts(tokenizer, tasks, template)
+    prompts = encode_prompt_parts(
+        tokenizer, parts, max_source_length, bool(template and template.use_chat_template)
+    )
+    answer_texts = [
+        _trailing_spaces(p.suffix) + rng.choice(inst.outputs) for p, (_, inst) in zip(parts, pairs)
+    ]
+    answers = _batch_ids(tokenizer, answer_texts)
     examples = []
     for (task, _), prompt, answer in zip(pairs, prompts, answers):
         answer = answer[: max_target_length - 1] + [tokenizer.eos_token_id]
