@@ -68,6 +68,27 @@ def test_non_finite_gradients_are_ignored():
     torch.testing.assert_close(window_of(layer), before, rtol=0, atol=0)
 
 
+def test_mixed_precision_windows_hold_float32_gradients():
+    layer = make_layer()
+    attach_gradient_tracking(layer)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # AMP: float32 parameters, bf16 compute
+        backward(layer, seed=0)
+    lora_A, lora_B = factors(layer)
+    torch.testing.assert_close(window_of(layer), torch.cat([lora_A.grad, lora_B.grad.T], dim=1))
+
+    half = make_layer().to(torch.bfloat16)  # a bf16 adapter: the window still accumulates in float32
+    attach_gradient_tracking(half)
+    for seed in range(2):
+        torch.manual_seed(seed)
+        x, target = torch.randn(3, 5, IN, dtype=torch.bfloat16), torch.randn(3, 5, OUT, dtype=torch.bfloat16)
+        (half(x) - target).pow(2).mean().backward()
+    assert window_of(half).dtype == torch.float32
+    lora_A, lora_B = factors(half)
+    torch.testing.assert_close(
+        window_of(half), torch.cat([lora_A.grad, lora_B.grad.T], dim=1).float(), rtol=2e-2, atol=1e-3
+    )
+
+
 def test_exponential_moving_average_window():
     layer = make_layer()
     attach_gradient_tracking(layer, ema=0.75)

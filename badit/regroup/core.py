@@ -57,17 +57,19 @@ def regroup(
     signals = [window.statistics() for *_, window in tracked]
     all_reduce_sum_(signals)
 
+    iters_of: dict[str, int] = {}
     perms: list[torch.Tensor] = []
     plans: list[tuple[np.ndarray, dict[str, float]] | None] = []  # directions and plan statistics
     for (_, layer, adapter_name, _), signal in zip(tracked, signals, strict=True):
         num_experts, size = layer.num_experts[adapter_name], layer.r[adapter_name]
-        directions = signal.double().cpu().numpy()
+        directions = signal.cpu().numpy().astype(np.float64)  # numpy from here: tiny, single-threaded
         if num_experts < 2 or not directions.any():
             perms.append(torch.arange(num_experts * size))
             plans.append(None)
             continue
-        iters = kmeans_iters if kmeans_iters is not None else _kmeans_iters(model, adapter_name)
-        plan = plan_regroup(directions, num_experts, size, kmeans_iters=iters)
+        if adapter_name not in iters_of:
+            iters_of[adapter_name] = kmeans_iters or _kmeans_iters(model, adapter_name)
+        plan = plan_regroup(directions, num_experts, size, kmeans_iters=iters_of[adapter_name])
         perms.append(torch.from_numpy(plan.perm))
         plans.append((directions, plan.stats))
     perms = broadcast_from_rank0(perms, device=signals[0].device)
