@@ -22,7 +22,7 @@ class BaditConfig(PeftConfig):
     Args:
         r: rank of each expert.
         num_experts: number of experts K; the adapter uses the top K*r singular directions of each weight.
-        top_k: experts kept per sequence; `top_k == num_experts` is the paper's dense routing.
+        top_k: experts kept per sequence; None (default) or `num_experts` is the paper's dense routing.
         lora_alpha: scaling numerator; the adapter output is multiplied by `lora_alpha / r`.
         lora_dropout: dropout on the adapter input.
         target_modules: module names (a list), a regex (a str) or "all-linear"; only `torch.nn.Linear` layers.
@@ -43,7 +43,9 @@ class BaditConfig(PeftConfig):
 
     r: int = field(default=4, metadata={"help": "Rank of each expert."})
     num_experts: int = field(default=6, metadata={"help": "Number of experts K."})
-    top_k: int = field(default=6, metadata={"help": "Experts used per sequence (dense when == num_experts)."})
+    top_k: int | None = field(
+        default=None, metadata={"help": "Experts used per sequence; None: num_experts (dense routing)."}
+    )
     lora_alpha: float = field(default=32, metadata={"help": "Scaling numerator: scaling = lora_alpha / r."})
     lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the adapter input."})
     target_modules: list[str] | str | None = field(
@@ -55,8 +57,8 @@ class BaditConfig(PeftConfig):
     svd_method: Literal["randomized", "exact"] = field(
         default="randomized", metadata={"help": "SVD algorithm."}
     )
-    svd_oversample: int = field(default=16, metadata={"help": "Oversampling of the randomized SVD."})
-    svd_niter: int = field(default=6, metadata={"help": "Power iterations of the randomized SVD."})
+    svd_oversample: int = field(default=40, metadata={"help": "Oversampling of the randomized SVD."})
+    svd_niter: int = field(default=10, metadata={"help": "Power iterations of the randomized SVD."})
     router_scale: Literal["preserve", "paper"] = field(
         default="preserve", metadata={"help": "'preserve' (K * softmax) or 'paper' (softmax)."}
     )
@@ -75,6 +77,8 @@ class BaditConfig(PeftConfig):
         self.peft_type = badit_peft_type()
         if isinstance(self.target_modules, (list, tuple)):
             self.target_modules = list(self.target_modules)
+        if self.top_k is None and isinstance(self.num_experts, int):
+            self.top_k = self.num_experts
         self._validate()
 
     def _validate(self) -> None:
@@ -103,9 +107,9 @@ class BaditConfig(PeftConfig):
         if self.svd_method not in SVD_METHODS:
             fail("svd_method", f"is not one of {SVD_METHODS}", "use 'randomized' (default) or 'exact'")
         if not is_int(self.svd_oversample) or self.svd_oversample < 0:
-            fail("svd_oversample", "is not a non-negative integer", "use e.g. 16")
+            fail("svd_oversample", "is not a non-negative integer", "use e.g. 40")
         if not is_int(self.svd_niter) or self.svd_niter < 0:
-            fail("svd_niter", "is not a non-negative integer", "use e.g. 6")
+            fail("svd_niter", "is not a non-negative integer", "use e.g. 10")
         if self.router_scale not in ROUTER_SCALES:
             fail("router_scale", f"is not one of {ROUTER_SCALES}", "use 'preserve' (default) or 'paper'")
         if self.target_modules is None or (

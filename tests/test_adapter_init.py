@@ -1,0 +1,112 @@
+"""Initialisation: function preservation, orthogonal experts, the residual, trainable parameters."""
+
+import pytest
+import torch
+from peft import get_peft_model
+
+import badit
+from badit.adapter.layer import BaditLinear
+from tests.conftest import make_tiny_model
+
+
+def badit_layers(model) -> list[BaditLinear]:
+    return [m for m in model.modules() if isinstance(m, BaditLinear)]
+
+
+def input_batch(seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(3, 128, (3, 12), generator=g)
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[0, :5] = 0  # left padding
+    return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+
+@torch.no_grad()
+def logits(model, batch) -> torch.Tensor:
+    return model(**batch).logits
+
+
+@pytest.mark.parametrize("target_modules", [["gate_proj"], "all-linear"])
+def test_dense_preserving_init_reproduces_the_pretrained_model(family, target_modules):
+    batch = input_batch()
+    reference = logits(make_tiny_model(family), batch)
+    config = badit.BaditConfig(target_modules=target_modules, regroup=False)
+    model = get_peft_model(make_tiny_model(family), config).eval()
+    assert (logits(model, batch) - reference).abs().max() <= 1e-4
+    for layer in badit_layers(model):
+        torch.testing.assert_close(layer.routing_weights["default"], torch.ones(3, 6))
+
+
+def test_paper_router_scale_shrinks_the_top_directions_k_fold(family):
+    model = get_peft_model(
+        make_tiny_model(family), badit.BaditConfig(router_scale="paper", regroup=False)
+    ).eval()
+    layer = badit_layers(model)[0]
+    pretrained = layer.pretrained_weight()
+    top = layer.scaling["default"] * layer.badit_B0["default"] @ layer.badit_A0["default"]
+    x = torch.randn(2, 7, layer.in_features)
+    with torch.no_grad():
+        out = layer(x)
+    # Softmax weights 1/K: the layer computes W - (1 - 1/K) * (top K*r components).
+    torch.testing.assert_close(out, x @ (pretrained - (1 - 1 / 6) * top).T, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(layer.routing_weights["default"], torch.full((2, 6), 1 / 6))
+
+
+def test_experts_are_the_ordered_orthogonal_top_singular_components(family):
+    original = make_tiny_model(family)
+    model = get_peft_model(make_tiny_model(family), badit.BaditConfig(r=3, num_experts=4, regroup=False))
+    for layer, weight in zip(
+        badit_layers(model), [layer.mlp.gate_proj.weight for layer in original.model.layers], strict=True
+    ):
+        a, b = layer.badit_A["default"].double(), layer.badit_B["default"].double()
+        assert a.shape == (12, 64) and b.shape == (96, 12)
+        for e in range(4):
+            for f in range(4):
+                if e != f:
+                    a_e, a_f = a[3 * e : 3 * e + 3], a[3 * f : 3 * f + 3]
+                    b_e, b_f = b[:, 3 * e : 3 * e + 3], b[:, 3 * f : 3 * f + 3]
+                    assert (a_e @ a_f.T).abs().max() < 1e-5
+                    assert (b_e.T @ b_f).abs().max() < 1e-5
+        # Component j carries the j-th singular value: scaling * |a_j| * |b_j| = s_j, expert 0 the largest.
+        s = torch.linalg.svdvals(weight.double())[:12]
+        torch.testing.assert_close(
+            layer.scaling["default"] * a.norm(dim=1) * b.norm(dim=0), s, rtol=1e-5, atol=1e-6
+        )
+        # The frozen base keeps the residual; A0 / B0 are the initial factors.
+        residual = weight.double() - layer.scaling["default"] * b @ a
+        torch.testing.assert_close(layer.get_base_layer().weight.double(), residual, atol=1e-5, rtol=0)
+        torch.testing.assert_close(layer.badit_A0["default"], layer.badit_A["default"])
+        torch.testing.assert_close(layer.badit_B0["default"], layer.badit_B["default"])
+
+
+def test_random_init_is_a_zero_b_baseline(family):
+    batch = input_batch()
+    reference = logits(make_tiny_model(family), batch)
+    model = get_peft_model(make_tiny_model(family), badit.BaditConfig(init="random", regroup=False)).eval()
+    layer = badit_layers(model)[0]
+    assert layer.badit_A["default"].std() > 0
+    torch.testing.assert_close(layer.badit_A0["default"], layer.badit_A["default"])
+    assert torch.count_nonzero(layer.badit_B["default"]) == 0
+    assert (logits(model, batch) - reference).abs().max() <= 1e-5
+
+
+def test_only_adapter_and_router_parameters_are_trainable_and_all_get_gradients():
+    model = get_peft_model(
+        make_tiny_model("llama"), badit.BaditConfig(target_modules="all-linear", regroup=False)
+    )
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable, "nothing is trainable"
+    assert all(n.split(".")[-2] in ("badit_A", "badit_B") or ".badit_router." in n for n in trainable)
+    expected = {
+        f"{n}.badit_{kind}.default" for n, _ in model.named_modules() if n.endswith("proj") for kind in "AB"
+    } | {f"{n}.badit_router.default.weight" for n, _ in model.named_modules() if n.endswith("proj")}
+    assert trainable == expected
+    batch = input_batch()
+    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    labels[:, :6] = -100
+    model(**batch, labels=labels).loss.backward()
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            assert p.grad is not None and p.grad.abs().sum() > 0, name
+        else:
+            assert p.grad is None, name
