@@ -129,6 +129,7 @@ def test_permutation_moves_weights_initial_factors_grads_and_adam_moments():
         **{f"A.{k}": (optimizer.state[lora_A][k], 0) for k in ("exp_avg", "exp_avg_sq")},
         **{f"B.{k}": (optimizer.state[lora_B][k], 1) for k in ("exp_avg", "exp_avg_sq")},
     }
+    rows["window"] = (window_of(layer), 0)
     before = {name: t.clone() for name, (t, _) in rows.items()}
     steps = optimizer.state[lora_A]["step"].clone()
     permute_components(layer, "default", perm, optimizer)

@@ -61,6 +61,13 @@ def test_regroup_preserves_logits_under_uniform_routing(family):
 
 def test_regroup_disabled_tracks_nothing():
     model = badit_model("llama", regroup=False)
+    assert badit.attach_gradient_tracking(model) == 0
     model(**batch(0)).loss.backward()
     assert all(not gradient_windows(layer) for _, layer in iter_badit_layers(model))
     assert badit.regroup(model) == {}
+
+
+def test_ema_decay_comes_from_the_config():
+    model = badit_model("llama", regroup_ema=0.9)
+    windows = [gradient_windows(layer)["default"] for _, layer in iter_badit_layers(model)]
+    assert windows and all(window.ema == 0.9 for window in windows)

@@ -9,19 +9,11 @@ import torch
 from torch import nn
 
 from badit.regroup.distributed import all_reduce_sum_, broadcast_from_rank0
-from badit.regroup.gradients import GradientWindow, gradient_windows, iter_badit_layers
+from badit.regroup.gradients import GradientWindow, find_adapter_config, gradient_windows, iter_badit_layers
 from badit.regroup.permute import check_not_sharded, permute_components
 from badit.regroup.plan import grouping_stats, plan_regroup
 
 logger = logging.getLogger(__name__)
-
-
-def _kmeans_iters(model: nn.Module, adapter_name: str, default: int = 20) -> int:
-    for module in model.modules():
-        configs = getattr(module, "peft_config", None)
-        if isinstance(configs, dict) and adapter_name in configs:
-            return int(getattr(configs[adapter_name], "regroup_kmeans_iters", default))
-    return default
 
 
 def _stats_key(layer_name: str, adapter_name: str) -> str:
@@ -68,7 +60,8 @@ def regroup(
             plans.append(None)
             continue
         if adapter_name not in iters_of:
-            iters_of[adapter_name] = kmeans_iters or _kmeans_iters(model, adapter_name)
+            config = find_adapter_config(model, adapter_name)
+            iters_of[adapter_name] = kmeans_iters or getattr(config, "regroup_kmeans_iters", 20)
         plan = plan_regroup(directions, num_experts, size, kmeans_iters=iters_of[adapter_name])
         perms.append(torch.from_numpy(plan.perm))
         plans.append((directions, plan.stats))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -102,12 +103,12 @@ def iter_badit_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
             yield name, module
 
 
-def _config_ema(model: nn.Module, adapter_name: str) -> float | None:
-    """regroup_ema of the adapter's BaditConfig, found on the PEFT model or tuner (None if absent)."""
+def find_adapter_config(model: nn.Module, adapter_name: str) -> Any | None:
+    """The adapter's BaditConfig, found on the PEFT model or tuner inside `model` (None if absent)."""
     for module in model.modules():
         configs = getattr(module, "peft_config", None)
         if isinstance(configs, dict) and adapter_name in configs:
-            return getattr(configs[adapter_name], "regroup_ema", None)
+            return configs[adapter_name]
     return None
 
 
@@ -115,22 +116,25 @@ def attach_gradient_tracking(model: nn.Module, ema: float | None = None) -> int:
     """Install gradient windows on every BADIT layer and adapter of `model`; returns how many are tracked.
 
     ema: EMA decay for every adapter; None takes each adapter's `BaditConfig.regroup_ema` (None there
-    means a plain sum since the last regroup). Frozen adapters are skipped (a hook needs a parameter
-    that requires grad), so call it again after making an adapter trainable; it is idempotent:
-    adapters already tracked keep their window.
+    means a plain sum since the last regroup). Adapters whose config says regroup=False are skipped,
+    and so are frozen ones (a hook needs a parameter that requires grad): call it again after making
+    an adapter trainable. Idempotent: adapters already tracked keep their window.
     """
-    decays: dict[str, float | None] = {}
+    configs: dict[str, Any] = {}
     tracked = 0
     for _, layer in iter_badit_layers(model):
         windows = layer.__dict__.setdefault(WINDOWS_ATTR, {})
         for adapter_name, lora_A in layer.badit_A.items():
-            lora_B = layer.badit_B[adapter_name]
+            if adapter_name not in configs:
+                configs[adapter_name] = find_adapter_config(model, adapter_name)
+            config, lora_B = configs[adapter_name], layer.badit_B[adapter_name]
+            if not getattr(config, "regroup", True):
+                continue  # regrouping is off for this adapter
             if not (lora_A.requires_grad and lora_B.requires_grad):
                 continue  # frozen (e.g. loaded for inference): nothing to track, no hook possible
             if adapter_name not in windows:
-                if adapter_name not in decays:
-                    decays[adapter_name] = ema if ema is not None else _config_ema(model, adapter_name)
-                windows[adapter_name] = GradientWindow(lora_A, lora_B, decays[adapter_name])
+                decay = ema if ema is not None else getattr(config, "regroup_ema", None)
+                windows[adapter_name] = GradientWindow(lora_A, lora_B, decay)
             tracked += 1
     return tracked
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from badit.regroup.gradients import gradient_windows
+
 # Packed factors of a BaditLinear and the dimension that indexes rank-1 components.
 COMPONENT_DIM = {"badit_A": 0, "badit_B": 1, "badit_A0": 0, "badit_B0": 1}
 
@@ -87,9 +89,13 @@ def permute_components(
 ) -> None:
     """New component j = old component perm[j] for one adapter of one layer.
 
-    Moves the rows of A and A0, the columns of B and B0, their `.grad`, and the optimizer state of A
-    and B. The residual W - scaling * B0 @ A0 is unchanged because A0 and B0 move together.
+    Moves the rows of A and A0, the columns of B and B0, their `.grad`, the optimizer state of A and
+    B, and the gradient window. The residual W - scaling * B0 @ A0 is unchanged because A0 and B0
+    move together.
     """
+    window = gradient_windows(layer).get(adapter_name)
+    if window is not None:
+        window.permute_(perm)
     for attr, dim in COMPONENT_DIM.items():
         factors = getattr(layer, attr, None)
         if factors is None or adapter_name not in factors:
