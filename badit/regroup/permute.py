@@ -17,7 +17,11 @@ class UnsupportedOptimizerState(RuntimeError):
 
 def check_not_sharded(model: nn.Module) -> None:
     """Refuse backends whose adapter weights are sharded: a permutation needs whole rows and columns."""
-    from torch.distributed.tensor import DTensor
+    try:
+        from torch.distributed.fsdp import FullyShardedDataParallel
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # torch built without distributed support: isinstance(x, ()) is always False
+        FullyShardedDataParallel = DTensor = ()
 
     hint = (
         "regrouping permutes whole rows of badit_A and columns of badit_B and needs unsharded adapter "
@@ -33,10 +37,6 @@ def check_not_sharded(model: nn.Module) -> None:
             raise RuntimeError(
                 f"badit.regroup: {name} is a sharded DTensor (FSDP2 / tensor parallel); {hint}"
             )
-    try:
-        from torch.distributed.fsdp import FullyShardedDataParallel
-    except ImportError:  # torch built without distributed support
-        return
     if any(isinstance(m, FullyShardedDataParallel) for m in model.modules()):
         raise RuntimeError(f"badit.regroup: the model is wrapped in FullyShardedDataParallel; {hint}")
 
