@@ -31,3 +31,46 @@ def save_tiny_model(folder: Path, family: str = "llama", seed: int = 0) -> Path:
     model.save_pretrained(folder)
     char_tokenizer().save_pretrained(folder)
     return folder
+
+
+def tiny_run_config(
+    root: Path, method_name: str = "lora", setting_name: str = "multitask", **sections
+) -> dict:
+    """A run config (as a dict) for a tiny model on two conflicting demo tasks, built under ``root``.
+
+    ``sections`` update the config sections, e.g. ``training={"max_steps": 4}``.
+    """
+    from badit.data.synthetic import write_demo_tasks
+
+    model_dir, data_dir = root / "model", root / "data"
+    if not model_dir.is_dir():
+        save_tiny_model(model_dir)
+    if not data_dir.is_dir():
+        write_demo_tasks(
+            data_dir, train_per_task=24, test_per_task=3, tasks=["demo_copy_words", "demo_reverse_words"]
+        )
+    config = {
+        "name": f"tiny-{method_name}-{setting_name}",
+        "setting": setting_name,
+        "output_dir": str(root / f"run-{method_name}-{setting_name}"),
+        "seed": 0,
+        "model": {"name_or_path": str(model_dir)},
+        "data": {"path": str(data_dir), "max_source_length": 120, "max_target_length": 24},
+        "method": {"name": method_name, "r": 2, "num_experts": 3, "top_k": 3, "lora_dropout": 0.0},
+        "training": {
+            "max_steps": 6,
+            "learning_rate": 5e-3,
+            "warmup_ratio": 0.0,
+            "per_device_train_batch_size": 4,
+            "logging_steps": 1,
+            "save_steps": 100,
+            "report_to": [],
+        },
+        "evaluation": {"max_new_tokens": 6, "batch_size": 8},
+    }
+    for section, values in sections.items():
+        if isinstance(values, dict):
+            config[section] = {**config.get(section, {}), **values}
+        else:
+            config[section] = values
+    return config

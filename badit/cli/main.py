@@ -1,11 +1,255 @@
-"""The `badit` command."""
+"""The ``badit`` command: train, eval, compare, data check, demo."""
 
+from __future__ import annotations
+
+import argparse
+import logging
+import os
 import sys
+from pathlib import Path
+
+EPILOG_TRAIN = """\
+examples:
+  badit train configs/superni_multitask.yaml
+  badit train configs/superni_multitask.yaml method.name=lora training.learning_rate=1e-4 output_dir=runs/lora
+  badit train configs/superni_multitask.yaml setting=single output_dir=runs/badit-single
+  badit train runs/lora --resume            # continue a killed run from its last checkpoint
+
+Any field of the config can be overridden as section.field=value (values are YAML: 3, 1e-4, true,
+[a, b], null). Multi-GPU: `accelerate launch -m badit.cli.main train CONFIG` or
+`torchrun --nproc-per-node N -m badit.cli.main train CONFIG`; DeepSpeed ZeRO-2 with
+training.deepspeed=ds_config.json.
+"""
+
+EPILOG_EVAL = """\
+examples:
+  badit eval runs/lora                                   # re-evaluate with the run's settings
+  badit eval runs/lora evaluation.max_examples_per_task=null evaluation.batch_size=64
+  badit eval runs/lora evaluation.split=dev --output runs/lora/eval-dev
+"""
+
+EPILOG_COMPARE = """\
+The interference score of a multi-task run is its average minus the average of a single-task run
+(setting=single: one adapter per task) over the same tasks; negative means interference. Give the
+single-task run(s) among RUN... to get it.
+
+example:
+  badit compare runs/lora runs/badit runs/badit-single
+"""
 
 
-def main(argv=None) -> int:
-    print("badit: not yet (the command lands with the training issue)")
+def _add_overrides(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="section.field=value",
+        help="change a config field, e.g. training.learning_rate=1e-4 (repeatable)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="badit",
+        description="BADIT: multi-task instruct-tuning with orthogonal basic-ability experts (a PEFT method). "
+        "Start with `badit demo`.",
+    )
+    parser.add_argument(
+        "--verbose", "-v", action="store_true", help="show library log messages and tracebacks"
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    train = commands.add_parser(
+        "train",
+        help="train and evaluate one run described by a YAML config",
+        description="Train the configured method in the configured setting (multitask, single, continual),\n"
+        "evaluate it and write everything into the run folder (output_dir): config.yaml, checkpoints/,\n"
+        "logs/ (JSONL, TensorBoard), adapter/, predictions.jsonl, metrics.json, summary.md.",
+        epilog=EPILOG_TRAIN,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    train.add_argument("config", help="a YAML config file, or a run folder (its config.yaml) with --resume")
+    _add_overrides(train)
+    train.add_argument(
+        "--resume", action="store_true", help="continue the run in output_dir from its last checkpoint"
+    )
+    train.add_argument("--overwrite", action="store_true", help="delete an existing run in output_dir first")
+    train.add_argument("--output", metavar="DIR", help="shorthand for output_dir=DIR")
+
+    evaluate = commands.add_parser(
+        "eval",
+        help="evaluate a trained run again",
+        description="Load the run's base model and trained adapter(s), generate greedily and score\n"
+        "(ROUGE-L, exact match); writes predictions.jsonl, metrics.json and summary.md.",
+        epilog=EPILOG_EVAL,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    evaluate.add_argument("run", help="a run folder written by `badit train`")
+    _add_overrides(evaluate)
+    evaluate.add_argument(
+        "--output", metavar="DIR", help="write the results here instead of into the run folder"
+    )
+
+    comp = commands.add_parser(
+        "compare",
+        help="table of runs (methods) by task with averages and the interference score",
+        description="Print a Markdown table: one row per task, one column per run, the average over\n"
+        "tasks, the interference score of multi-task runs and the continual metrics of continual runs.",
+        epilog=EPILOG_COMPARE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    comp.add_argument("runs", nargs="+", metavar="RUN", help="run folders")
+    comp.add_argument(
+        "--metric", choices=("rougeL", "exact_match"), default="rougeL", help="score shown (default rougeL)"
+    )
+    comp.add_argument("--output", metavar="FILE", help="also write the table (Markdown) to FILE")
+    comp.add_argument("--json", metavar="FILE", help="also write all numbers as JSON to FILE")
+
+    data = commands.add_parser("data", help="data tools (see `badit data check --help`)")
+    data_commands = data.add_subparsers(dest="data_command", metavar="COMMAND")
+    check = data_commands.add_parser(
+        "check",
+        help="validate a task folder and report counts per task",
+        description="Read every task under PATH (a folder per task with train/dev/test.json, or raw\n"
+        "taskNNN_name.json files) and report instance counts and problems.\n"
+        "Exit status 0 when all is well, 1 when problems were found.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    check.add_argument("path", help="the data folder")
+    check.add_argument("--train-size", type=int, default=1000, help="raw files: training instances per task")
+    check.add_argument("--test-size", type=int, default=100, help="raw files: test instances per task")
+    check.add_argument("--seed", type=int, default=42, help="raw files: seed of the split")
+
+    demo = commands.add_parser(
+        "demo",
+        help="LoRA vs BADIT on the embedded SmolLM2-135M and generated tasks (a few minutes on a CPU)",
+        description="Generate six small tasks that conflict on shared inputs (copy/reverse, sort up/down, "
+        "add/subtract one), train LoRA and BADIT on them jointly with the embedded SmolLM2-135M-Instruct, "
+        "evaluate, print the comparison and write run folders, the table and analysis plots under --output.",
+    )
+    demo.add_argument(
+        "--output", metavar="DIR", default="badit-demo", help="where to write (default ./badit-demo)"
+    )
+    demo.add_argument("--steps", type=int, default=60, help="optimizer steps per method (default 60)")
+    demo.add_argument("--eval-examples", type=int, default=10, help="test examples per task (default 10)")
+    demo.add_argument("--methods", nargs="+", default=["lora", "badit"], help="methods to compare")
+    demo.add_argument(
+        "--model", default=None, help="another causal LM (folder or hub name) instead of SmolLM2"
+    )
+    demo.add_argument("--no-analysis", action="store_true", help="skip the interference analysis and plots")
+    return parser
+
+
+def _train(args) -> int:
+    from badit.training.config import load_config
+    from badit.training.runs import CONFIG_FILE, run, summary_table
+
+    path = Path(args.config)
+    overrides = list(args.overrides)
+    if args.output:
+        overrides.append(f"output_dir={args.output}")
+    if path.is_dir():
+        if not (path / CONFIG_FILE).is_file():
+            raise FileNotFoundError(f"{path} is a folder without {CONFIG_FILE}: give a YAML config file")
+        path = path / CONFIG_FILE
+    config = load_config(path, overrides)
+    metrics = run(config, resume=args.resume, overwrite=args.overwrite)
+    if metrics:
+        print()
+        print(summary_table(metrics, f"{config.name}: {config.method.name}, {config.setting}"))
+        print(f"run folder: {config.output_dir}")
     return 0
+
+
+def _eval(args) -> int:
+    from badit.training.runs import reevaluate, summary_table
+
+    metrics = reevaluate(args.run, args.overrides, args.output)
+    print(summary_table(metrics, f"{args.run} (re-evaluated)"))
+    return 0
+
+
+def _compare(args) -> int:
+    from badit.data.files import atomic_write_json, atomic_write_text
+    from badit.training.compare import compare, comparison_json, format_table
+
+    runs = compare(args.runs)
+    table = format_table(runs, args.metric)
+    print(table, end="")
+    if args.output:
+        atomic_write_text(args.output, table)
+    if args.json:
+        atomic_write_json(args.json, comparison_json(runs))
+    return 0
+
+
+def _data_check(args) -> int:
+    from badit.data import SplitSizes, run_data_check
+
+    return run_data_check(
+        args.path, sizes=SplitSizes(train=args.train_size, test=args.test_size, seed=args.seed)
+    )
+
+
+def _demo(args) -> int:
+    from badit.training.demo import run_demo
+    from badit.training.model_loading import EMBEDDED_MODEL
+
+    result = run_demo(
+        args.output,
+        tuple(args.methods),
+        steps=args.steps,
+        eval_examples=args.eval_examples,
+        model=args.model or EMBEDDED_MODEL,
+        analysis=not args.no_analysis,
+    )
+    print()
+    print(result.table, end="")
+    print()
+    for method, folder in result.run_dirs.items():
+        print(f"{method}: {folder}/ (metrics.json, predictions.jsonl, summary.md, logs/)")
+    print(f"table: {result.output_dir / 'comparison.md'}")
+    if result.analysis_dir is not None:
+        print(
+            f"analysis (gradient conflict, expert usage, neuron overlap): {result.analysis_dir}/*.png, analysis.json"
+        )
+    print(f"TensorBoard: tensorboard --logdir {result.output_dir}")
+    print(f"demo finished in {result.seconds / 60:.1f} min")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    if args.command == "data" and args.data_command is None:
+        parser.parse_args(["data", "--help"])
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+    if not args.verbose:
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+        transformers.logging.disable_progress_bar()
+        logging.getLogger("badit").setLevel(logging.INFO)
+    handlers = {"train": _train, "eval": _eval, "compare": _compare, "data": _data_check, "demo": _demo}
+    from badit.data.files import DataError
+    from badit.training.config import ConfigError
+    from badit.training.runs import RunError
+
+    try:
+        return handlers[args.command](args)
+    except (ConfigError, DataError, RunError, FileNotFoundError) as error:
+        if args.verbose:
+            raise
+        print(f"badit {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted; `badit train RUN --resume` continues from the last checkpoint", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -93,8 +93,8 @@ class RegroupCallback(TrainerCallback):
 
     ``schedule`` is the BADIT config (fields regroup, regroup_every, regroup_until): by default at each
     epoch end during the first half of training, as in the paper. Each regroup's per-layer statistics
-    go to ``log_file`` (one JSON line per regroup) and their means over layers to the Trainer's logs
-    (TensorBoard, JSONL) through ``log_fn``. The gradient windows are saved with every checkpoint and
+    go to ``log_file`` (one JSON line per regroup) and their means over layers to the Trainer's next
+    log record (TensorBoard, JSONL) through ``log_fn``. The gradient windows are saved with every checkpoint and
     restored from ``resume_from`` when training resumes.
     """
 

@@ -49,6 +49,9 @@ class ModelConfig:
 class DataConfig:
     path: str = "../shared/data/superni"
     """A folder with one sub-folder per task (train.json / dev.json / test.json) or raw task files."""
+    split_sizes: dict[str, int] | None = None
+    """Raw ``taskNNN_name.json`` files only: instances per split, e.g. {train: 1000, test: 100, seed: 42}
+    (the default), split with a seed per task."""
     tasks: list[str] | None = None
     """Task names to use (default: every task in ``path``)."""
     task_order: list[str] | None = None
@@ -245,6 +248,10 @@ def _coerce(value: Any, kind: Any, name: str, source: str) -> Any:
         if value in args:
             return value
         raise ConfigError(f"{source}: {name} must be one of {', '.join(map(str, args))}, got {value!r}")
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: {name} must be a mapping, got {value!r}")
+        return {str(k): _coerce(v, args[1], f"{name}.{k}", source) for k, v in value.items()}
     if origin is list:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             value = [value]  # a single item where a list is expected: `tasks: task1` means [task1]
@@ -280,6 +287,8 @@ def _describe(kind: Any) -> str:
     origin = typing.get_origin(kind)
     if origin in (Union, types.UnionType):
         return " or ".join(_describe(a) for a in typing.get_args(kind))
+    if origin is dict:
+        return f"a mapping to {_describe(typing.get_args(kind)[1])}"
     if origin is list:
         return f"a list of {_describe(typing.get_args(kind)[0])}"
     if kind is type(None):
@@ -336,6 +345,10 @@ def validate(config: RunConfig, source: str = "config") -> None:
         fail(f"data.sampling_temperature must be positive, got {config.data.sampling_temperature}")
     if config.evaluation.batch_size < 1 or config.evaluation.max_new_tokens < 1:
         fail("evaluation.batch_size and evaluation.max_new_tokens must be at least 1")
+    sizes = config.data.split_sizes or {}
+    unknown = sorted(set(sizes) - {"train", "dev", "test", "seed"})
+    if unknown:
+        fail(f"data.split_sizes: unknown key(s) {', '.join(unknown)}; use train, dev, test, seed")
     if config.data.task_order is not None and config.data.tasks is not None:
         missing = sorted(set(config.data.task_order) - set(config.data.tasks))
         if missing:

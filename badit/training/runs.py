@@ -36,7 +36,7 @@ from accelerate import PartialState
 from peft import PeftModel
 from transformers import TrainerCallback
 
-from badit.data import Task, list_tasks, load_tasks, task_order
+from badit.data import SplitSizes, Task, list_tasks, load_tasks, task_order
 from badit.data.files import atomic_write_json, atomic_write_jsonl, atomic_write_text
 from badit.evaluation import continual_metrics, evaluate, summarize
 from badit.training.config import ConfigError, RunConfig, from_dict
@@ -131,8 +131,9 @@ def task_names(config: RunConfig) -> list[str]:
 
 def load_run_tasks(config: RunConfig, names: Sequence[str]) -> tuple[list[Task], list[Task]]:
     """(training tasks, evaluation tasks) with the configured caps on examples per task."""
-    train = load_tasks(config.data.path, "train", list(names))
-    test = load_tasks(config.data.path, config.evaluation.split, list(names))
+    sizes = SplitSizes(**config.data.split_sizes) if config.data.split_sizes else None
+    train = load_tasks(config.data.path, "train", list(names), sizes)
+    test = load_tasks(config.data.path, config.evaluation.split, list(names), sizes)
     train = [_subsample(t, config.data.max_train_examples_per_task, config.seed) for t in train]
     test = [_subsample(t, config.evaluation.max_examples_per_task, None) for t in test]
     return train, test
@@ -225,13 +226,14 @@ def run(
     return settings[config.setting](config, run_dir, train_tasks, eval_tasks, ids, resume, extra_callbacks)
 
 
-def _load_base(config: RunConfig):
+def load_base_model(config: RunConfig):
+    """The run's base model and tokenizer."""
     m = config.model
     return load_model_and_tokenizer(m.name_or_path, m.dtype, m.trust_remote_code, m.attn_implementation)
 
 
 def _run_multitask(config, run_dir, train_tasks, eval_tasks, ids, resume, extra_callbacks) -> dict:
-    base, tokenizer = _load_base(config)
+    base, tokenizer = load_base_model(config)
     model = build_adapter_model(config, base)
     result = train_stage(config, model, tokenizer, train_tasks, run_dir, ids, resume, extra_callbacks)
     if not PartialState().is_main_process:
@@ -265,7 +267,7 @@ def _run_single(config, run_dir, train_tasks, eval_tasks, ids, resume, extra_cal
         stage_dir = run_dir / "tasks" / train_task.name
         done = _stage_done(stage_dir) if resume else None
         if done is None:
-            base, tokenizer = _load_base(config)
+            base, tokenizer = load_base_model(config)
             model = build_adapter_model(config, base)
             result = train_stage(
                 config, model, tokenizer, [train_task], stage_dir, ids, resume, extra_callbacks
@@ -301,7 +303,7 @@ def _run_continual(config, run_dir, train_tasks, eval_tasks, ids, resume, extra_
     if config.evaluation.continual_base_scores and main:
         base_dir = run_dir / "stages" / "base"
         if _stage_done(base_dir) is None or not resume:
-            base, tokenizer = _load_base(config)
+            base, tokenizer = load_base_model(config)
             model = build_adapter_model(config, base)  # the untrained adapter: b[j] of FWT
             evaluate_model(config, model, tokenizer, eval_order, base_dir)
             atomic_write_json(base_dir / DONE_FILE, {"stage": "base"})
@@ -315,7 +317,7 @@ def _run_continual(config, run_dir, train_tasks, eval_tasks, ids, resume, extra_
         stage_dir = run_dir / "stages" / f"{stage:02d}-{name}"
         done = _stage_done(stage_dir) if resume else None
         if done is None:
-            base, tokenizer = _load_base(config)
+            base, tokenizer = load_base_model(config)
             model = build_adapter_model(config, base, init_adapter=previous)
             result = train_stage(
                 config, model, tokenizer, [by_name[name]], stage_dir, ids, resume, extra_callbacks
@@ -378,7 +380,7 @@ def reevaluate(
             raise RunError(
                 f"{adapter_dir}: no trained adapter (did the run finish? `badit train {run_dir} --resume`)"
             )
-        base, tokenizer = _load_base(config)
+        base, tokenizer = load_base_model(config)
         return PeftModel.from_pretrained(base, str(adapter_dir)).eval(), tokenizer
 
     if config.setting == "single":

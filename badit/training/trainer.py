@@ -40,6 +40,18 @@ class BaditTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.balanced_sampling = balanced_sampling
         self.sampling_temperature = sampling_temperature
+        self._queued_logs: dict[str, float] = {}
+
+    def queue_logs(self, values: dict[str, float]) -> None:
+        """Values to add to the next log record (calling ``log`` from a callback would cancel the
+        Trainer's pending loss log of that step)."""
+        self._queued_logs.update(values)
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if self._queued_logs:
+            logs = {**logs, **self._queued_logs}
+            self._queued_logs = {}
+        super().log(logs, start_time)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         inputs = {key: value for key, value in inputs.items() if key != "task_ids"}
@@ -221,7 +233,7 @@ def train_stage(
         regroup = RegroupCallback(
             schedule=model.peft_config[model.active_adapter],
             log_file=log_dir / "regroup.jsonl",
-            log_fn=trainer.log,
+            log_fn=trainer.queue_logs,
         )
         trainer.add_callback(regroup)
     for callback in extra_callbacks:

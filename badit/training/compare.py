@@ -1,0 +1,156 @@
+"""``badit compare RUN...``: a table of runs (methods) by task, with averages and the interference score.
+
+The interference score of a multi-task run is its average score minus the average score of a
+single-task run (one adapter per task) over the same tasks (``badit.evaluation.interference_score``):
+negative means that training the tasks together costs performance. The single-task reference is
+taken among the runs given, preferring one of the same method and model.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from badit.evaluation import interference_score
+from badit.training.runs import METRICS_FILE, RunError
+
+METRIC_NAMES = {"rougeL": "ROUGE-L", "exact_match": "EM"}
+
+
+@dataclass
+class RunScores:
+    path: Path
+    name: str
+    method: str
+    setting: str
+    model: str
+    tasks: dict[str, dict[str, float]]
+    average: dict[str, float]
+    continual: dict | None = None
+    label: str = ""
+    interference: dict[str, float | None] = field(default_factory=dict)
+    reference: str | None = None
+
+
+def load_run_scores(run_dir: str | Path) -> RunScores:
+    path = Path(run_dir) / METRICS_FILE
+    if not path.is_file():
+        raise RunError(
+            f"{run_dir}: no {METRICS_FILE} (not a finished run; `badit eval {run_dir}` evaluates one)"
+        )
+    try:
+        metrics = json.loads(path.read_text(encoding="utf-8"))
+        info = metrics.get("run", {})
+        return RunScores(
+            path=Path(run_dir),
+            name=info.get("name", Path(run_dir).name),
+            method=info.get("method", "?"),
+            setting=info.get("setting", "?"),
+            model=info.get("model", "?"),
+            tasks=metrics["tasks"],
+            average=metrics["average"],
+            continual=metrics.get("continual"),
+        )
+    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        raise RunError(f"{path}: not a badit metrics file ({error})") from None
+
+
+def _label(runs: list[RunScores]) -> None:
+    """Column labels: ``method (setting)``, with the run folder name where two would be equal."""
+    base = [f"{r.method} ({r.setting})" for r in runs]
+    for run, label in zip(runs, base):
+        run.label = label if base.count(label) == 1 else f"{label} {run.path.name}"
+
+
+def _single_reference(run: RunScores, runs: list[RunScores]) -> RunScores | None:
+    candidates = [
+        r for r in runs if r.setting == "single" and r.model == run.model and set(run.tasks) <= set(r.tasks)
+    ]
+    candidates.sort(key=lambda r: r.method != run.method)  # the same method first
+    return candidates[0] if candidates else None
+
+
+def compare(run_dirs: list[str | Path]) -> list[RunScores]:
+    """The runs' scores, labelled, with the interference score of each multi-task run filled in."""
+    if not run_dirs:
+        raise RunError("give at least one run folder")
+    runs = [load_run_scores(d) for d in run_dirs]
+    _label(runs)
+    for run in runs:
+        if run.setting != "multitask":
+            continue
+        reference = _single_reference(run, runs)
+        if reference is None:
+            continue
+        run.reference = reference.label
+        for metric in METRIC_NAMES:
+            multi = {t: s[metric] for t, s in run.tasks.items()}
+            single = {t: reference.tasks[t][metric] for t in run.tasks}
+            run.interference[metric] = interference_score(multi, single)
+    return runs
+
+
+def _cell(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def format_table(runs: list[RunScores], metric: str = "rougeL") -> str:
+    """Markdown: one row per task, one column per run; average, interference and continual rows."""
+    if metric not in METRIC_NAMES:
+        raise ValueError(f"metric must be one of {', '.join(METRIC_NAMES)}, got {metric!r}")
+    tasks = sorted({t for r in runs for t in r.tasks})
+    header = [f"task ({METRIC_NAMES[metric]})", *(r.label for r in runs)]
+    rows = [[t, *(_cell(r.tasks[t][metric]) if t in r.tasks else "-" for r in runs)] for t in tasks]
+    rows.append(["**average**", *(f"**{r.average[metric]:.2f}**" for r in runs)])
+    if any(r.setting == "multitask" for r in runs):
+        rows.append(["interference vs single", *(_cell(r.interference.get(metric)) for r in runs)])
+    if any(r.continual for r in runs):
+        for key in ("AP", "forgetting", "BWT", "FWT"):
+            rows.append([key, *(_cell(r.continual[metric].get(key)) if r.continual else "-" for r in runs)])
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
+
+    def line(cells):
+        return (
+            "| "
+            + " | ".join(
+                str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(cells, widths))
+            )
+            + " |"
+        )
+
+    separator = (
+        "|"
+        + "|".join(("-" * (w + 2)) if i == 0 else ("-" * (w + 1) + ":") for i, w in enumerate(widths))
+        + "|"
+    )
+    out = [line(header), separator, *(line(row) for row in rows)]
+    notes = []
+    for r in runs:
+        if r.setting == "multitask":
+            if r.reference:
+                notes.append(
+                    f"{r.label}: interference = its average minus that of {r.reference} over the same tasks"
+                )
+            else:
+                notes.append(
+                    f"{r.label}: no interference score: add a run with setting=single on the same tasks and model"
+                )
+    return "\n".join(out + ([""] + notes if notes else [])) + "\n"
+
+
+def comparison_json(runs: list[RunScores]) -> dict:
+    return {
+        r.label: {
+            "path": str(r.path),
+            "method": r.method,
+            "setting": r.setting,
+            "model": r.model,
+            "tasks": r.tasks,
+            "average": r.average,
+            "interference": r.interference or None,
+            "interference_reference": r.reference,
+            "continual": r.continual,
+        }
+        for r in runs
+    }

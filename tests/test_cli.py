@@ -1,0 +1,119 @@
+"""The `badit` command: train -> eval -> compare on a tiny model, useful --help, errors without tracebacks."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from badit.cli.main import build_parser, main
+from badit.evaluation import interference_score
+from tests.training_helpers import tiny_run_config
+
+
+def _write_config(tmp_path, name, **kwargs):
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(tiny_run_config(tmp_path, **kwargs)))
+    return path
+
+
+def test_train_eval_compare_cycle(tmp_path, capsys):
+    steps = {"training": {"max_steps": 3}}
+    lora = _write_config(tmp_path, "lora", method_name="lora", **steps)
+    assert main(["train", str(lora), "method.name=badit", f"output_dir={tmp_path / 'badit'}"]) == 0
+    assert main(["train", str(lora)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                str(_write_config(tmp_path, "single", method_name="lora", setting_name="single", **steps)),
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "| **average** |" in out and "run folder:" in out
+
+    runs = {
+        "badit": tmp_path / "badit",
+        "lora": tmp_path / "run-lora-multitask",
+        "single": tmp_path / "run-lora-single",
+    }
+    for folder in runs.values():
+        for name in ("config.yaml", "metrics.json", "predictions.jsonl", "summary.md"):
+            assert (folder / name).is_file(), folder / name
+    saved = yaml.safe_load((runs["badit"] / "config.yaml").read_text())
+    assert saved["method"]["name"] == "badit" and saved["output_dir"] == str(runs["badit"])
+
+    # eval re-creates the same numbers from the saved adapter (greedy decoding is deterministic)
+    before = json.loads((runs["lora"] / "metrics.json").read_text())
+    assert main(["eval", str(runs["lora"]), "--output", str(tmp_path / "again")]) == 0
+    again = json.loads((tmp_path / "again" / "metrics.json").read_text())
+    assert again["tasks"] == before["tasks"]
+    assert (tmp_path / "again" / "predictions.jsonl").read_text() == (
+        runs["lora"] / "predictions.jsonl"
+    ).read_text()
+
+    table_file, json_file = tmp_path / "table.md", tmp_path / "table.json"
+    capsys.readouterr()
+    args = ["compare", *map(str, runs.values()), "--output", str(table_file), "--json", str(json_file)]
+    assert main(args) == 0
+    table = capsys.readouterr().out
+    assert table == table_file.read_text()
+    numbers = json.loads(json_file.read_text())
+    single = json.loads((runs["single"] / "metrics.json").read_text())["tasks"]
+    for label, folder in (("badit (multitask)", runs["badit"]), ("lora (multitask)", runs["lora"])):
+        multi = json.loads((folder / "metrics.json").read_text())["tasks"]
+        expected = interference_score(
+            {t: s["rougeL"] for t, s in multi.items()}, {t: s["rougeL"] for t, s in single.items()}
+        )
+        assert numbers[label]["interference"]["rougeL"] == pytest.approx(expected)
+        assert numbers[label]["interference_reference"] == "lora (single)"
+    rows = {line.split("|")[1].strip(): line for line in table.splitlines() if line.startswith("|")}
+    assert set(rows) >= {"demo_copy_words", "demo_reverse_words", "**average**", "interference vs single"}
+
+
+@pytest.mark.parametrize("command", [[], ["train"], ["eval"], ["compare"], ["data", "check"], ["demo"]])
+def test_help_of_each_command(command, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([*command, "--help"])
+    assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    assert text.startswith("usage: badit")
+    expected = {
+        "train": ["--resume", "section.field=value", "accelerate launch"],
+        "eval": ["evaluation.max_examples_per_task"],
+        "compare": ["interference", "--metric"],
+        "check": ["Exit status 0"],
+        "demo": ["--output", "SmolLM2"],
+    }.get(command[-1] if command else "", ["train", "eval", "compare", "data", "demo"])
+    for word in expected:
+        assert word in text, word
+
+
+def test_errors_are_one_line_without_traceback(tmp_path, capsys):
+    config = _write_config(tmp_path, "c", method_name="lora")
+    assert main(["train", str(config), "method.nmae=lora"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown field 'method.nmae'; did you mean 'method.name'?" in err and "Traceback" not in err
+    assert main(["train", str(tmp_path / "missing.yaml")]) == 2
+    assert "no such config file" in capsys.readouterr().err
+    assert main(["eval", str(tmp_path)]) == 2
+    assert "not a run folder" in capsys.readouterr().err
+    assert main(["compare", str(tmp_path)]) == 2
+    assert "no metrics.json" in capsys.readouterr().err
+
+
+def test_data_check_exit_status(tmp_path, capsys):
+    tiny_run_config(tmp_path)  # writes the demo data folder
+    assert main(["data", "check", str(tmp_path / "data")]) == 0
+    assert "demo_copy_words" in capsys.readouterr().out
+    (tmp_path / "data" / "demo_copy_words" / "test.json").write_text("{not json")
+    assert main(["data", "check", str(tmp_path / "data")]) == 1
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_parser_defaults():
+    args = build_parser().parse_args(["demo"])
+    assert (args.output, args.steps, args.methods) == ("badit-demo", 60, ["lora", "badit"])
