@@ -41,7 +41,7 @@ def test_exact_triplets_match_the_prescribed_spectrum(flat_spectrum_matrix):
 def test_randomized_default_is_faithful_on_a_flat_spectrum(flat_spectrum_matrix):
     w, _ = flat_spectrum_matrix
     residual_excess, sv_error = residual_and_sv_error(w, 24, method="randomized", oversample=40, niter=10)
-    assert 0 <= residual_excess < 1e-3
+    assert -1e-6 < residual_excess < 1e-3  # Eckart-Young: no rank-24 matrix beats the exact SVD
     assert sv_error < 1e-2
 
 

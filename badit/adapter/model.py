@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -42,16 +41,8 @@ class BaditModel(BaseTuner):
             self._attach_regroup_tracking()
 
     def _attach_regroup_tracking(self) -> None:
-        # Hook point for badit.regroup (developed separately): it installs the gradient statistics hooks.
-        try:
-            from badit.regroup import attach_gradient_tracking
-        except ImportError:
-            warnings.warn(
-                "BaditConfig.regroup is True but badit.regroup.attach_gradient_tracking is not available; "
-                "gradient statistics for regrouping are not collected.",
-                stacklevel=3,
-            )
-            return
+        from badit.regroup import attach_gradient_tracking  # lazy: badit.regroup imports the adapter layer
+
         attach_gradient_tracking(self)
 
     def _create_and_replace(

@@ -1,0 +1,85 @@
+"""Forward + backward time of a BADIT layer against a plain LoRA layer of rank K*r on the same shapes.
+
+Usage:
+    python benchmarks/adapter_speed.py [--batch 4] [--seq 256] [--repeats 5] [--shapes 576x1536 4096x11008]
+
+Both wrap the same frozen nn.Linear (in -> out), use dropout 0.05 and train mode; the input requires grad,
+as it does inside a model. BADIT routes on the first half of each sequence (a prompt mask). Target: the
+BADIT/LoRA ratio <= 1.2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from peft import LoraConfig
+from peft.tuners.lora import Linear as LoraLinear
+from torch import nn
+
+from badit.adapter.config import BaditConfig
+from badit.adapter.layer import BaditLinear
+from badit.adapter.routing import RoutingState
+
+
+def frozen_linear(in_features: int, out_features: int) -> nn.Linear:
+    layer = nn.Linear(in_features, out_features, bias=False)
+    layer.weight.requires_grad_(False)
+    return layer
+
+
+def step_time(layer: nn.Module, x: torch.Tensor) -> float:
+    start = time.perf_counter()
+    layer(x).square().mean().backward()
+    return time.perf_counter() - start
+
+
+def compare(in_features: int, out_features: int, batch: int, seq: int, repeats: int) -> tuple[float, float]:
+    config = BaditConfig(r=4, num_experts=6, lora_alpha=32, lora_dropout=0.05, init="random", regroup=False)
+    rank = config.r * config.num_experts
+    badit_layer = BaditLinear(frozen_linear(in_features, out_features), "default", config, layer_name="bench")
+    state = RoutingState()
+    state.prompt_mask = torch.arange(seq).expand(batch, seq) < seq // 2
+    badit_layer.routing_state = state
+    lora_config = LoraConfig(r=rank, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout)
+    lora_layer = LoraLinear(
+        frozen_linear(in_features, out_features), "default", lora_config, r=rank, lora_alpha=config.lora_alpha
+    )
+    x = torch.randn(batch, seq, in_features, requires_grad=True)
+    times = {"badit": [], "lora": []}
+    for i in range(
+        repeats + 1
+    ):  # interleaved so that machine load affects both alike; first round is warm-up
+        for name, layer in (("badit", badit_layer), ("lora", lora_layer)):
+            elapsed = step_time(layer, x)
+            if i > 0:
+                times[name].append(elapsed)
+    return statistics.median(times["badit"]), statistics.median(times["lora"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--seq", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--shapes", nargs="+", default=["576x1536", "4096x11008"])
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    print(
+        f"batch {args.batch} x {args.seq} tokens, K*r = 24, {torch.get_num_threads()} threads, forward+backward"
+    )
+    for shape in args.shapes:
+        in_features, out_features = (int(v) for v in shape.split("x"))
+        badit_time, lora_time = compare(in_features, out_features, args.batch, args.seq, args.repeats)
+        print(
+            f"{in_features:>5} -> {out_features:<6} BADIT {badit_time * 1e3:8.1f} ms   LoRA {lora_time * 1e3:8.1f} ms   "
+            f"ratio {badit_time / lora_time:.2f} (target <= 1.2)"
+        )
+
+
+if __name__ == "__main__":
+    main()
