@@ -100,10 +100,16 @@ def test_killed_run_resumes_to_the_same_adapter(tmp_path):
     assert expected.keys() == resumed.keys() and any("badit_router" in k for k in expected)
     for key in expected:
         torch.testing.assert_close(resumed[key], expected[key], rtol=0, atol=1e-6, msg=key)
-    regroups = [
-        json.loads(x) for x in (tmp_path / "killed" / "logs" / "regroup.jsonl").read_text().splitlines()
-    ]
-    assert [r["step"] for r in regroups] == [3, 6]
+    # The regroup at step 6 saw the same gradient sums (steps 4-6, step 4 restored from the checkpoint).
+    whole_log, killed_log = (
+        [json.loads(x) for x in (tmp_path / name / "logs" / "regroup.jsonl").read_text().splitlines()]
+        for name in ("whole", "killed")
+    )
+    assert [r["step"] for r in killed_log] == [r["step"] for r in whole_log] == [3, 6]
+    for expected_record, resumed_record in zip(whole_log, killed_log):
+        assert resumed_record["layers"].keys() == expected_record["layers"].keys()
+        for layer, stats in expected_record["layers"].items():
+            assert resumed_record["layers"][layer] == pytest.approx(stats, rel=1e-6), layer
 
 
 def test_resume_refuses_a_different_config(tmp_path):

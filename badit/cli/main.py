@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 
 EPILOG_TRAIN = """\
@@ -229,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
     if not args.verbose:
+        warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation notices
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         import transformers
 

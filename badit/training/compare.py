@@ -103,7 +103,7 @@ def format_table(runs: list[RunScores], metric: str = "rougeL") -> str:
     header = [f"task ({METRIC_NAMES[metric]})", *(r.label for r in runs)]
     rows = [[t, *(_cell(r.tasks[t][metric]) if t in r.tasks else "-" for r in runs)] for t in tasks]
     rows.append(["**average**", *(f"**{r.average[metric]:.2f}**" for r in runs)])
-    if any(r.setting == "multitask" for r in runs):
+    if any(r.interference for r in runs):
         rows.append(["interference vs single", *(_cell(r.interference.get(metric)) for r in runs)])
     if any(r.continual for r in runs):
         for key in ("AP", "forgetting", "BWT", "FWT"):
@@ -125,17 +125,17 @@ def format_table(runs: list[RunScores], metric: str = "rougeL") -> str:
         + "|"
     )
     out = [line(header), separator, *(line(row) for row in rows)]
-    notes = []
-    for r in runs:
-        if r.setting == "multitask":
-            if r.reference:
-                notes.append(
-                    f"{r.label}: interference = its average minus that of {r.reference} over the same tasks"
-                )
-            else:
-                notes.append(
-                    f"{r.label}: no interference score: add a run with setting=single on the same tasks and model"
-                )
+    notes = [
+        f"{r.label}: interference = its average minus that of {r.reference} over the same tasks"
+        for r in runs
+        if r.reference
+    ]
+    missing = [r.label for r in runs if r.setting == "multitask" and not r.reference]
+    if missing:
+        notes.append(
+            f"no interference score for {', '.join(missing)}: add a run with setting=single "
+            "(one adapter per task) on the same tasks and model"
+        )
     return "\n".join(out + ([""] + notes if notes else [])) + "\n"
 
 
