@@ -78,6 +78,28 @@ def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
     return out
 
 
+def resolve_paths(config: RunConfig) -> RunConfig:
+    """The config with its local paths made absolute (relative ones are relative to the current folder),
+    so that the saved config.yaml works from anywhere (``badit eval RUN``, ``--resume``)."""
+
+    def absolute(path: str | None, must_exist: bool) -> str | None:
+        if path is None or (must_exist and not Path(path).exists()):
+            return path  # e.g. a hub name or the embedded model's name
+        return str(Path(path).expanduser().resolve())
+
+    return dataclasses.replace(
+        config,
+        output_dir=absolute(config.output_dir, must_exist=False),
+        model=dataclasses.replace(
+            config.model, name_or_path=absolute(config.model.name_or_path, must_exist=True)
+        ),
+        data=dataclasses.replace(config.data, path=absolute(config.data.path, must_exist=True)),
+        training=dataclasses.replace(
+            config.training, deepspeed=absolute(config.training.deepspeed, must_exist=True)
+        ),
+    )
+
+
 def prepare_run_dir(config: RunConfig, resume: bool = False, overwrite: bool = False) -> Path:
     """Create the run folder and write config.yaml; refuses to mix two different runs in one folder."""
     run_dir = Path(config.output_dir)
@@ -218,6 +240,7 @@ def run(
     extra_callbacks: Sequence[TrainerCallback] = (),
 ) -> dict:
     """Train and evaluate as ``config.setting`` says; returns the run's metrics (also in RUN/metrics.json)."""
+    config = resolve_paths(config)
     run_dir = prepare_run_dir(config, resume=resume, overwrite=overwrite)
     names = task_names(config)
     train_tasks, eval_tasks = load_run_tasks(config, names)
