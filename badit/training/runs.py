@@ -101,8 +101,21 @@ def resolve_paths(config: RunConfig) -> RunConfig:
 
 
 def prepare_run_dir(config: RunConfig, resume: bool = False, overwrite: bool = False) -> Path:
-    """Create the run folder and write config.yaml; refuses to mix two different runs in one folder."""
+    """Create the run folder and write config.yaml; refuses to mix two different runs in one folder.
+
+    Under a distributed launcher only the main process checks and writes; the others wait for it.
+    """
     run_dir = Path(config.output_dir)
+    state = PartialState()
+    if state.is_main_process:
+        _check_run_dir(run_dir, config, resume, overwrite)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / CONFIG_FILE, config.to_yaml())
+    state.wait_for_everyone()
+    return run_dir
+
+
+def _check_run_dir(run_dir: Path, config: RunConfig, resume: bool, overwrite: bool) -> None:
     saved = run_dir / CONFIG_FILE
     if saved.is_file():
         if overwrite:
@@ -126,10 +139,6 @@ def prepare_run_dir(config: RunConfig, resume: bool = False, overwrite: bool = F
         raise RunError(
             f"{run_dir} exists and is not empty (and is not a badit run): choose another output_dir"
         )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if PartialState().is_main_process:
-        atomic_write_text(run_dir / CONFIG_FILE, config.to_yaml())
-    return run_dir
 
 
 # ----------------------------------------------------------------------------------------------
