@@ -19,7 +19,7 @@ from torch import nn
 
 import badit
 from badit.adapter.layer import BaditLinear
-from badit.regroup import attach_gradient_tracking, summarize
+from badit.regrouping import attach_gradient_tracking, summarize
 
 
 def gate_projections(args: argparse.Namespace) -> list[nn.Linear]:

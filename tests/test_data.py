@@ -347,3 +347,21 @@ def test_download_errors_write_nothing(server, tmp_path):
     with pytest.raises(DataError, match="not a plain name"):
         download_tasks(["../tasks/task010_x"], dest, base_url=url)
     assert not dest.exists()
+
+
+def test_atomic_write_replaces_whole_file_with_normal_permissions(tmp_path):
+    import os
+    import stat
+
+    from badit.data.files import atomic_write_text
+
+    target = tmp_path / "out" / "metrics.json"
+    atomic_write_text(target, "old")
+    old_umask = os.umask(0o022)
+    try:
+        atomic_write_text(target, "new")
+    finally:
+        os.umask(old_umask)
+    assert target.read_text() == "new"
+    assert stat.S_IMODE(target.stat().st_mode) == 0o644
+    assert [p.name for p in target.parent.iterdir()] == ["metrics.json"]  # no temp file left

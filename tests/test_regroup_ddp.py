@@ -11,8 +11,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from badit.adapter.config import BaditConfig
 from badit.adapter.layer import BaditLinear
-from badit.regroup import attach_gradient_tracking, plan_regroup, regroup
-from badit.regroup.gradients import gradient_windows
+from badit.regrouping import attach_gradient_tracking, plan_regroup, regroup
+from badit.regrouping.gradients import gradient_windows
 
 WORLD, K, R = 2, 4, 2
 

@@ -11,13 +11,13 @@ from torch import nn
 
 from badit.adapter.config import BaditConfig
 from badit.adapter.layer import BaditLinear
-from badit.regroup import (
+from badit.regrouping import (
     UnsupportedOptimizerState,
     attach_gradient_tracking,
     permute_components,
     regroup,
 )
-from badit.regroup.gradients import gradient_windows
+from badit.regrouping.gradients import gradient_windows
 
 IN, OUT, K, R = 32, 48, 4, 2
 

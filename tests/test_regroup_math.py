@@ -8,9 +8,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from badit.regroup import plan_regroup, regroup_due
-from badit.regroup.kmeans import balanced_assignment
-from badit.regroup.matching import match_clusters_to_experts, permutation_from_targets
+from badit.regrouping import plan_regroup, regroup_due
+from badit.regrouping.kmeans import balanced_assignment
+from badit.regrouping.matching import match_clusters_to_experts, permutation_from_targets
 
 K, R, DIM = 6, 4, 2112  # SmolLM2 gate_proj: 576 + 1536 gradient entries per component
 

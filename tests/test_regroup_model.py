@@ -6,8 +6,8 @@ import torch
 from peft import get_peft_model
 
 import badit
-from badit.regroup import summarize
-from badit.regroup.gradients import gradient_windows, iter_badit_layers
+from badit.regrouping import summarize
+from badit.regrouping.gradients import gradient_windows, iter_badit_layers
 from tests.conftest import make_tiny_model
 
 TARGETS = ["gate_proj", "up_proj"]

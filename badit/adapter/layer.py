@@ -110,10 +110,7 @@ class BaditLinear(nn.Module, BaditLayer):
         self.badit_A[adapter_name] = nn.Parameter(torch.zeros(rank, self.in_features, device=device))
         self.badit_B[adapter_name] = nn.Parameter(torch.zeros(self.out_features, rank, device=device))
         self.badit_router[adapter_name] = nn.Linear(self.in_features, k, bias=False, device=device)
-        on_meta = self.badit_A[
-            adapter_name
-        ].is_meta  # PEFT's low_cpu_mem_usage: values come from a checkpoint
-        if on_meta:
+        if self.badit_A[adapter_name].is_meta:  # PEFT's low_cpu_mem_usage: values come from a checkpoint
             # Real (small) placeholders: PEFT moves buffer-only modules with .to(), which meta tensors refuse.
             self.badit_A0[adapter_name] = torch.zeros(rank, self.in_features, device=device)
             self.badit_B0[adapter_name] = torch.zeros(self.out_features, rank, device=device)

@@ -29,9 +29,8 @@ class BaditModel(BaseTuner):
     target_module_mapping: dict[str, list[str]] = {}
 
     def __init__(self, model: nn.Module, config, adapter_name: str, **kwargs: Any) -> None:
-        self.__dict__["routing_state"] = (
-            RoutingState()
-        )  # before nn.Module.__init__: layers are built in there
+        # Set before nn.Module.__init__, which builds the layers that share this state.
+        self.__dict__["routing_state"] = RoutingState()
         super().__init__(model, config, adapter_name, **kwargs)
         self._routing_hook = self.model.register_forward_pre_hook(
             self.routing_state.capture, with_kwargs=True
@@ -41,7 +40,9 @@ class BaditModel(BaseTuner):
             self._attach_regroup_tracking()
 
     def _attach_regroup_tracking(self) -> None:
-        from badit.regroup import attach_gradient_tracking  # lazy: badit.regroup imports the adapter layer
+        from badit.regrouping import (
+            attach_gradient_tracking,  # lazy: badit.regrouping imports the adapter layer
+        )
 
         attach_gradient_tracking(self)
 

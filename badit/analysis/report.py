@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -13,21 +11,11 @@ from torch import nn
 
 from badit.analysis.coactivation import expert_usage, neuron_overlap
 from badit.analysis.gradient_conflict import gradient_conflict
+from badit.data.files import atomic_write_json
 
 
 def _has_badit_layers(model: nn.Module) -> bool:
     return any(hasattr(m, "badit_router") for m in model.modules())
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _heatmap(matrix: torch.Tensor, labels_x, labels_y, title: str, path: Path, vmin=None, vmax=None) -> None:
@@ -118,5 +106,5 @@ def analyze(
         neurons["mean_jaccard"], short, short, "top-neuron Jaccard overlap", out / "neuron_overlap.png", 0, 1
     )
 
-    _write_atomic(out / "analysis.json", json.dumps(result, indent=2).encode())
+    atomic_write_json(out / "analysis.json", result)
     return result

@@ -15,11 +15,11 @@ so the ordinary data loader reads them.
 from __future__ import annotations
 
 import json
-import os
 import random
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
+
+from badit.data.files import atomic_write_text
 
 # Short, common words: most are one token for the usual LLM tokenizers, so examples stay short.
 WORDS = (
@@ -134,8 +134,4 @@ def write_demo_tasks(
 
 
 def _write_json(path: Path, content: dict) -> None:
-    with tempfile.NamedTemporaryFile(
-        "w", encoding="utf-8", dir=path.parent, suffix=".tmp", delete=False
-    ) as f:
-        json.dump(content, f, ensure_ascii=False, indent=1)
-    os.replace(f.name, path)
+    atomic_write_text(path, json.dumps(content, ensure_ascii=False, indent=1))

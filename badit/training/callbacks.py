@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 from tqdm.auto import tqdm
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+
+from badit.data.files import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +28,7 @@ REGROUP_STATE_FILE = "regroup_state_rank{rank}.safetensors"
 
 def _iter_windows(model: torch.nn.Module):
     """(key, window) for every gradient window on the model's BADIT layers (key: layer.adapter)."""
-    from badit.regroup.gradients import gradient_windows, iter_badit_layers
+    from badit.regrouping.gradients import gradient_windows, iter_badit_layers
 
     for layer_name, layer in iter_badit_layers(model):
         for adapter_name, window in gradient_windows(layer).items():
@@ -46,9 +48,7 @@ def save_regroup_state(
         tensors[key] = window.statistics().detach().float().cpu().contiguous()
         metadata[f"{key}.backward_passes"] = str(window.backward_passes)
     path = Path(folder) / REGROUP_STATE_FILE.format(rank=rank)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+    atomic_write_bytes(path, safetensors_bytes(tensors, metadata=metadata))
 
 
 def load_regroup_state(model: torch.nn.Module, folder: str | Path, rank: int = 0) -> int | None:
@@ -133,7 +133,7 @@ class RegroupCallback(TrainerCallback):
             save_regroup_state(model, folder, args.process_index, self.last_regroup_step)
 
     def _maybe_regroup(self, state: TrainerState, model, optimizer, epoch_end: bool) -> None:
-        from badit.regroup import regroup, regroup_due, summarize
+        from badit.regrouping import regroup, regroup_due, summarize
 
         if not regroup_due(
             self.schedule, step=state.global_step, total_steps=state.max_steps, epoch_end=epoch_end

@@ -101,7 +101,7 @@ def build_adapter_model(
         if parameter.requires_grad and parameter.dtype != torch.float32:
             parameter.data = parameter.data.float()
     if uses_regrouping(config.method):
-        from badit.regroup import attach_gradient_tracking
+        from badit.regrouping import attach_gradient_tracking
 
         attach_gradient_tracking(model)  # idempotent: the adapter may have attached it already
     return model

@@ -6,8 +6,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from badit.regroup.kmeans import balanced_assignment, balanced_spherical_kmeans, cluster_centroids, unit_rows
-from badit.regroup.matching import current_experts, match_clusters_to_experts, permutation_from_targets
+from badit.regrouping.kmeans import (
+    balanced_assignment,
+    balanced_spherical_kmeans,
+    cluster_centroids,
+    unit_rows,
+)
+from badit.regrouping.matching import current_experts, match_clusters_to_experts, permutation_from_targets
 
 # Cosine bonus for staying in the current expert in the final assignment: it only breaks (near-)ties
 # in favour of not moving.

@@ -6,11 +6,11 @@ experts of equal size (balanced spherical k-means) and permutes them, with their
 `regroup_due(config, ...)` implements the schedule of the BaditConfig.
 """
 
-from badit.regroup.core import regroup, summarize
-from badit.regroup.gradients import attach_gradient_tracking, detach_gradient_tracking
-from badit.regroup.permute import UnsupportedOptimizerState, permute_components
-from badit.regroup.plan import RegroupPlan, grouping_stats, plan_regroup
-from badit.regroup.schedule import regroup_due
+from badit.regrouping.core import regroup, summarize
+from badit.regrouping.gradients import attach_gradient_tracking, detach_gradient_tracking
+from badit.regrouping.permute import UnsupportedOptimizerState, permute_components
+from badit.regrouping.plan import RegroupPlan, grouping_stats, plan_regroup
+from badit.regrouping.schedule import regroup_due
 
 __all__ = [
     "RegroupPlan",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from badit.regroup.gradients import gradient_windows
+from badit.regrouping.gradients import gradient_windows
 
 # Packed factors of a BaditLinear and the dimension that indexes rank-1 components.
 COMPONENT_DIM = {"badit_A": 0, "badit_B": 1, "badit_A0": 0, "badit_B0": 1}

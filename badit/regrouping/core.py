@@ -8,10 +8,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from badit.regroup.distributed import all_reduce_sum_, broadcast_from_rank0
-from badit.regroup.gradients import GradientWindow, find_adapter_config, gradient_windows, iter_badit_layers
-from badit.regroup.permute import check_not_sharded, permute_components
-from badit.regroup.plan import grouping_stats, plan_regroup
+from badit.regrouping.distributed import all_reduce_sum_, broadcast_from_rank0
+from badit.regrouping.gradients import (
+    GradientWindow,
+    find_adapter_config,
+    gradient_windows,
+    iter_badit_layers,
+)
+from badit.regrouping.permute import check_not_sharded, permute_components
+from badit.regrouping.plan import grouping_stats, plan_regroup
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +39,7 @@ def regroup(
     Under torch.distributed every rank must call it at the same point; all ranks apply the same
     permutations. Layers with no gradient in the window are left as they are.
 
-    Returns {layer name: statistics} (see `badit.regroup.plan.grouping_stats`; `*_before` entries
+    Returns {layer name: statistics} (see `badit.regrouping.plan.grouping_stats`; `*_before` entries
     describe the grouping before this regroup); adapters other than "default" get a ".<name>" suffix.
     """
     check_not_sharded(model)
