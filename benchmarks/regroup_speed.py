@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -23,10 +22,12 @@ from badit.regrouping import attach_gradient_tracking, summarize
 
 
 def gate_projections(args: argparse.Namespace) -> list[nn.Linear]:
-    if args.model and Path(args.model).is_dir():
+    if args.model != "random":
         from transformers import AutoModelForCausalLM
 
-        model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
+        from badit.training.model_loading import resolve_model_path
+
+        model = AutoModelForCausalLM.from_pretrained(resolve_model_path(args.model), dtype=torch.float32)
         print(f"weights: {args.model}")
         return [layer.mlp.gate_proj for layer in model.model.layers][: args.layers]
     print("weights: random (SmolLM2-135M shapes)")
@@ -40,7 +41,9 @@ def main() -> None:
     parser.add_argument("--experts", type=int, default=6)
     parser.add_argument("--rank", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--model", default="/tmp/smol")
+    parser.add_argument(
+        "--model", default="smollm2-135m-instruct", help="model folder or name; 'random' for random weights"
+    )
     parser.add_argument("--device", default="cpu", help="e.g. cuda")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     args = parser.parse_args()

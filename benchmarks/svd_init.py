@@ -61,13 +61,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--smollm2", type=Path, default=Path("/tmp/smol"))
+    parser.add_argument(
+        "--smollm2",
+        type=Path,
+        default=None,
+        help="a SmolLM2 folder (default: the embedded model, converted once)",
+    )
     parser.add_argument("--skip-speed", action="store_true")
     parser.add_argument("--oversample", type=int, default=defaults.svd_oversample)
     parser.add_argument("--niter", type=int, default=defaults.svd_niter)
     args = parser.parse_args()
     torch.manual_seed(0)
 
+    if args.smollm2 is None:
+        from badit.training.model_loading import embedded_model_path
+
+        args.smollm2 = embedded_model_path()
     weights_file = args.smollm2 / "model.safetensors"
     if weights_file.exists():
         with safe_open(str(weights_file), "pt") as f:
