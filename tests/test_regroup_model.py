@@ -49,7 +49,7 @@ def test_regroup_preserves_logits_under_uniform_routing(family):
     with torch.no_grad():
         after = model(**probe).logits
 
-    assert set(stats) == {name for name, _ in layers}
+    assert set(stats) == {layer.layer_name for _, layer in layers} == set(badit.get_routing_weights(model))
     assert sum(layer["moved"] for layer in stats.values()) > 0
     for layer in stats.values():
         assert layer["kmeans_objective"] <= (1 - layer["intra_cosine_before"]) * 16 + 1e-9

@@ -15,8 +15,11 @@ def cosine_matrix(vectors: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
 
 
 def _layer_of(param_name: str) -> str:
-    """Group a parameter under its owning module: 'a.b.lora_A.default.weight' -> 'a.b'."""
-    parts = param_name.split(".")
+    """Group a parameter under its owning module, named as in the base model.
+
+    'base_model.model.model.layers.0.mlp.gate_proj.badit_A.default' -> 'model.layers.0.mlp.gate_proj'.
+    """
+    parts = param_name.removeprefix("base_model.model.").split(".")
     for i, part in enumerate(parts):
         if part.startswith(("badit_", "lora_")):
             return ".".join(parts[:i])

@@ -39,7 +39,7 @@ def regroup(
     Under torch.distributed every rank must call it at the same point; all ranks apply the same
     permutations. Layers with no gradient in the window are left as they are.
 
-    Returns {layer name: statistics} (see `badit.regrouping.plan.grouping_stats`; `*_before` entries
+    Returns {layer name as in `badit.get_routing_weights` (adapter name appended unless "default"): statistics} (see `badit.regrouping.plan.grouping_stats`; `*_before` entries
     describe the grouping before this regroup); adapters other than "default" get a ".<name>" suffix.
     """
     check_not_sharded(model)
@@ -84,7 +84,7 @@ def regroup(
         final = grouping_stats(
             directions, perm.numpy(), layer.num_experts[adapter_name], layer.r[adapter_name]
         )
-        stats[_stats_key(layer_name, adapter_name)] = {**plan_stats, **final}
+        stats[_stats_key(getattr(layer, "layer_name", layer_name), adapter_name)] = {**plan_stats, **final}
     skipped = len(tracked) - len(stats)
     if skipped:
         logger.info(
