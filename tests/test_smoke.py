@@ -1,5 +1,0 @@
-import badit
-
-
-def test_version():
-    assert badit.__version__.count(".") == 2
