@@ -73,8 +73,23 @@ def test_train_eval_compare_cycle(tmp_path, capsys):
     rows = {line.split("|")[1].strip(): line for line in table.splitlines() if line.startswith("|")}
     assert set(rows) >= {"demo_copy_words", "demo_reverse_words", "**average**", "interference vs single"}
 
+    # analyze: per-task gradients of the trained BADIT adapter, written next to the run
+    capsys.readouterr()
+    assert main(["analyze", str(runs["badit"]), "--examples-per-task", "2"]) == 0
+    out = capsys.readouterr().out
+    analysis = json.loads((runs["badit"] / "analysis" / "analysis.json").read_text())
+    tasks = json.loads((runs["badit"] / "metrics.json").read_text())["tasks"]
+    assert analysis["tasks"] == sorted(tasks)
+    assert len(analysis["expert_usage"]["layers"]) == len(analysis["gradient_conflict"]["layers"]) > 0
+    a, b, cosine = analysis["gradient_conflict"]["most_conflicting_pair"]
+    assert f"most conflicting pair: {a} vs {b} ({cosine:+.3f})" in out
+    assert main(["analyze", str(runs["single"])]) == 2  # one adapter per task: nothing to compare
+    assert "single-task run" in capsys.readouterr().err
 
-@pytest.mark.parametrize("command", [[], ["train"], ["eval"], ["compare"], ["data", "check"], ["demo"]])
+
+@pytest.mark.parametrize(
+    "command", [[], ["train"], ["eval"], ["compare"], ["analyze"], ["data", "check"], ["demo"]]
+)
 def test_help_of_each_command(command, capsys):
     with pytest.raises(SystemExit) as exit_:
         main([*command, "--help"])
@@ -85,9 +100,10 @@ def test_help_of_each_command(command, capsys):
         "train": ["--resume", "section.field=value", "accelerate launch"],
         "eval": ["evaluation.max_examples_per_task"],
         "compare": ["interference", "--metric"],
+        "analyze": ["gradients", "--examples-per-task"],
         "check": ["Exit status 0"],
         "demo": ["--output", "SmolLM2"],
-    }.get(command[-1] if command else "", ["train", "eval", "compare", "data", "demo"])
+    }.get(command[-1] if command else "", ["train", "eval", "compare", "analyze", "data", "demo"])
     for word in expected:
         assert word in text, word
 
@@ -117,3 +133,23 @@ def test_data_check_exit_status(tmp_path, capsys):
 def test_parser_defaults():
     args = build_parser().parse_args(["demo"])
     assert (args.output, args.steps, args.methods) == ("badit-demo", 60, ["lora", "badit"])
+
+
+def test_demo_with_single_task_runs_reports_interference(tmp_path, capsys):
+    from tests.training_helpers import save_tiny_model
+
+    model_dir = save_tiny_model(tmp_path / "tiny-model")
+    out = tmp_path / "demo"
+    args = ["demo", "--output", str(out), "--model", str(model_dir), "--steps", "6", "--eval-examples", "2"]
+    assert main([*args, "--single"]) == 0
+    printed = capsys.readouterr().out
+    for run_name in ("lora", "badit", "lora-single", "badit-single"):
+        for name in ("config.yaml", "metrics.json", "predictions.jsonl"):
+            assert (out / run_name / name).is_file(), (run_name, name)
+    single = yaml.safe_load((out / "badit-single" / "config.yaml").read_text())
+    assert single["setting"] == "single" and single["training"]["max_steps"] == 1  # 6 steps / 6 tasks
+    assert (
+        "interference vs single" in printed
+        and "interference vs single" in (out / "comparison.md").read_text()
+    )
+    assert (out / "badit" / "analysis" / "analysis.json").is_file()

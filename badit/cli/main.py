@@ -1,4 +1,4 @@
-"""The ``badit`` command: train, eval, compare, data check, demo."""
+"""The ``badit`` command: train, eval, compare, analyze, data check, demo."""
 
 from __future__ import annotations
 
@@ -105,6 +105,21 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--output", metavar="FILE", help="also write the table (Markdown) to FILE")
     comp.add_argument("--json", metavar="FILE", help="also write all numbers as JSON to FILE")
 
+    analyze = commands.add_parser(
+        "analyze",
+        help="where do the run's tasks interfere? gradient conflict, expert usage, neuron overlap",
+        description="Load a multitask (or continual) run's trained adapter and measure, on a batch of\n"
+        "training examples per task: the cosine between the tasks' gradients (overall and per layer;\n"
+        "negative = conflict), the mean routing weight of each expert per task (BADIT runs) and the\n"
+        "overlap of the tasks' most active MLP neurons. Writes analysis.json and PNG heatmaps.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    analyze.add_argument("run", help="a run folder written by `badit train` (setting multitask or continual)")
+    analyze.add_argument("--output", metavar="DIR", help="where to write (default RUN/analysis)")
+    analyze.add_argument(
+        "--examples-per-task", type=int, default=8, help="training examples per task in the batch (default 8)"
+    )
+
     data = commands.add_parser("data", help="data tools (see `badit data check --help`)")
     data_commands = data.add_subparsers(dest="data_command", metavar="COMMAND")
     check = data_commands.add_parser(
@@ -137,6 +152,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--model", default=None, help="another causal LM (folder or hub name) instead of SmolLM2"
     )
     demo.add_argument("--no-analysis", action="store_true", help="skip the interference analysis and plots")
+    demo.add_argument(
+        "--single",
+        action="store_true",
+        help="also train one adapter per task (same examples per task) to get the interference score "
+        "(about doubles the time)",
+    )
     return parser
 
 
@@ -183,6 +204,24 @@ def _compare(args) -> int:
     return 0
 
 
+def _analyze(args) -> int:
+    from badit.analysis.runs import analyze_run
+    from badit.training.runs import RunError
+
+    if args.examples_per_task < 1:
+        raise RunError(f"--examples-per-task must be at least 1, got {args.examples_per_task}")
+    result = analyze_run(args.run, args.output, args.examples_per_task)
+    conflict = result["gradient_conflict"]
+    a, b, cosine = conflict["most_conflicting_pair"]
+    print(f"mean gradient cosine between tasks: {conflict['mean_offdiag']:+.3f} (negative = conflict)")
+    print(
+        f"most conflicting pair: {a} vs {b} ({cosine:+.3f}); most conflicting layer: {conflict['most_conflicting_layer']}"
+    )
+    print(f"mean top-neuron overlap between tasks (Jaccard): {result['neuron_overlap']['mean_offdiag']:.3f}")
+    print(f"written: {Path(args.output or Path(args.run) / 'analysis')}/ (analysis.json, *.png)")
+    return 0
+
+
 def _data_check(args) -> int:
     from badit.data import SplitSizes, run_data_check
 
@@ -202,6 +241,7 @@ def _demo(args) -> int:
         eval_examples=args.eval_examples,
         model=args.model or EMBEDDED_MODEL,
         analysis=not args.no_analysis,
+        single=args.single,
     )
     print()
     print(result.table, end="")
@@ -243,7 +283,14 @@ def main(argv: list[str] | None = None) -> int:
         transformers.logging.set_verbosity_error()
         transformers.logging.disable_progress_bar()
         logging.getLogger("badit").setLevel(logging.INFO)
-    handlers = {"train": _train, "eval": _eval, "compare": _compare, "data": _data_check, "demo": _demo}
+    handlers = {
+        "train": _train,
+        "eval": _eval,
+        "compare": _compare,
+        "analyze": _analyze,
+        "data": _data_check,
+        "demo": _demo,
+    }
     from badit.data.files import DataError
     from badit.training.config import ConfigError
     from badit.training.runs import RunError

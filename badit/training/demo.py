@@ -11,14 +11,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from badit.data import DataCollator, load_tasks, tokenize_tasks
+from badit.analysis.runs import analyze_run
 from badit.data.files import atomic_write_text
 from badit.data.synthetic import write_demo_tasks
 from badit.training.compare import compare, format_table
 from badit.training.config import RunConfig, from_dict
 from badit.training.model_loading import EMBEDDED_MODEL
 from badit.training.runs import run
-from badit.training.trainer import prompt_template
 
 DEMO_TRAIN_PER_TASK = 300
 DEMO_TEST_PER_TASK = 50
@@ -32,12 +31,16 @@ def demo_config(
     steps: int = 60,
     eval_examples: int = 10,
     seed: int = 0,
+    setting: str = "multitask",
 ) -> RunConfig:
-    """The demo's run: the paper's adapter settings, but a short training with a higher learning rate."""
+    """The demo's run: the paper's adapter settings, but a short training with a higher learning rate.
+
+    `steps` are optimizer steps per trained adapter (per task in the single setting).
+    """
     return from_dict(
         {
             "name": f"demo-{method}",
-            "setting": "multitask",
+            "setting": setting,
             "output_dir": str(output_dir),
             "seed": seed,
             "model": {"name_or_path": model},
@@ -74,18 +77,38 @@ def run_demo(
     model: str = EMBEDDED_MODEL,
     analysis: bool = True,
     seed: int = 0,
+    single: bool = False,
 ) -> DemoResult:
-    """Generate the tasks, train and evaluate each method (multitask), compare; returns the table."""
+    """Generate the tasks, train and evaluate each method (multitask), compare; returns the table.
+
+    With `single`, each method also trains one adapter per task on the same number of examples per
+    task (steps / number of tasks each), so the table shows the interference score.
+    """
     start = time.perf_counter()
     output_dir = Path(output_dir)
     data_dir = output_dir / "data"
-    write_demo_tasks(data_dir, DEMO_TRAIN_PER_TASK, DEMO_TEST_PER_TASK, seed=seed)
+    task_names = write_demo_tasks(data_dir, DEMO_TRAIN_PER_TASK, DEMO_TEST_PER_TASK, seed=seed)
+    single_steps = max(steps // len(task_names), 1)
     run_dirs = {}
     for method in methods:
         run_dirs[method] = output_dir / method
         print(f"\n== {method}: training {steps} steps, then evaluating {eval_examples} examples per task ==")
         config = demo_config(method, run_dirs[method], data_dir, model, steps, eval_examples, seed)
         run(config, overwrite=True)
+        if single:
+            run_dirs[f"{method}-single"] = output_dir / f"{method}-single"
+            print(f"\n== {method}, one adapter per task: {single_steps} steps each, then evaluating ==")
+            config = demo_config(
+                method,
+                run_dirs[f"{method}-single"],
+                data_dir,
+                model,
+                single_steps,
+                eval_examples,
+                seed,
+                "single",
+            )
+            run(config, overwrite=True)
     table = format_table(compare(list(run_dirs.values())))
     atomic_write_text(output_dir / "comparison.md", table)
     analysis_dir = None
@@ -93,29 +116,3 @@ def run_demo(
         analysis_dir = run_dirs["badit"] / "analysis"
         analyze_run(run_dirs["badit"], analysis_dir)
     return DemoResult(output_dir, table, time.perf_counter() - start, run_dirs, analysis_dir)
-
-
-def analyze_run(run_dir: Path, output_dir: Path, examples_per_task: int = 8) -> dict:
-    """Gradient conflict, expert usage and neuron overlap of a trained run's adapter (badit.analysis)."""
-    from peft import PeftModel
-
-    from badit.analysis.report import analyze
-    from badit.training.runs import load_base_model, load_run_config
-
-    config = load_run_config(run_dir)
-    base, tokenizer = load_base_model(config)
-    model = PeftModel.from_pretrained(base, str(run_dir / "adapter"), is_trainable=True)
-    tasks = load_tasks(config.data.path, "train")
-    collate = DataCollator(pad_token_id=tokenizer.pad_token_id)
-    batches = {}
-    for task in tasks:
-        task.instances = task.instances[:examples_per_task]
-        examples = tokenize_tasks(
-            tokenizer,
-            [task],
-            prompt_template(config),
-            max_source_length=config.data.max_source_length,
-            max_target_length=config.data.max_target_length,
-        )
-        batches[task.name] = collate(examples)
-    return analyze(model, batches, output_dir)

@@ -385,6 +385,20 @@ def _run_continual(config, run_dir, train_tasks, eval_tasks, ids, resume, extra_
 # Re-evaluation
 
 
+def final_adapter_dir(run_dir: Path, config: RunConfig) -> Path:
+    """The adapter a multitask run trained, or the last stage's of a continual run."""
+    if config.setting == "single":
+        raise RunError(
+            f"{run_dir} is a single-task run: it has one adapter per task, under tasks/<task>/adapter"
+        )
+    if config.setting == "continual":
+        stages = sorted(p for p in (run_dir / "stages").iterdir() if p.name[:2].isdigit())
+        if not stages:
+            raise RunError(f"{run_dir}: no finished stage (`badit train {run_dir} --resume`)")
+        return stages[-1] / "adapter"
+    return run_dir / "adapter"
+
+
 def reevaluate(
     run_dir: str | Path, overrides: Sequence[str] = (), output_dir: str | Path | None = None
 ) -> dict:
@@ -425,12 +439,7 @@ def reevaluate(
         atomic_write_jsonl(out / PREDICTIONS_FILE, records)
         metrics = summarize(records)
     else:
-        if config.setting == "continual":
-            stages = sorted(p for p in (run_dir / "stages").iterdir() if p.name[:2].isdigit())
-            adapter_dir = stages[-1] / "adapter"
-        else:
-            adapter_dir = run_dir / "adapter"
-        model, tokenizer = adapter_model(adapter_dir)
+        model, tokenizer = adapter_model(final_adapter_dir(run_dir, config))
         metrics = evaluate_model(config, model, tokenizer, eval_tasks, out)
         previous = run_dir / METRICS_FILE
         if config.setting == "continual" and previous.is_file():  # the matrix needs every stage: keep it

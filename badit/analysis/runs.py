@@ -1,0 +1,50 @@
+"""Interference analysis of a trained run folder (what `badit analyze RUN` and `badit demo` call)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def analyze_run(
+    run_dir: str | Path, output_dir: str | Path | None = None, examples_per_task: int = 8
+) -> dict:
+    """Gradient conflict, expert usage and neuron overlap of a run's trained adapter between its tasks.
+
+    Uses `examples_per_task` training examples of every task of the run (one batch per task) and the
+    adapter of a multitask run (the last stage's for a continual run). Writes ``analysis.json`` and
+    heatmaps into `output_dir` (default ``RUN/analysis``) and returns the analysis.
+    """
+    from peft import PeftModel
+
+    from badit.analysis.report import analyze
+    from badit.data import DataCollator, load_tasks, tokenize_tasks
+    from badit.training.runs import RunError, final_adapter_dir, load_base_model, load_run_config, task_names
+    from badit.training.trainer import prompt_template
+
+    if examples_per_task < 1:
+        raise ValueError(f"examples_per_task must be at least 1, got {examples_per_task}")
+    run_dir = Path(run_dir)
+    config = load_run_config(run_dir)
+    adapter_dir = final_adapter_dir(run_dir, config)
+    if not (adapter_dir / "adapter_config.json").is_file():
+        raise RunError(
+            f"{adapter_dir}: no trained adapter (did the run finish? `badit train {run_dir} --resume`)"
+        )
+    tasks = load_tasks(config.data.path, "train", tasks=task_names(config))
+    if len(tasks) < 2:
+        raise RunError(f"{run_dir}: interference needs at least 2 tasks, the run has {len(tasks)}")
+    base, tokenizer = load_base_model(config)
+    model = PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=True)  # gradients are measured
+    collate = DataCollator(pad_token_id=tokenizer.pad_token_id)
+    batches = {}
+    for task in tasks:
+        task.instances = task.instances[:examples_per_task]
+        examples = tokenize_tasks(
+            tokenizer,
+            [task],
+            prompt_template(config),
+            max_source_length=config.data.max_source_length,
+            max_target_length=config.data.max_target_length,
+        )
+        batches[task.name] = collate(examples)
+    return analyze(model, batches, output_dir or run_dir / "analysis")
