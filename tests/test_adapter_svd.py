@@ -1,8 +1,11 @@
 """SVD initialisation: exact and randomized top triplets, expert factors."""
 
+import inspect
+
 import pytest
 import torch
 
+from badit.adapter.config import BaditConfig
 from badit.adapter.svd import expert_factors, top_singular_triplets
 
 
@@ -40,7 +43,16 @@ def test_exact_triplets_match_the_prescribed_spectrum(flat_spectrum_matrix):
 
 def test_randomized_default_is_faithful_on_a_flat_spectrum(flat_spectrum_matrix):
     w, _ = flat_spectrum_matrix
-    residual_excess, sv_error = residual_and_sv_error(w, 24, method="randomized", oversample=40, niter=10)
+    defaults = BaditConfig()
+    residual_excess, sv_error = residual_and_sv_error(
+        w, 24, method="randomized", oversample=defaults.svd_oversample, niter=defaults.svd_niter
+    )
+    # The function's own defaults are the config's, so direct callers get the same accuracy.
+    signature = inspect.signature(top_singular_triplets).parameters
+    assert (signature["oversample"].default, signature["niter"].default) == (
+        defaults.svd_oversample,
+        defaults.svd_niter,
+    )
     assert -1e-6 < residual_excess < 1e-3  # Eckart-Young: no rank-24 matrix beats the exact SVD
     assert sv_error < 1e-2
 

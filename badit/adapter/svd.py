@@ -10,7 +10,7 @@ FLOAT64_MAX_NUMEL = 250_000
 
 
 def top_singular_triplets(
-    weight: torch.Tensor, k: int, method: str = "randomized", oversample: int = 16, niter: int = 6
+    weight: torch.Tensor, k: int, method: str = "randomized", oversample: int = 40, niter: int = 10
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The k largest singular triplets of `weight` (out, in): U (out, k), S (k,), Vh (k, in), descending.
 
