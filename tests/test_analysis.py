@@ -104,7 +104,8 @@ def test_expert_usage_and_report_on_badit_model(tmp_path):
     assert usage["usage"].shape == (2, 2, 4)  # 2 adapted gate_proj layers, 2 tasks, 4 experts
     # Zero-initialised router: every task spreads its weight uniformly over the experts.
     torch.testing.assert_close(usage["usage"], torch.full((2, 2, 4), 0.25))
-    torch.testing.assert_close(usage["similarity"], torch.ones(2, 2))
+    assert usage["max_deviation"] == 0.0  # no preference: similarity of preferences is 0 off the diagonal
+    assert usage["similarity"][0, 1] == 0.0
 
     # A router that sends task t0's prompts elsewhere makes the profiles differ.
     with torch.no_grad():
@@ -113,7 +114,11 @@ def test_expert_usage_and_report_on_badit_model(tmp_path):
                 module.badit_router["default"].weight.normal_(0, 5.0)
     usage = expert_usage(model, batches)
     torch.testing.assert_close(usage["usage"].sum(-1), torch.ones(2, 2))
-    assert usage["similarity"][0, 1] < 0.999
+    assert usage["max_deviation"] > 0.01
+    assert -1.0 <= usage["similarity"][0, 1] < 0.999
+    # The same batch under two names prefers exactly the same experts.
+    same = expert_usage(model, {"a": batches["t0"], "b": batches["t0"]})
+    torch.testing.assert_close(same["similarity"], torch.ones(2, 2))
 
     result = analyze(model, batches, tmp_path / "analysis", neuron_top_fraction=0.1)
     saved = json.loads((tmp_path / "analysis" / "analysis.json").read_text())

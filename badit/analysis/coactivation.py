@@ -25,8 +25,10 @@ def _forward(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> None:
 def expert_usage(model: nn.Module, batches: Mapping[str, Mapping[str, torch.Tensor]]) -> dict:
     """Mean routing weight of each expert per task and layer, normalised to sum to 1.
 
-    Returns ``{"tasks", "layers", "usage": (L, T, K), "similarity": (T, T)}``; ``similarity`` is
-    the cosine between the tasks' expert profiles over all layers (1 = the same experts).
+    Returns ``{"tasks", "layers", "usage": (L, T, K), "similarity": (T, T), "max_deviation": float}``.
+    ``similarity`` is the cosine between the tasks' preferences over all layers, i.e. their usage
+    minus the uniform 1/K (1 = the same experts favoured, -1 = opposite ones, 0 when a task routes
+    uniformly); ``max_deviation`` is the largest |usage - 1/K|, how far routing is from uniform at all.
     """
     from badit import get_routing_weights  # the adapter package; imported late to avoid a cycle
 
@@ -45,8 +47,15 @@ def expert_usage(model: nn.Module, batches: Mapping[str, Mapping[str, torch.Tens
     finally:
         model.train(was_training)
     usage = torch.stack(per_task, dim=1).cpu()  # (L, T, K)
-    profiles = usage.permute(1, 0, 2).reshape(usage.shape[1], -1)
-    return {"tasks": list(batches), "layers": layers, "usage": usage, "similarity": cosine_matrix(profiles)}
+    preference = usage - 1.0 / usage.shape[-1]
+    profiles = preference.permute(1, 0, 2).reshape(usage.shape[1], -1)
+    return {
+        "tasks": list(batches),
+        "layers": layers,
+        "usage": usage,
+        "similarity": cosine_matrix(profiles),
+        "max_deviation": float(preference.abs().max()),
+    }
 
 
 def top_fraction_jaccard(scores: torch.Tensor, fraction: float) -> torch.Tensor:

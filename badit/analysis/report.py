@@ -89,12 +89,11 @@ def analyze(
             "layers": usage["layers"],
             "usage": usage["usage"].tolist(),
             "similarity": usage["similarity"].tolist(),
+            "max_deviation_from_uniform": usage["max_deviation"],
         }
         mean_usage = usage["usage"].mean(0)  # (T, K)
         experts = [f"e{k}" for k in range(mean_usage.shape[1])]
-        _heatmap(
-            mean_usage, experts, short, "mean routing weight per task", out / "expert_usage.png", 0, None
-        )
+        _heatmap(mean_usage, experts, short, "mean routing weight per task", out / "expert_usage.png")
 
     neurons = neuron_overlap(model, batches, neuron_module_suffix, neuron_top_fraction)
     result["neuron_overlap"] = {
