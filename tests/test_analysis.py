@@ -127,3 +127,27 @@ def test_expert_usage_and_report_on_badit_model(tmp_path):
     assert -1.0 <= saved["gradient_conflict"]["mean_offdiag"] <= 1.0
     for png in ("gradient_conflict.png", "expert_usage.png", "neuron_overlap.png"):
         assert (tmp_path / "analysis" / png).stat().st_size > 1000
+
+
+def test_gradient_conflict_leaves_the_regroup_gradient_windows_alone():
+    from peft import get_peft_model
+
+    from badit import BaditConfig
+    from badit.regrouping.gradients import gradient_windows, iter_badit_layers
+
+    model = get_peft_model(make_tiny_model("qwen3"), BaditConfig(r=2, num_experts=4, lora_dropout=0.0))
+    ids = torch.randint(3, 128, (2, 8), generator=torch.Generator().manual_seed(0))
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
+    model(**batch).loss.backward()  # one training step's gradients reach the windows
+    windows = [w for _, layer in iter_badit_layers(model) for w in gradient_windows(layer).values()]
+    assert windows and all(w.backward_passes == 1 for w in windows)
+    before = [w.buffer.clone() for w in windows]
+    grads_before = [p.grad.clone() for p in model.parameters() if p.requires_grad]
+
+    gradient_conflict(model, {"a": batch, "b": {**batch, "input_ids": ids.flip(1), "labels": ids.flip(1)}})
+
+    assert all(w.backward_passes == 1 for w in windows)
+    for window, buffer in zip(windows, before):
+        assert torch.equal(window.buffer, buffer)
+    for param, grad in zip([p for p in model.parameters() if p.requires_grad], grads_before):
+        assert torch.equal(param.grad, grad)

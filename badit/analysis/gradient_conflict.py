@@ -7,6 +7,8 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from badit.regrouping.gradients import gradient_tracking_paused
+
 
 def cosine_matrix(vectors: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     """Pairwise cosine similarity of the rows of `vectors` (n, d) -> (n, n)."""
@@ -38,8 +40,8 @@ def gradient_conflict(
 
     `batches` maps a task name to one collated batch (input_ids, attention_mask, labels). Returns
     ``{"tasks": names, "layers": layer names, "overall": (T, T), "per_layer": (L, T, T)}`` where
-    ``overall`` uses all trainable parameters at once. The model's existing gradients are left as
-    they were.
+    ``overall`` uses all trainable parameters at once. The model's existing gradients and BADIT's regroup
+    gradient windows are left as they were.
     """
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if not params:
@@ -48,29 +50,27 @@ def gradient_conflict(
         raise ValueError(f"gradient_conflict needs batches of at least 2 tasks, got {len(batches)}")
     layers = sorted({_layer_of(n) for n, _ in params})
     layer_index = torch.tensor([layers.index(_layer_of(n)) for n, _ in params])
-    saved = [p.grad for _, p in params]
     device = params[0][1].device
 
     flat_grads: list[list[torch.Tensor]] = []  # [task][parameter] -> flattened gradient
     was_training = model.training
     model.eval()  # no dropout: the measurement is deterministic
     try:
-        for batch in batches.values():
-            grads = torch.autograd.grad(
-                _batch_loss(model, {k: v.to(device) for k, v in batch.items()}),
-                [p for _, p in params],
-                allow_unused=True,
-            )
-            flat_grads.append(
-                [
-                    torch.zeros_like(p).flatten() if g is None else g.flatten()
-                    for g, (_, p) in zip(grads, params)
-                ]
-            )
+        with gradient_tracking_paused(model):  # these gradients are not training signal for regrouping
+            for batch in batches.values():
+                grads = torch.autograd.grad(  # leaves .grad untouched
+                    _batch_loss(model, {k: v.to(device) for k, v in batch.items()}),
+                    [p for _, p in params],
+                    allow_unused=True,
+                )
+                flat_grads.append(
+                    [
+                        torch.zeros_like(p).flatten() if g is None else g.flatten()
+                        for g, (_, p) in zip(grads, params)
+                    ]
+                )
     finally:
         model.train(was_training)
-        for (_, p), g in zip(params, saved):
-            p.grad = g
 
     tasks = list(batches)
     n_tasks = len(tasks)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -149,3 +150,19 @@ def detach_gradient_tracking(model: nn.Module) -> None:
 def gradient_windows(layer: nn.Module) -> dict[str, GradientWindow]:
     """The windows installed on a layer (empty if tracking was never attached)."""
     return layer.__dict__.get(WINDOWS_ATTR, {})
+
+
+@contextmanager
+def gradient_tracking_paused(model: nn.Module) -> Iterator[None]:
+    """Within this context, backward passes leave the regroup gradient windows as they were.
+
+    For measurements that compute gradients without training (e.g. `badit.analysis.gradient_conflict`):
+    the windows are restored on exit, so the next regroup only sees training gradients.
+    """
+    windows = [w for _, layer in iter_badit_layers(model) for w in gradient_windows(layer).values()]
+    saved = [(None if w.buffer is None else w.buffer.clone(), w.backward_passes) for w in windows]
+    try:
+        yield
+    finally:
+        for window, (buffer, passes) in zip(windows, saved, strict=True):
+            window.buffer, window.backward_passes = buffer, passes
