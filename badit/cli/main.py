@@ -254,6 +254,8 @@ def _demo(args) -> int:
             f"analysis (gradient conflict, expert usage, neuron overlap): {result.analysis_dir}/*.png, analysis.json"
         )
     print(f"TensorBoard: tensorboard --logdir {result.output_dir}")
+    if not args.single:
+        print("interference score (multi-task vs one adapter per task): badit demo --single")
     print(f"demo finished in {result.seconds / 60:.1f} min")
     return 0
 
