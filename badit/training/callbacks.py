@@ -89,7 +89,7 @@ def _jsonable(value):
 
 
 class RegroupCallback(TrainerCallback):
-    """Calls ``badit.regroup(model, optimizer)`` when ``badit.regroup.regroup_due`` says so.
+    """Calls ``badit.regroup(model, optimizer)`` when ``badit.regrouping.regroup_due`` says so.
 
     ``schedule`` is the BADIT config (fields regroup, regroup_every, regroup_until): by default at each
     epoch end during the first half of training, as in the paper. Each regroup's per-layer statistics
