@@ -224,7 +224,7 @@ def test_check_data_lists_every_problem_without_traceback(folders, tmp_path):
     assert "task003_c: 1 instance ids are in both train and test" in report
     assert "3 tasks, 3 problems" in report
     report, ok = check_data(tmp_path / "nowhere")
-    assert not ok and report.startswith("error:") and "not a folder" in report
+    assert not ok and report.startswith("error:") and "no such file or folder" in report
 
 
 def test_check_data_raw_layout(raw):

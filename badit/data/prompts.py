@@ -6,6 +6,9 @@
 does; every SuperNI task has exactly one). Unlike Tk-Instruct we add no "Definition: " prefix and no
 final period after the input, following the paper's template. With `num_pos_examples = k > 0` the first
 k positive examples are inserted at `{examples}`, each rendered with `example_template`.
+
+Own-data tasks bring their prompts as written (`Task.template` = "{input}"); chat rows (an instance
+with `messages`) are rendered with the tokenizer's chat template, their last message being the input.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ class PromptParts:
     prefix: str
     input: str
     suffix: str
+    chat: bool = False  # rendered by a chat template, which already holds its special tokens (BOS...)
 
     @property
     def text(self) -> str:
@@ -58,24 +62,40 @@ class PromptTemplate:
 
     def parts(self, task: Task, instance: Instance, tokenizer=None) -> PromptParts:
         """The prompt for `instance` of `task`, split around the input text."""
+        if instance.messages is not None:
+            return chat_parts(instance.messages, tokenizer)
+        template = task.template if task.template is not None else self.template
         examples = "".join(
             self.example_template.format(index=i + 1, input=ex.input, output=ex.outputs[0])
             for i, ex in enumerate(task.positive_examples[: self.num_pos_examples])
         )
-        text = self.template.format(
-            definition=task.definition, examples=examples, input=_SENTINEL, task=task.name
-        )
+        text = template.format(definition=task.definition, examples=examples, input=_SENTINEL, task=task.name)
         if self.use_chat_template:
-            if tokenizer is None or not getattr(tokenizer, "chat_template", None):
-                raise ValueError("use_chat_template=True needs a tokenizer that has a chat template")
-            text = tokenizer.apply_chat_template(
-                [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
-            )
+            return chat_parts([{"role": "user", "content": text}], tokenizer, instance.input)
         prefix, suffix = text.split(_SENTINEL)
         return PromptParts(prefix, instance.input, suffix)
 
     def format(self, task: Task, instance: Instance, tokenizer=None) -> str:
         return self.parts(task, instance, tokenizer).text
+
+
+def chat_parts(messages: list[dict[str, str]], tokenizer, input_text: str | None = None) -> PromptParts:
+    """The tokenizer's chat template of `messages` followed by the generation prompt, split around the
+    content of the last message (`input_text` where that content holds the input's placeholder)."""
+    if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+        raise ValueError(
+            "chat prompts (data.use_chat_template or chat rows with 'messages') need a tokenizer that has "
+            "a chat template; use an instruct model or prompt/completion rows"
+        )
+    last = messages[-1]["content"]
+    if input_text is None:
+        input_text, last = last, _SENTINEL
+    rendered = [*messages[:-1], {**messages[-1], "content": last}]
+    text = tokenizer.apply_chat_template(rendered, tokenize=False, add_generation_prompt=True)
+    if text.count(_SENTINEL) != 1:
+        raise ValueError("the tokenizer's chat template changes message contents; cannot place the input")
+    prefix, suffix = text.split(_SENTINEL)
+    return PromptParts(prefix, input_text, suffix, chat=True)
 
 
 def format_prompt(

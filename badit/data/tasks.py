@@ -1,4 +1,4 @@
-"""Tasks in the natural-instructions (SuperNI) format, read from either of two layouts.
+"""Tasks and instances; tasks in the natural-instructions (SuperNI) format, read from either of two layouts.
 
 - folder per task: `ROOT/<task>/{train,dev,test}.json` (the continual-learning benchmark layout);
 - raw release files: `ROOT/taskNNN_name.json`, split here with a seed (see `badit.data.splits`).
@@ -20,6 +20,7 @@ SPLITS = ("train", "dev", "test")
 Split = Literal["train", "dev", "test"]
 _TASK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
 _MAX_LISTED = 5
+VERBATIM = "{input}"  # the prompt template of own-data tasks: each prompt is used as written
 
 
 @dataclass
@@ -27,6 +28,10 @@ class Instance:
     id: str
     input: str
     outputs: list[str]  # every acceptable answer; training picks one (seeded), scoring takes the max
+    messages: list[dict[str, str]] | None = None
+    """Chat data: the conversation before the answer ({role, content} dicts). The prompt is then the
+    tokenizer's chat template of it, and `input` is the content of its last message (the part that is
+    truncated to fit, see `badit.data.prompts`)."""
 
 
 @dataclass
@@ -38,6 +43,9 @@ class Task:
     output_language: list[str] = field(default_factory=lambda: ["English"])
     source: str = ""  # the file the task was read from
     notes: list[str] = field(default_factory=list)  # harmless oddities worth reporting (see check_data)
+    template: str | None = None
+    """The task's own prompt template (own data: `VERBATIM`, the prompt as written); None: the run's
+    template (the paper's for SuperNI tasks)."""
 
     @property
     def is_english(self) -> bool:

@@ -52,17 +52,17 @@ def _fit_prompt(
     return lead + prefix[len(prefix) - keep :] + suffix
 
 
-def encode_prompt_parts(
-    tokenizer, parts: Sequence[PromptParts], max_source_length: int, chat: bool
-) -> list[list[int]]:
+def encode_prompt_parts(tokenizer, parts: Sequence[PromptParts], max_source_length: int) -> list[list[int]]:
     """Token ids of each prompt, the input truncated from the left to fit `max_source_length`.
-    `chat`: the text came from a chat template, which already holds its special tokens."""
-    lead = [] if chat else leading_special_tokens(tokenizer)
-    parts = [PromptParts(p.prefix, p.input, p.suffix.rstrip(" ")) for p in parts]
+    Prompts rendered by a chat template (`PromptParts.chat`) already hold their special tokens."""
+    lead = leading_special_tokens(tokenizer)
     prefixes = _batch_ids(tokenizer, [p.prefix for p in parts])
     inputs = _batch_ids(tokenizer, [p.input for p in parts])
-    suffixes = _batch_ids(tokenizer, [p.suffix for p in parts])
-    return [_fit_prompt(lead, a, b, c, max_source_length) for a, b, c in zip(prefixes, inputs, suffixes)]
+    suffixes = _batch_ids(tokenizer, [p.suffix.rstrip(" ") for p in parts])
+    return [
+        _fit_prompt([] if p.chat else lead, a, b, c, max_source_length)
+        for p, a, b, c in zip(parts, prefixes, inputs, suffixes)
+    ]
 
 
 def _trailing_spaces(text: str) -> str:
@@ -85,8 +85,7 @@ def encode_prompts(
     tokenizer, tasks: Sequence[Task], template: PromptTemplate | None = None, max_source_length: int = 1024
 ) -> list[list[int]]:
     """Prompt token ids (trailing spaces dropped, see module doc) of every instance of every task."""
-    chat = bool(template and template.use_chat_template)
-    return encode_prompt_parts(tokenizer, prompt_parts(tokenizer, tasks, template), max_source_length, chat)
+    return encode_prompt_parts(tokenizer, prompt_parts(tokenizer, tasks, template), max_source_length)
 
 
 def tokenize_tasks(
@@ -115,9 +114,7 @@ def tokenize_tasks(
     rng = random.Random(seed)
     pairs = _pairs(tasks)
     parts = prompt_parts(tokenizer, tasks, template)
-    prompts = encode_prompt_parts(
-        tokenizer, parts, max_source_length, bool(template and template.use_chat_template)
-    )
+    prompts = encode_prompt_parts(tokenizer, parts, max_source_length)
     answer_texts = [
         _trailing_spaces(p.suffix) + rng.choice(inst.outputs) for p, (_, inst) in zip(parts, pairs)
     ]

@@ -1,0 +1,274 @@
+"""Own data as rows: {task, prompt, completion} or chat {task, messages}, from JSONL, CSV or a
+`datasets` dataset, validated row by row and grouped into tasks.
+
+A row is one example. Its format is set by the columns it fills:
+- prompt/completion: `prompt` (the whole prompt, used as written) and `completion` (a string, or a
+  list of strings when several answers are acceptable: training picks one, scoring takes the max;
+  numbers are taken as JSON writes them);
+- chat: `messages`, a list of {role, content}; the last turn must be the assistant's answer, the
+  turns before it become the prompt through the tokenizer's chat template at tokenisation time.
+Optional columns: `task` (one table may hold many tasks; without the column the table is one task
+named after the file), `split` (train / dev / test; without it test examples are split off per task
+with a seed, see `badit.data.splits`) and `id`. Every column name can be changed (`Columns`).
+
+Every problem names the table, the row (JSONL/CSV: its line in the file; datasets: its index) and
+the column, and says how to fix it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from badit.data.files import DataError
+from badit.data.tasks import Instance, Split, check_task_name
+
+SPLIT_NAMES = {"train": "train", "dev": "dev", "validation": "dev", "valid": "dev", "test": "test"}
+"""Values of the split column (and names of a dataset's splits) and the split each one means."""
+
+MAX_PROBLEMS = 20  # problems listed by `badit data check`; the rest are counted
+
+
+@dataclass(frozen=True)
+class Columns:
+    """The column that holds each field of a row (`data.*_column` in the run config)."""
+
+    task: str = "task"
+    prompt: str = "prompt"
+    answer: str = "completion"
+    messages: str = "messages"
+    split: str = "split"
+    id: str = "id"
+
+
+@dataclass(frozen=True)
+class Table:
+    """Rows read from one file or one split of a dataset, not validated yet.
+
+    `rows` pairs each row with its number: its line in a JSONL/CSV file (`unit` "line"), its index in
+    a dataset (`unit` "row"); `columns` lists the table's columns when it has a fixed set (CSV header,
+    dataset features), None when each row has its own keys (JSONL); `split` is the split the whole
+    table belongs to (a dataset's split), if any.
+    """
+
+    source: str
+    rows: Sequence[tuple[int, Any]]
+    columns: tuple[str, ...] | None = None
+    split: Split | None = None
+    unit: str = "line"
+
+
+@dataclass(frozen=True)
+class Example:
+    """One valid row: its task, its split (None: to be split off with the seed) and the instance."""
+
+    task: str
+    split: Split | None
+    instance: Instance
+
+
+def table_columns(table: Table) -> set[str]:
+    """The columns of a table: its fixed set, or every key used by a row (JSONL)."""
+    if table.columns is not None:
+        return set(table.columns)
+    return {key for _, row in table.rows if isinstance(row, dict) for key in row}
+
+
+def _filled(value: Any) -> bool:
+    return value is not None and not (isinstance(value, str) and not value.strip())
+
+
+def _column_hint(table: Table, column: str, field: str) -> str:
+    found = f" (columns found: {', '.join(table.columns)})" if table.columns is not None else ""
+    return f"rename the column to {column!r} or set data.{field}_column to the right one{found}"
+
+
+def _answer_text(value: Any) -> Any:
+    """A number or boolean as JSON writes it (`4` -> "4"): `datasets` stores a column that mixes strings
+    and lists as JSON and reads "4" back as 4. Other values unchanged."""
+    return json.dumps(value) if isinstance(value, (int, float)) else value
+
+
+def _answers(value: Any) -> list[str] | None:
+    """A non-empty string, or a non-empty list of non-empty strings, as a list; None otherwise."""
+    values = [_answer_text(v) for v in (value if isinstance(value, list) else [value])]
+    if values and all(isinstance(v, str) and v.strip() for v in values):
+        return values
+    return None
+
+
+def _chat(value: Any) -> tuple[list[dict[str, str]], str] | str:
+    """(prompt messages, answer) of a chat row, or the problem with it as a string."""
+    if not isinstance(value, list) or not all(
+        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+        for m in value
+    ):
+        return "must be a list of {role, content} objects with string values"
+    if len(value) < 2 or value[-1]["role"] != "assistant":
+        return "needs at least one turn followed by the assistant's answer as the last turn"
+    if not value[-1]["content"].strip():
+        return "the last (assistant) turn is empty: the answer is missing"
+    if not value[-2]["content"].strip():
+        return "the turn before the answer is empty: the prompt is missing"
+    return [{"role": m["role"], "content": m["content"]} for m in value[:-1]], value[-1]["content"]
+
+
+def parse_table(table: Table, columns: Columns, default_task: str | None) -> tuple[list[Example], list[str]]:
+    """The valid rows of `table` as examples, and one message per problem found (all rows are read).
+
+    `default_task` names the task of a table without a task column (None: the column is required).
+    A table holds one format: the first valid row's (prompt/completion or chat) decides.
+    """
+    problems: list[str] = []
+    if not table.rows:
+        return [], [f"{table.source}: no rows; add examples (one JSON object per line, or one CSV row each)"]
+    keys = table_columns(table)
+    if columns.prompt not in keys and columns.messages not in keys:
+        return [], [
+            f"{table.source}: missing column {columns.prompt!r} (or {columns.messages!r} for chat rows); "
+            + _column_hint(table, columns.prompt, "prompt")
+        ]
+    if columns.messages not in keys and columns.answer not in keys:
+        return [], [
+            f"{table.source}: missing column {columns.answer!r}; "
+            + _column_hint(table, columns.answer, "answer")
+        ]
+    has_task = columns.task in keys
+    if not has_task and default_task is None:
+        return [], [
+            f"{table.source}: missing column {columns.task!r}; " + _column_hint(table, columns.task, "task")
+        ]
+    has_split = columns.split in keys and table.split is None
+
+    examples: list[Example] = []
+    table_format: tuple[str, str] | None = None  # (format, where it was first seen)
+    for number, row in table.rows:
+        where = f"{table.unit} {number}"
+        at = f"{table.source} {where}"
+        if not isinstance(row, dict):
+            problems.append(
+                f"{at}: expected an object with {columns.prompt!r} and {columns.answer!r}, got {type(row).__name__}"
+            )
+            continue
+
+        def bad(column: str, problem: str, fix: str, at: str = at) -> None:
+            problems.append(f"{at}, column {column!r}: {problem}; {fix}")
+
+        chat, plain = _filled(row.get(columns.messages)), _filled(row.get(columns.prompt))
+        if chat and plain:
+            bad(
+                columns.messages,
+                f"the row also has {columns.prompt!r}",
+                "give each row either prompt/completion or messages",
+            )
+            continue
+        if not (chat or plain):
+            column = (
+                columns.prompt
+                if table_format is None or table_format[0] == "prompt/completion"
+                else columns.messages
+            )
+            bad(column, "empty or missing: the prompt is missing", "fill it in or drop the row")
+            continue
+        row_format = "chat" if chat else "prompt/completion"
+        if table_format is None:
+            table_format = (row_format, where)
+        elif row_format != table_format[0]:
+            bad(
+                columns.messages if chat else columns.prompt,
+                f"a {row_format} row, but {table_format[1]} is a {table_format[0]} row (mixed formats)",
+                "keep one format per file: put chat rows and prompt/completion rows in separate files",
+            )
+            continue
+
+        if has_task:
+            task = row.get(columns.task)
+            if not _filled(task):
+                bad(
+                    columns.task,
+                    "empty: every row needs its task's name",
+                    "fill it in (or drop the column for a one-task file)",
+                )
+                continue
+            try:
+                task = check_task_name(str(task).strip())
+            except DataError as error:
+                bad(columns.task, str(error).split(";")[0], "use letters, digits, '_', '-' and '.' only")
+                continue
+        else:
+            task = default_task
+
+        split = table.split
+        if has_split:
+            value = row.get(columns.split)
+            if not _filled(value):
+                bad(
+                    columns.split,
+                    "empty: with a split column every row needs its split",
+                    "fill it in (train, dev or test), or drop the column to split off test examples with the seed",
+                )
+                continue
+            split = SPLIT_NAMES.get(str(value).strip().lower())
+            if split is None:
+                bad(columns.split, f"{value!r} is not a split", f"use one of {', '.join(SPLIT_NAMES)}")
+                continue
+
+        messages = None
+        if chat:
+            parsed = _chat(row[columns.messages])
+            if isinstance(parsed, str):
+                bad(
+                    columns.messages,
+                    parsed,
+                    'e.g. [{"role": "user", "content": "..."}, {"role": "assistant", "content": "..."}]',
+                )
+                continue
+            messages, answer = parsed
+            prompt, outputs = messages[-1]["content"], [answer]
+        else:
+            prompt = row[columns.prompt]
+            if not isinstance(prompt, str):
+                bad(
+                    columns.prompt,
+                    f"must be a string, got {type(prompt).__name__}",
+                    "write the prompt as text",
+                )
+                continue
+            outputs = _answers(row.get(columns.answer))
+            if outputs is None:
+                problem = (
+                    "empty or missing: the answer is missing"
+                    if not _filled(row.get(columns.answer))
+                    else "must be a non-empty string or a list of non-empty strings"
+                )
+                bad(
+                    columns.answer,
+                    problem,
+                    "fill in the answer (several acceptable answers: a list of strings) or drop the row",
+                )
+                continue
+        row_id = row.get(columns.id)
+        if not _filled(row_id):
+            row_id = f"{task}-{table.split}-{number}" if table.split else f"{task}-{number}"
+        examples.append(Example(task, split, Instance(str(row_id), prompt, outputs, messages)))
+    return examples, problems
+
+
+def parse_tables(
+    tables: Iterable[Table], columns: Columns, default_task: str | None
+) -> tuple[list[Example], list[str]]:
+    """`parse_table` over several tables (a dataset's splits), examples and problems concatenated."""
+    examples, problems = [], []
+    for table in tables:
+        more, found = parse_table(table, columns, default_task)
+        examples += more
+        problems += found
+    return examples, problems
+
+
+def problems_error(problems: Sequence[str], check_hint: str) -> DataError:
+    """One DataError for a list of problems: the first in full, the others counted."""
+    more = f" (and {len(problems) - 1} more problems: {check_hint} lists them)" if len(problems) > 1 else ""
+    return DataError(problems[0] + more)
