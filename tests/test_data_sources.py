@@ -359,3 +359,18 @@ def test_data_check_reports_counts_and_every_bad_row(tmp_path):
     assert f"problem: {path} line 6, column 'task': empty" in report
     report, ok = check_data(write_jsonl(tmp_path / "good.jsonl", mix_rows()), {"test": 2})
     assert ok and ["sum", "8", "2"] in [line.split() for line in report.splitlines()]
+
+
+def test_cli_data_check_with_column_names_and_sizes(tmp_path, capsys):
+    from badit.cli.main import main
+
+    path = tmp_path / "own.csv"
+    path.write_text("kind,question,label\n" + "".join(f"k,q{i},a{i}\n" for i in range(8)), encoding="utf-8")
+    args = ["data", "check", str(path), "--task-column", "kind", "--prompt-column", "question"]
+    assert main([*args, "--answer-column", "label", "--test-size", "0.25", "--dev-size", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].split() == ["task", "train", "dev", "test"]
+    assert lines[2].split() == ["k", "4", "2", "2"]  # test: round(0.25 * 8) = 2, dev 2, train the other 4
+    assert main(args) == 1  # the answer column is still 'completion'
+    out = capsys.readouterr().out
+    assert "missing column 'completion'; rename the column to 'completion' or set data.answer_column" in out

@@ -34,3 +34,15 @@ def test_generation_stops_at_eos_and_drops_it():
     stop = full[0][3]  # make the 4th generated token of the first prompt the end of sequence
     cut = generate_ids(model, prompts, pad_token_id=PAD, eos_token_id=[127, stop], max_new_tokens=8)[0]
     assert cut == full[0][: full[0].index(stop)]
+
+
+def test_progress_bar_counts_examples(capsys):
+    model = make_tiny_model("llama")
+    prompts = random_prompts()
+    generate_ids(model, prompts, pad_token_id=PAD, eos_token_id=EOS, max_new_tokens=2, batch_size=4)
+    assert capsys.readouterr().err == ""  # no bar unless asked for
+    generate_ids(
+        model, prompts, pad_token_id=PAD, eos_token_id=EOS, max_new_tokens=2, batch_size=4, progress="eval"
+    )
+    final = capsys.readouterr().err.split("\r")[-1]
+    assert final.startswith("eval: 100%") and "6/6" in final and "ex/s" in final  # 6 prompts, 2 batches

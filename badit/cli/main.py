@@ -39,6 +39,15 @@ example:
 """
 
 
+def _size(text: str) -> int | float:
+    """A split size: a count (`20`) or a fraction (`0.1`)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    return int(value) if value.is_integer() else value
+
+
 def _add_overrides(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "overrides",
@@ -124,16 +133,49 @@ def build_parser() -> argparse.ArgumentParser:
     data_commands = data.add_subparsers(dest="data_command", metavar="COMMAND")
     check = data_commands.add_parser(
         "check",
-        help="validate a task folder and report counts per task",
-        description="Read every task under PATH (a folder per task with train/dev/test.json, or raw\n"
-        "taskNNN_name.json files) and report instance counts and problems.\n"
+        help="validate a data source and report counts per task",
+        description="Read every task of PATH and report its train/dev/test counts and every problem found.\n"
+        "PATH: a SuperNI folder (a folder per task with train/dev/test.json, or raw taskNNN_name.json\n"
+        "files), a .jsonl/.csv file of {task, prompt, completion} or chat {task, messages} rows, a folder\n"
+        "written by datasets' save_to_disk, a .json/.parquet data file, or a hub dataset name.\n"
         "Exit status 0 when all is well, 1 when problems were found.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    check.add_argument("path", help="the data folder")
-    check.add_argument("--train-size", type=int, default=1000, help="raw files: training instances per task")
-    check.add_argument("--test-size", type=int, default=100, help="raw files: test instances per task")
-    check.add_argument("--seed", type=int, default=42, help="raw files: seed of the split")
+    check.add_argument("path", help="the data (as data.path in a run config)")
+    check.add_argument(
+        "--format",
+        choices=("auto", "superni", "jsonl", "csv", "datasets"),
+        default="auto",
+        help="force the format (default: recognised from PATH)",
+    )
+    for field, default in (
+        ("task", "task"),
+        ("prompt", "prompt"),
+        ("answer", "completion"),
+        ("messages", "messages"),
+        ("split", "split"),
+    ):
+        check.add_argument(
+            f"--{field}-column",
+            default=default,
+            metavar="NAME",
+            help=f"own data: the {field} column ({default})",
+        )
+    sizes = "a count, or a fraction such as 0.1"
+    check.add_argument(
+        "--train-size",
+        type=_size,
+        help="seeded split: training examples per task (default: all; SuperNI 1000)",
+    )
+    check.add_argument(
+        "--dev-size", type=_size, help=f"seeded split: dev examples per task, {sizes} (default 0)"
+    )
+    check.add_argument(
+        "--test-size",
+        type=_size,
+        help=f"seeded split: test examples per task, {sizes} (default 10%%; SuperNI 100)",
+    )
+    check.add_argument("--seed", type=int, help="seed of the split (default 42)")
 
     demo = commands.add_parser(
         "demo",
@@ -223,11 +265,18 @@ def _analyze(args) -> int:
 
 
 def _data_check(args) -> int:
-    from badit.data import SplitSizes, run_data_check
+    from badit.data import Columns, run_data_check
 
-    return run_data_check(
-        args.path, sizes=SplitSizes(train=args.train_size, test=args.test_size, seed=args.seed)
+    given = {"train": args.train_size, "dev": args.dev_size, "test": args.test_size, "seed": args.seed}
+    columns = Columns(
+        task=args.task_column,
+        prompt=args.prompt_column,
+        answer=args.answer_column,
+        messages=args.messages_column,
+        split=args.split_column,
     )
+    sizes = {key: value for key, value in given.items() if value is not None}
+    return run_data_check(args.path, sizes=sizes, format=args.format, columns=columns)
 
 
 def _demo(args) -> int:

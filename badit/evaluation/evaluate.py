@@ -88,9 +88,11 @@ def evaluate(
     batch_size: int = 16,
     stop_at_newline: bool = False,
     remove_articles: bool = False,
+    progress: str | None = "eval",
 ) -> dict:
     """Greedy-decode every instance of `tasks`, score it, write predictions.jsonl and metrics.json
-    into `output_dir`; return the metrics. Batches mix tasks (BADIT routes each sequence by itself)."""
+    into `output_dir`; return the metrics. Batches mix tasks (BADIT routes each sequence by itself).
+    `progress`: the label of the progress bar (examples/s, ETA); None hides it."""
     template = template or PromptTemplate()
     prompts = encode_prompts(tokenizer, tasks, template, max_source_length)
     was_training = model.training
@@ -103,6 +105,7 @@ def evaluate(
             max_new_tokens=max_new_tokens,
             batch_size=batch_size,
             stop_at_newline=stop_at_newline,
+            progress=progress,
         )
     finally:
         model.train(was_training)

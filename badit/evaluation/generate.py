@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from tqdm.auto import tqdm
 from transformers import GenerationConfig
 
 from badit.data.collate import DataCollator
@@ -31,12 +32,14 @@ def generate_ids(
     batch_size: int = 16,
     stop_strings: list[str] | None = None,
     tokenizer=None,
+    progress: str | None = None,
 ) -> list[list[int]]:
     """Greedy continuation of each prompt (token ids), without the prompt and cut before the first EOS.
 
     Prompts are batched longest first (less padding; a too-large batch fails at once), left-padded, with
     the attention mask passed, so batched and one-by-one results agree. `stop_strings` (needs
-    `tokenizer`) ends a sequence once its text contains one of them.
+    `tokenizer`) ends a sequence once its text contains one of them. `progress`: the label of a progress
+    bar over the examples (examples/s, ETA); None shows none.
     """
     eos = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
     config = GenerationConfig(
@@ -52,6 +55,7 @@ def generate_ids(
     device = next(model.parameters()).device
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     results: list[list[int]] = [[] for _ in prompts]
+    bar = tqdm(total=len(prompts), desc=progress, unit="ex", dynamic_ncols=True, disable=progress is None)
     for start in range(0, len(order), batch_size):
         index = order[start : start + batch_size]
         batch = collate([{"input_ids": list(prompts[i])} for i in index])
@@ -65,6 +69,8 @@ def generate_ids(
         for i, tokens in zip(index, new_tokens):
             ends = [k for k, t in enumerate(tokens) if t in eos]
             results[i] = tokens[: ends[0]] if ends else tokens
+        bar.update(len(index))
+    bar.close()
     return results
 
 
@@ -76,9 +82,10 @@ def generate_answers(
     max_new_tokens: int = 50,
     batch_size: int = 16,
     stop_at_newline: bool = False,
+    progress: str | None = None,
 ) -> list[str]:
     """Decoded greedy answers to tokenised prompts (special tokens dropped, whitespace stripped);
-    with `stop_at_newline` each answer ends before its first newline."""
+    with `stop_at_newline` each answer ends before its first newline. `progress`: see `generate_ids`."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     ids = generate_ids(
         model,
@@ -89,6 +96,7 @@ def generate_answers(
         batch_size=batch_size,
         stop_strings=["\n"] if stop_at_newline else None,
         tokenizer=tokenizer,
+        progress=progress,
     )
     texts = tokenizer.batch_decode(ids, skip_special_tokens=True)
     if stop_at_newline:
