@@ -1,4 +1,8 @@
-"""The ``badit`` command: train, eval, compare, analyze, data check, demo."""
+"""The ``badit`` command: train, eval, compare, analyze, data check, demo.
+
+Only the standard library is imported until a command runs (torch, transformers and PEFT are
+imported by the command's handler), so that ``badit --help`` answers at once.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,8 @@ import os
 import sys
 import warnings
 from pathlib import Path
+
+from badit import __version__
 
 EPILOG_TRAIN = """\
 examples:
@@ -66,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--verbose", "-v", action="store_true", help="show library log messages and tracebacks"
     )
+    parser.add_argument("--version", action="version", version=f"badit {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     train = commands.add_parser(
