@@ -84,7 +84,7 @@ def test_neuron_overlap_on_tiny_model():
         neuron_overlap(model, batches, module_suffix="nonexistent")
 
 
-def test_expert_usage_and_report_on_badit_model(tmp_path):
+def test_expert_usage_and_report_on_badit_model(tmp_path, capsys):
     import json
 
     from peft import get_peft_model
@@ -120,7 +120,11 @@ def test_expert_usage_and_report_on_badit_model(tmp_path):
     same = expert_usage(model, {"a": batches["t0"], "b": batches["t0"]})
     torch.testing.assert_close(same["similarity"], torch.ones(2, 2))
 
-    result = analyze(model, batches, tmp_path / "analysis", neuron_top_fraction=0.1)
+    capsys.readouterr()
+    result = analyze(model, batches, tmp_path / "analysis", neuron_top_fraction=0.1, progress=True)
+    bars = [line.split("\r")[-1] for line in capsys.readouterr().err.strip().split("\n")]
+    assert [bar.split(":")[0] for bar in bars] == ["gradients", "expert usage", "neurons"]
+    assert all("100%" in bar and "2/2" in bar for bar in bars)  # one step per task, 2 tasks
     saved = json.loads((tmp_path / "analysis" / "analysis.json").read_text())
     assert saved["tasks"] == ["t0", "t1"]
     assert set(result) == {"tasks", "gradient_conflict", "expert_usage", "neuron_overlap"}

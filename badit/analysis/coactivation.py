@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from badit.analysis.gradient_conflict import cosine_matrix
+from badit.analysis.progress import task_bar
 
 
 def _forward(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> None:
@@ -22,13 +23,16 @@ def _forward(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> None:
 
 
 @torch.no_grad()
-def expert_usage(model: nn.Module, batches: Mapping[str, Mapping[str, torch.Tensor]]) -> dict:
+def expert_usage(
+    model: nn.Module, batches: Mapping[str, Mapping[str, torch.Tensor]], progress: str | None = None
+) -> dict:
     """Mean routing weight of each expert per task and layer, normalised to sum to 1.
 
     Returns ``{"tasks", "layers", "usage": (L, T, K), "similarity": (T, T), "max_deviation": float}``.
     ``similarity`` is the cosine between the tasks' preferences over all layers, i.e. their usage
     minus the uniform 1/K (1 = the same experts favoured, -1 = opposite ones, 0 when a task routes
     uniformly); ``max_deviation`` is the largest |usage - 1/K|, how far routing is from uniform at all.
+    `progress`: the label of a progress bar over the tasks (None: no bar).
     """
     from badit import get_routing_weights  # the adapter package; imported late to avoid a cycle
 
@@ -36,7 +40,7 @@ def expert_usage(model: nn.Module, batches: Mapping[str, Mapping[str, torch.Tens
     model.eval()
     per_task = []
     try:
-        for batch in batches.values():
+        for batch in task_bar(batches, progress):
             _forward(model, batch)
             weights = get_routing_weights(model)
             if not weights:
@@ -81,12 +85,13 @@ def neuron_overlap(
     batches: Mapping[str, Mapping[str, torch.Tensor]],
     module_suffix: str = "down_proj",
     top_fraction: float = 0.01,
+    progress: str | None = None,
 ) -> dict:
     """Overlap of the most active intermediate MLP neurons between tasks.
 
     A neuron's score for a task is its mean absolute activation over the task's attended tokens,
     taken at the input of every module whose name ends with `module_suffix`. Returns
-    ``{"tasks", "layers", "jaccard": (L, T, T), "mean_jaccard": (T, T)}``.
+    ``{"tasks", "layers", "jaccard": (L, T, T), "mean_jaccard": (T, T)}``. `progress`: as `expert_usage`.
     """
     modules = {name: m for name, m in model.named_modules() if name.endswith(module_suffix)}
     if not modules:
@@ -110,7 +115,7 @@ def neuron_overlap(
     model.eval()
     per_task = []
     try:
-        for batch in batches.values():
+        for batch in task_bar(batches, progress):
             ids = batch["input_ids"]
             mask_holder["mask"] = batch.get("attention_mask", torch.ones_like(ids))
             _forward(model, batch)

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from badit.analysis.progress import task_bar
 from badit.regrouping.gradients import gradient_tracking_paused
 
 
@@ -34,14 +35,14 @@ def _batch_loss(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Te
 
 
 def gradient_conflict(
-    model: nn.Module, batches: Mapping[str, Mapping[str, torch.Tensor]]
+    model: nn.Module, batches: Mapping[str, Mapping[str, torch.Tensor]], progress: str | None = None
 ) -> dict[str, torch.Tensor | list[str]]:
     """Per-task gradients of the trainable parameters and their pairwise cosines.
 
     `batches` maps a task name to one collated batch (input_ids, attention_mask, labels). Returns
     ``{"tasks": names, "layers": layer names, "overall": (T, T), "per_layer": (L, T, T)}`` where
     ``overall`` uses all trainable parameters at once. The model's existing gradients and BADIT's regroup
-    gradient windows are left as they were.
+    gradient windows are left as they were. `progress`: the label of a progress bar over the tasks.
     """
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if not params:
@@ -57,7 +58,7 @@ def gradient_conflict(
     model.eval()  # no dropout: the measurement is deterministic
     try:
         with gradient_tracking_paused(model):  # these gradients are not training signal for regrouping
-            for batch in batches.values():
+            for batch in task_bar(batches, progress):
                 grads = torch.autograd.grad(  # leaves .grad untouched
                     _batch_loss(model, {k: v.to(device) for k, v in batch.items()}),
                     [p for _, p in params],

@@ -49,10 +49,12 @@ def analyze(
     output_dir: str | os.PathLike,
     neuron_module_suffix: str = "down_proj",
     neuron_top_fraction: float = 0.01,
+    progress: bool = False,
 ) -> dict:
     """Measure gradient conflict, expert usage (BADIT models) and neuron overlap between tasks.
 
     Writes ``analysis.json`` and PNG heatmaps into `output_dir` and returns the JSON-ready dict.
+    `progress`: show a progress bar per measurement (one step per task).
     """
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -60,7 +62,7 @@ def analyze(
     short = _short(tasks)
     result: dict = {"tasks": tasks}
 
-    conflict = gradient_conflict(model, batches)
+    conflict = gradient_conflict(model, batches, "gradients" if progress else None)
     off = ~torch.eye(len(tasks), dtype=torch.bool)
     per_layer_mean = torch.stack([c[off].mean() for c in conflict["per_layer"]])
     worst = torch.argmin(torch.where(off, conflict["overall"], torch.inf))
@@ -84,7 +86,7 @@ def analyze(
     )
 
     if _has_badit_layers(model):
-        usage = expert_usage(model, batches)
+        usage = expert_usage(model, batches, "expert usage" if progress else None)
         result["expert_usage"] = {
             "layers": usage["layers"],
             "usage": usage["usage"].tolist(),
@@ -95,7 +97,9 @@ def analyze(
         experts = [f"e{k}" for k in range(mean_usage.shape[1])]
         _heatmap(mean_usage, experts, short, "mean routing weight per task", out / "expert_usage.png")
 
-    neurons = neuron_overlap(model, batches, neuron_module_suffix, neuron_top_fraction)
+    neurons = neuron_overlap(
+        model, batches, neuron_module_suffix, neuron_top_fraction, "neurons" if progress else None
+    )
     result["neuron_overlap"] = {
         "top_fraction": neuron_top_fraction,
         "mean_jaccard": neurons["mean_jaccard"].tolist(),

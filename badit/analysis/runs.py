@@ -47,4 +47,4 @@ def analyze_run(
             max_target_length=config.data.max_target_length,
         )
         batches[task.name] = collate(examples)
-    return analyze(model, batches, output_dir or run_dir / "analysis")
+    return analyze(model, batches, output_dir or run_dir / "analysis", progress=True)
