@@ -1,0 +1,54 @@
+"""``badit report RUN [RUN ...]``: one self-contained HTML page comparing runs.
+
+collect (read run folders) -> scores (groups of seeds, interference) -> sections / dynamics (tables
+and figures) -> page (HTML). Every number on the page is read from, or computed from, files in the
+run folders; each section lists those files.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from badit.experiments.report.collect import ReportError, collect
+
+__all__ = ["ReportError", "build_report", "collect", "write_report"]
+
+
+def build_report(inputs: list[str | Path], title: str = "badit report") -> str:
+    """The HTML page for the run folders (or folders of runs) in `inputs`; ReportError on bad input."""
+    from badit.experiments.report import dynamics, sections
+    from badit.experiments.report.page import render
+    from badit.experiments.report.scores import group_runs
+
+    collection = collect(inputs)
+    groups = group_runs(collection)
+    intro = [
+        f"{len(collection.runs)} run(s): " + "; ".join(f"{r.label} = {r.path}" for r in collection.runs),
+        f"Tasks compared ({len(collection.shared_tasks)}): {', '.join(collection.shared_tasks)}.",
+    ]
+    if collection.left_out:
+        intro.append(
+            "Left out (not in every run): "
+            + "; ".join(f"{label}: {', '.join(tasks)}" for label, tasks in collection.left_out.items())
+        )
+    parts = [
+        sections.scores_section(collection, groups),
+        sections.interference_section(collection, groups),
+        sections.continual_section(collection),
+        dynamics.training_section(collection),
+        dynamics.regroup_section(collection),
+        dynamics.router_section(collection),
+        dynamics.analysis_section(collection),
+    ]
+    return render(title, intro, [p for p in parts if p is not None])
+
+
+def write_report(inputs: list[str | Path], output: str | Path, title: str = "badit report") -> Path:
+    """Build the page and write it to `output` at once (a temp file renamed: never half a page)."""
+    from badit.data.files import atomic_write_text
+
+    page = build_report(inputs, title)  # everything is read and drawn before anything is written
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(output, page)
+    return output

@@ -1,0 +1,361 @@
+"""Page sections about training: curves, regrouping, router health, and the `badit analyze` results."""
+
+from __future__ import annotations
+
+import statistics
+
+import torch
+
+from badit.analysis import router_health as health
+from badit.experiments.report import figures
+from badit.experiments.report.collect import LOG_FILES, Collection, LogSegment, Run
+from badit.experiments.report.page import Section, figure, number, paragraph, table
+
+
+def _log_file(segment: LogSegment, kind: str):
+    return segment.folder / "logs" / LOG_FILES[kind]
+
+
+def _segment_label(run: Run, segment: LogSegment) -> str:
+    return run.label if run.setting != "single" else f"{run.label}: {segment.name}"
+
+
+def _curves(run: Run) -> dict[str, list[figures.Line]]:
+    """Loss, learning rate and tokens/s lines of a run (continual stages joined, single tasks apart)."""
+    out: dict[str, list] = {"loss": [], "lr": [], "tps": []}
+    joined = run.setting == "continual"
+    for segment in run.segments:
+        records = [r for r in segment.train if "loss" in r and "step" in r]
+        if not records:
+            continue
+        steps = [r["step"] + segment.offset for r in records]
+        label = _segment_label(run, segment)
+        out["loss"].append((label, steps, [r["loss"] for r in records]))
+        lr = [(s, r["learning_rate"]) for s, r in zip(steps, records) if "learning_rate" in r]
+        if lr:
+            out["lr"].append((label, [s for s, _ in lr], [v for _, v in lr]))
+        # tokens/s between consecutive log records (the Trainer's own field is a running average)
+        rate = [
+            (s, (b["num_input_tokens_seen"] - a["num_input_tokens_seen"]) / (b["time"] - a["time"]))
+            for s, a, b in zip(steps[1:], records, records[1:])
+            if b.get("time", 0) > a.get("time", 0)
+            and "num_input_tokens_seen" in a
+            and "num_input_tokens_seen" in b
+        ]
+        if rate:
+            out["tps"].append((label, [s for s, _ in rate], [v for _, v in rate]))
+    if joined:
+        for key, lines in out.items():
+            if lines:
+                out[key] = [
+                    (run.label, [x for _, xs, _ in lines for x in xs], [y for _, _, ys in lines for y in ys])
+                ]
+    return out
+
+
+def training_section(collection: Collection) -> Section:
+    section = Section("Training curves")
+    panels = {"loss": [], "lr": [], "tps": []}
+    for run in collection.runs:
+        for key, lines in _curves(run).items():
+            panels[key] += lines
+        section.source(*(_log_file(s, "train") for s in run.segments if s.train))
+    if not panels["loss"]:
+        section.add(paragraph("No training log (logs/train_log.jsonl) in these runs.", kind="flag"))
+        return section
+    section.add(
+        paragraph(
+            "Continual runs: stages one after another on the step axis. tokens/s: input tokens between two "
+            "log records divided by the wall time between them (all processes together)."
+        )
+    )
+    uri = figures.line_panels(
+        [
+            ("training loss", "loss", panels["loss"]),
+            ("learning rate", "learning rate", panels["lr"]),
+            ("throughput", "tokens / s", panels["tps"]),
+        ],
+        "optimizer step",
+        "Training curves",
+    )
+    section.add(figure(uri, "training loss, learning rate and tokens per second"))
+    return section
+
+
+def _regroup_rows(run: Run) -> list[dict]:
+    """Per regroup: step, components moved (all layers), mean intra/inter-expert cosine before and after."""
+    rows = []
+    for segment in run.segments:
+        for record in segment.regroup:
+            layers = list((record.get("layers") or {}).values())
+            if not layers:
+                continue
+
+            def mean(key, layers=layers):
+                values = [layer[key] for layer in layers if key in layer]
+                return statistics.fmean(values) if values else None
+
+            rows.append(
+                {
+                    "stage": segment.name,
+                    "step": record.get("step", 0) + segment.offset,
+                    "moved": sum(layer.get("moved", 0) for layer in layers),
+                    "layers": len(layers),
+                    **{
+                        k: mean(k)
+                        for k in (
+                            "intra_cosine_before",
+                            "intra_cosine",
+                            "inter_cosine_before",
+                            "inter_cosine",
+                        )
+                    },
+                }
+            )
+    return rows
+
+
+def regroup_section(collection: Collection) -> Section | None:
+    runs = [(r, _regroup_rows(r)) for r in collection.runs if r.method == "badit"]
+    if not runs:
+        return None
+    section = Section("Regrouping over training (BADIT)")
+    section.add(
+        paragraph(
+            "Each regroup clusters the rank-1 components of every layer by gradient direction; moved = components "
+            "that changed expert (summed over layers); cosines are means over layers of the mean pairwise gradient "
+            "cosine within an expert (intra) and between experts (inter), before -> after the regroup."
+        )
+    )
+    moved, cosines = [], []
+    for run, rows in runs:
+        section.source(*(_log_file(s, "regroup") for s in run.segments if s.regroup))
+        if not rows:
+            section.add(
+                paragraph(
+                    f"{run.label}: no regroup logged (logs/regroup.jsonl missing or empty).", kind="flag"
+                )
+            )
+            continue
+        table_rows = [
+            [
+                run.label,
+                row["stage"] or "-",
+                str(row["step"]),
+                str(row["moved"]),
+                f"{number(row['intra_cosine_before'])} -> {number(row['intra_cosine'])}",
+                f"{number(row['inter_cosine_before'])} -> {number(row['inter_cosine'])}",
+            ]
+            for row in rows
+        ]
+        section.add(table(["run", "stage", "step", "moved", "intra cosine", "inter cosine"], table_rows))
+        steps = [row["step"] for row in rows]
+        moved.append((run.label, steps, [row["moved"] for row in rows]))
+        cosines.append((f"{run.label} intra", steps, [row["intra_cosine"] for row in rows]))
+        cosines.append((f"{run.label} inter", steps, [row["inter_cosine"] for row in rows]))
+    if moved:
+        uri = figures.line_panels(
+            [
+                ("components moved", "components moved", moved),
+                ("gradient cosine after regroup", "cosine", cosines),
+            ],
+            "optimizer step",
+            "Regrouping over training",
+        )
+        section.add(figure(uri, "components moved and expert cosines per regroup"))
+    return section
+
+
+def _health_lines(run: Run) -> dict[str, list]:
+    lines = {"entropy": [], "top_share": [], "min_load": []}
+    for segment in run.segments:
+        records = [r for r in segment.router if "summary" in r]
+        if not records:
+            continue
+        steps = [r["step"] + segment.offset for r in records]
+        for key in lines:
+            lines[key].append((_segment_label(run, segment), steps, [r["summary"][key] for r in records]))
+    return lines
+
+
+def router_section(collection: Collection) -> Section | None:
+    runs = [r for r in collection.runs if r.method == "badit"]
+    if not runs:
+        return None
+    section = Section("Router health (BADIT)")
+    section.add(
+        paragraph(
+            f"Flags: an expert is starved when its mean routing weight for a task falls below "
+            f"{health.STARVED_LOAD_FRACTION:g}/K; tasks route alike when every pair differs by less than "
+            f"{health.ALIKE_TOTAL_VARIATION:g} (total variation) in every layer; collapse = top expert >= "
+            f"{health.COLLAPSE_TOP_SHARE:.0%} of the weight in every layer; uniform = weights within "
+            f"{health.UNIFORM_DEVIATION:g} of 1/K in every layer. Entropy is divided by log K (1 = uniform)."
+        )
+    )
+    panels = {"entropy": [], "top_share": [], "min_load": []}
+    for run in runs:
+        for key, lines in _health_lines(run).items():
+            panels[key] += lines
+        final = [s.router[-1]["layers"] for s in run.segments if s.router and "layers" in s.router[-1]]
+        section.source(*(_log_file(s, "router") for s in run.segments if s.router))
+        for layers in final[-1:]:
+            problem = health.routing_problem(layers)
+            summary = health.summarize_health(layers)
+            text = (
+                f"{run.label}, end of training: entropy {summary['entropy']:.2f}, top-expert share "
+                f"{summary['top_share']:.2f}, smallest expert load {summary['min_load']:.2f}"
+            )
+            section.add(
+                paragraph(
+                    f"{text}: {problem}" if problem else f"{text}: healthy", "flag" if problem else "ok"
+                )
+            )
+        _usage_blocks(section, run)
+    if panels["entropy"]:
+        uri = figures.line_panels(
+            [
+                ("routing entropy (mean over layers)", "entropy / log K", panels["entropy"]),
+                ("top expert's share (mean over layers)", "share of weight", panels["top_share"]),
+                ("smallest expert load (any layer)", "share of weight", panels["min_load"]),
+            ],
+            "optimizer step",
+            "Router health during training (training batches)",
+        )
+        section.add(figure(uri, "router health during training"))
+    else:
+        section.add(paragraph("No router health log (logs/router_health.jsonl) in these runs."))
+    return section
+
+
+def _usage_blocks(section: Section, run: Run) -> None:
+    """Routing per task and layer, health per task, and preference similarity from analysis.json."""
+    usage_info = (run.analysis or {}).get("expert_usage")
+    if not usage_info:
+        section.add(paragraph(f"{run.label}: no routing per task (run `badit analyze {run.path}`)."))
+        return
+    section.source(run.analysis_file)
+    tasks = run.analysis.get("tasks", [])
+    layers = usage_info["layers"]
+    usage = torch.tensor(usage_info["usage"], dtype=torch.float64)  # (L, T, K)
+    k = usage.shape[-1]
+    experts = [f"e{i}" for i in range(k)]
+    short_layers = [name.removeprefix("base_model.model.").removeprefix("model.") for name in layers]
+    uri = figures.heatmap_panels(
+        [usage[:, t].tolist() for t in range(len(tasks))],
+        tasks,
+        experts,
+        short_layers,
+        f"{run.label}: mean routing weight per layer, one panel per task",
+        "expert",
+        "layer",
+        "mean routing weight",
+        0.0,
+        float(usage.max()),
+    )
+    section.add(figure(uri, f"routing per task and layer of {run.label}"))
+    rows = []
+    for t, task in enumerate(tasks):
+        load = usage[:, t].mean(0)
+        entropy = float(
+            -(usage[:, t] * usage[:, t].clamp_min(1e-12).log()).sum(-1).mean()
+            / torch.log(torch.tensor(float(k)))
+        )
+        rows.append(
+            [
+                task,
+                " / ".join(f"{v:.2f}" for v in load.tolist()),
+                f"{entropy:.2f}",
+                f"{float(usage[:, t].amax(-1).mean()):.2f}",
+            ]
+        )
+    section.add(
+        table(["task", "mean load per expert (over layers)", "entropy of load", "top expert share"], rows)
+    )
+    starved = health.starved_experts(usage)
+    alike, distance = health.tasks_route_alike(usage)
+    for layer, task, expert, load in starved[:8]:
+        section.add(
+            paragraph(
+                f"{run.label}: expert e{expert} starved in {short_layers[layer]} for {tasks[task]} (load {load:.3f})",
+                "flag",
+            )
+        )
+    if len(starved) > 8:
+        section.add(
+            paragraph(f"... and {len(starved) - 8} more starved (layer, task, expert) entries", "flag")
+        )
+    if alike:
+        section.add(
+            paragraph(f"{run.label}: every task routes alike (largest distance {distance:.3f})", "flag")
+        )
+    elif not starved:
+        section.add(
+            paragraph(
+                f"{run.label}: no starved expert; tasks route differently (largest distance {distance:.3f})",
+                "ok",
+            )
+        )
+    similarity = usage_info.get("similarity")
+    if similarity and len(tasks) > 1:
+        uri = figures.heatmap(
+            similarity,
+            tasks,
+            tasks,
+            f"{run.label}: expert-preference similarity",
+            "task",
+            "task",
+            "cosine of preferences",
+            -1.0,
+            1.0,
+        )
+        section.add(figure(uri, f"task-by-task expert preference similarity of {run.label}"))
+
+
+def analysis_section(collection: Collection) -> Section | None:
+    runs = [r for r in collection.runs if r.analysis]
+    section = Section("Gradient conflict and neuron overlap (badit analyze)")
+    if not runs:
+        section.add(
+            paragraph("No run has analysis/analysis.json: run `badit analyze RUN` to add these analyses.")
+        )
+        return section
+    for run in runs:
+        section.source(run.analysis_file)
+        tasks = run.analysis.get("tasks", [])
+        conflict = run.analysis.get("gradient_conflict")
+        if conflict:
+            pair = conflict.get("most_conflicting_pair") or ["-", "-", float("nan")]
+            section.add(
+                paragraph(
+                    f"{run.label}: mean gradient cosine between tasks {number(conflict.get('mean_offdiag'))}; most "
+                    f"conflicting pair {pair[0]} / {pair[1]} ({number(pair[2])}); most conflicting layer "
+                    f"{conflict.get('most_conflicting_layer', '-')}"
+                )
+            )
+            uri = figures.heatmap(
+                conflict["overall"],
+                tasks,
+                tasks,
+                f"{run.label}: gradient cosine between tasks",
+                "task",
+                "task",
+                "cosine",
+                -1.0,
+                1.0,
+            )
+            section.add(figure(uri, f"gradient conflict of {run.label}"))
+        neurons = run.analysis.get("neuron_overlap")
+        if neurons:
+            uri = figures.heatmap(
+                neurons["mean_jaccard"],
+                tasks,
+                tasks,
+                f"{run.label}: top-{neurons.get('top_fraction', 0):.0%} neuron overlap",
+                "task",
+                "task",
+                "Jaccard overlap",
+                0.0,
+                1.0,
+            )
+            section.add(figure(uri, f"neuron overlap of {run.label}"))
+    return section

@@ -1,0 +1,139 @@
+"""Page sections about scores: per-task scores, interference, continual learning (from metrics.json)."""
+
+from __future__ import annotations
+
+from badit.experiments.report import figures
+from badit.experiments.report.collect import Collection
+from badit.experiments.report.page import Section, figure, number, paragraph, table
+from badit.experiments.report.scores import METRICS, Group, interference, missing_references
+
+
+def scores_section(collection: Collection, groups: list[Group]) -> Section:
+    section = Section("Scores per task")
+    tasks = collection.shared_tasks
+    spread = any(len(g.runs) > 1 for g in groups)
+    if spread:
+        section.add(paragraph("Several seeds of a method: mean ± sample standard deviation over the seeds."))
+    for metric, name in METRICS.items():
+        header = [
+            f"task ({name})",
+            *(f"{g.label} (n={len(g.runs)})" if len(g.runs) > 1 else g.label for g in groups),
+        ]
+        rows = [
+            [t, *(number(g.mean[t][metric], g.std[t][metric]) for g in groups)] for t in [*tasks, "average"]
+        ]
+        section.add(table(header, rows))
+    for metric, name in METRICS.items():
+        bars = {
+            g.label: (
+                [g.mean[t][metric] for t in [*tasks, "average"]],
+                [g.std[t][metric] for t in [*tasks, "average"]],
+            )
+            for g in groups
+        }
+        title = f"{name} per task" + (" (error bars: std over seeds)" if spread else "")
+        section.add(
+            figure(
+                figures.grouped_bars([*tasks, "average"], bars, title, name), f"{name} per task and method"
+            )
+        )
+    section.add(paragraph("'average' is the mean over the tasks shared by all runs."))
+    if collection.left_out:
+        for label, tasks_out in collection.left_out.items():
+            section.add(
+                paragraph(f"{label}: left out (not in every run): {', '.join(tasks_out)}", kind="flag")
+            )
+    section.source(*(f for g in groups for f in g.files))
+    return section
+
+
+def interference_section(collection: Collection, groups: list[Group]) -> Section:
+    section = Section("Interference (multi-task minus single-task)")
+    found = interference(groups, collection.shared_tasks)
+    section.add(
+        paragraph(
+            "Score of the multi-task adapter minus that of one adapter per task (setting single) on the same "
+            "task; negative = training the tasks together costs performance."
+        )
+    )
+    for metric, name in METRICS.items():
+        if not found:
+            break
+        header = [f"task ({name})", *(f"{i.group.label} vs {i.reference.label}" for i in found)]
+        rows = [[t, *(number(i.per_task[t][metric]) for i in found)] for t in collection.shared_tasks]
+        rows.append(["interference score (mean)", *(number(i.average[metric]) for i in found)])
+        section.add(table(header, rows))
+    if found:
+        bars = {
+            f"{i.group.label}": (
+                [i.per_task[t]["rougeL"] for t in collection.shared_tasks],
+                [None] * len(collection.shared_tasks),
+            )
+            for i in found
+        }
+        section.add(
+            figure(
+                figures.grouped_bars(
+                    collection.shared_tasks, bars, "Interference per task (ROUGE-L)", "multi - single ROUGE-L"
+                ),
+                "interference per task",
+            )
+        )
+    for label in missing_references(groups, found):
+        section.add(
+            paragraph(
+                f"No interference score for {label}: add a run with setting=single (one adapter per task) "
+                "on the same tasks and model.",
+                kind="flag",
+            )
+        )
+    section.source(*(f for i in found for g in (i.group, i.reference) for f in g.files))
+    return section
+
+
+def continual_section(collection: Collection) -> Section | None:
+    runs = [r for r in collection.runs if r.continual]
+    if not runs:
+        return None
+    section = Section("Continual learning")
+    section.add(
+        paragraph(
+            "Score matrix: row = after training stage i, column = task j (ROUGE-L). AP: mean of the last row; "
+            "forgetting: mean drop from a task's best to its final score; BWT: backward transfer; "
+            "FWT: forward transfer against the untrained adapter."
+        )
+    )
+    header = ["run", *(f"{k} ({n})" for n in METRICS.values() for k in ("AP", "forgetting", "BWT", "FWT"))]
+    rows = [
+        [
+            r.label,
+            *(
+                number((r.continual.get(m) or {}).get(k))
+                for m in METRICS
+                for k in ("AP", "forgetting", "BWT", "FWT")
+            ),
+        ]
+        for r in runs
+    ]
+    section.add(table(header, rows))
+    for run in runs:
+        order = run.continual.get("order") or sorted(run.tasks)
+        matrix = (run.continual.get("score_matrix") or {}).get("rougeL")
+        if not matrix:
+            section.add(paragraph(f"{run.label}: no score matrix in its metrics.json", kind="flag"))
+            continue
+        stages = [f"{i}: {t}" for i, t in enumerate(order[: len(matrix)])]
+        uri = figures.heatmap(
+            matrix,
+            order,
+            stages,
+            f"{run.label}: ROUGE-L after each stage",
+            "evaluated task",
+            "after stage",
+            "ROUGE-L (0-100)",
+            0.0,
+            100.0,
+        )
+        section.add(figure(uri, f"score matrix of {run.label}"))
+        section.source(run.metrics_file)
+    return section
