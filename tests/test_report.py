@@ -1,0 +1,253 @@
+"""`badit report`: the page built from real tiny run folders, its numbers, bad input, and Chromium."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from badit.experiments.report import ReportError, build_report, collect, write_report
+from badit.experiments.report.scores import group_runs, interference
+from tests.training_helpers import tiny_run_config
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """Tiny real runs as the demo makes them (lora and badit multitask and single, analysis), plus a
+    second lora seed and a continual badit run: about 15 s on 2 CPU cores."""
+    from badit.analysis.runs import analyze_run
+    from badit.training.config import from_dict
+    from badit.training.runs import run
+
+    root = tmp_path_factory.mktemp("report-runs")
+    regroup = {"regroup_every": 2, "regroup_until": 0.7}
+    plans = [
+        ("badit", "multitask", {}, regroup),
+        ("lora", "multitask", {}, {}),
+        ("lora", "multitask", {"seed": 1, "output_dir": str(root / "run-lora-multitask-seed1")}, {}),
+        ("badit", "single", {}, regroup),
+        ("badit", "continual", {}, regroup),
+    ]
+    for method, setting, top, method_section in plans:
+        config = tiny_run_config(root, method, setting, method=method_section)
+        run(from_dict({**config, **top}, source="test"), overwrite=True)
+    analyze_run(root / "run-badit-multitask", examples_per_task=2)
+    return root
+
+
+def _cells(page: str) -> list[list[str]]:
+    return [re.findall(r"<td>(.*?)</td>", row) for row in re.findall(r"<tr>(.*?)</tr>", page)]
+
+
+def test_page_from_trained_runs_shows_their_numbers_and_files(trained):
+    page = build_report([trained])
+    runs = {r.path.name: r for r in collect([trained]).runs}
+    assert len(runs) == 5
+    for title in (
+        "Scores per task",
+        "Interference",
+        "Continual learning",
+        "Training curves",
+        "Regrouping over training",
+        "Router health",
+        "Gradient conflict and neuron overlap",
+    ):
+        assert f"<h2>{title}" in page
+    # every section names its files; the metrics, logs and analysis of the runs are among them
+    assert str(trained / "run-badit-multitask" / "metrics.json") in page
+    assert str(trained / "run-badit-multitask" / "logs" / "regroup.jsonl") in page
+    assert str(trained / "run-badit-multitask" / "analysis" / "analysis.json") in page
+    assert (
+        str(trained / "run-badit-continual" / "stages" / "01-demo_reverse_words" / "logs" / "train_log.jsonl")
+        in page
+    )
+
+    # the regroup table: components moved at each regroup = the sum over layers in regroup.jsonl
+    regroups = [
+        json.loads(line)
+        for line in (trained / "run-badit-multitask" / "logs" / "regroup.jsonl").read_text().splitlines()
+    ]
+    assert [r["step"] for r in regroups] == [2, 4]
+    rows = [c for c in _cells(page) if c[:1] == ["badit (multitask)"] and len(c) == 6]
+    assert [(c[2], c[3]) for c in rows] == [
+        (str(r["step"]), str(sum(layer["moved"] for layer in r["layers"].values()))) for r in regroups
+    ]
+    # routing per task: the mean load of each expert over layers, as in analysis.json
+    analysis = json.loads((trained / "run-badit-multitask" / "analysis" / "analysis.json").read_text())
+    usage = analysis["expert_usage"]["usage"]  # (L, T, K)
+    task0 = analysis["tasks"][0]
+    expected = " / ".join(
+        f"{sum(layer[0][k] for layer in usage) / len(usage):.2f}" for k in range(len(usage[0][0]))
+    )
+    assert [task0, expected] == [c[:2] for c in _cells(page) if c[:1] == [task0] and " / " in c[1]][0]
+    # the two lora seeds form one group of 2; badit (multitask) has its single-task reference
+    assert "lora (multitask) (n=2)" in page
+    assert "badit (multitask) vs badit (single)" in page
+    # continual: AP from metrics.json
+    ap = runs["run-badit-continual"].continual["rougeL"]["AP"]
+    assert [c for c in _cells(page) if c[:1] == ["badit (continual)"]][0][1] == f"{ap:.2f}"
+    # no external URL anywhere; every image embedded
+    assert not re.search(r"(src|href)\s*=\s*[\"']?(https?:)?//", page)
+    assert len(re.findall(r'<img src="data:image/png;base64,', page)) == page.count("<img ")
+
+
+def _hand_run(folder: Path, method: str, setting: str, seed: int, scores: dict[str, float]) -> Path:
+    """A minimal run folder: config.yaml and a metrics.json with the given ROUGE-L (EM = ROUGE-L / 2)."""
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text(f"name: {folder.name}\n")
+    tasks = {t: {"rougeL": v, "exact_match": v / 2, "num_examples": 10} for t, v in scores.items()}
+    average = {m: sum(s[m] for s in tasks.values()) / len(tasks) for m in ("rougeL", "exact_match")}
+    run = {"name": folder.name, "method": method, "setting": setting, "model": "m", "seed": seed}
+    (folder / "metrics.json").write_text(json.dumps({"tasks": tasks, "average": average, "run": run}))
+    return folder
+
+
+def test_seed_spread_and_interference_by_hand(tmp_path):
+    _hand_run(tmp_path / "sweep" / "lora-s0", "lora", "multitask", 0, {"t1": 40.0, "t2": 60.0})
+    _hand_run(tmp_path / "sweep" / "lora-s1", "lora", "multitask", 1, {"t1": 50.0, "t2": 80.0})
+    _hand_run(tmp_path / "single", "lora", "single", 0, {"t1": 50.0, "t2": 70.0})
+    collection = collect([tmp_path / "sweep", tmp_path / "single"])  # a sweep folder is taken as it is
+    groups = group_runs(collection)
+    multi = groups[0]
+    # t1: mean (40 + 50) / 2 = 45, sample std sqrt(((40-45)^2 + (50-45)^2) / 1) = sqrt(50) = 7.07
+    # t2: mean 70, std sqrt(200) = 14.14; average over tasks per seed 50 and 65 -> mean 57.5, std 10.61
+    assert multi.mean["t1"]["rougeL"] == pytest.approx(45.0)
+    assert multi.std["t1"]["rougeL"] == pytest.approx(50**0.5)
+    assert multi.mean["average"]["rougeL"] == pytest.approx(57.5)
+    assert multi.std["average"]["rougeL"] == pytest.approx(112.5**0.5)
+    assert groups[1].std["t1"]["rougeL"] is None
+    # interference: t1 45 - 50 = -5, t2 70 - 70 = 0, mean -2.5; EM is half of it
+    (found,) = interference(groups, collection.shared_tasks)
+    assert found.per_task["t1"]["rougeL"] == pytest.approx(-5.0)
+    assert found.average == pytest.approx({"rougeL": -2.5, "exact_match": -1.25})
+    page = build_report([tmp_path / "sweep", tmp_path / "single"])
+    assert "45.00 ± 7.07" in page and "57.50 ± 10.61" in page
+    assert ["interference score (mean)", "-2.50"] in _cells(page)
+
+
+def test_runs_on_different_task_sets_keep_the_shared_tasks(tmp_path):
+    _hand_run(tmp_path / "a", "lora", "multitask", 0, {"t1": 10.0, "t2": 20.0})
+    _hand_run(tmp_path / "b", "badit", "multitask", 0, {"t1": 30.0, "t3": 40.0})
+    page = build_report([tmp_path / "a", tmp_path / "b"])
+    assert "Tasks compared (1): t1." in page
+    assert "lora (multitask): t2; badit (multitask): t3" in page
+    # the averages are over t1 only: 10 and 30
+    assert [c for c in _cells(page) if c[:1] == ["average"]][0] == ["average", "10.00", "30.00"]
+    _hand_run(tmp_path / "c", "badit", "multitask", 1, {"t4": 1.0})
+    with pytest.raises(ReportError, match="share no task"):
+        build_report([tmp_path / "a", tmp_path / "c"])
+
+
+def test_bad_inputs_give_one_line_errors_and_no_page(tmp_path):
+    out = tmp_path / "report.html"
+    out.write_text("previous page")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(
+        ReportError, match=r"empty: not a run folder \(no config.yaml\) and no run folder inside"
+    ):
+        write_report([tmp_path / "empty"], out)
+    with pytest.raises(ReportError, match="no such folder"):
+        write_report([tmp_path / "missing"], out)
+    unfinished = _hand_run(tmp_path / "unfinished", "lora", "multitask", 0, {"t1": 1.0})
+    (unfinished / "metrics.json").unlink()
+    with pytest.raises(ReportError, match=r"unfinished: no metrics.json yet .*badit train .* --resume"):
+        write_report([unfinished], out)
+    broken = _hand_run(tmp_path / "broken", "lora", "multitask", 0, {"t1": 1.0})
+    (broken / "metrics.json").write_text('{"tasks": {"t1": {"rougeL": "x"}}, "average": {}}')
+    with pytest.raises(ReportError, match="task 't1' has no number for 'rougeL'"):
+        write_report([broken], out)
+    assert out.read_text() == "previous page"  # nothing half-written
+
+
+def _chromium(*args: str, user_dir: Path) -> subprocess.CompletedProcess:
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--host-resolver-rules=MAP * ~NOTFOUND",  # even if a request were made, nothing resolves
+        f"--user-data-dir={user_dir}",
+    ]
+    return subprocess.run([str(CHROMIUM), *flags, *args], capture_output=True, text=True, timeout=120)
+
+
+PROBE = (
+    "<script>window.addEventListener('load', () => { const im = [...document.images];"
+    " document.body.dataset.images = im.length;"
+    " document.body.dataset.loaded = im.filter(i => i.complete && i.naturalWidth > 0).length; });</script>"
+)
+
+
+def _page_requests(net_log: Path) -> list[str]:
+    """URLs the page asked for (requests with an initiator; the browser's own services have none)."""
+    log = json.loads(net_log.read_text())
+    start = log["constants"]["logEventTypes"]["URL_REQUEST_START_JOB"]
+    return [
+        e["params"]["url"]
+        for e in log["events"]
+        if e["type"] == start and e.get("params", {}).get("initiator") not in (None, "not an origin")
+    ]
+
+
+def _load(page: Path, tmp: Path) -> tuple[dict[str, str], list[str]]:
+    probe = page.with_name("probe.html")
+    probe.write_text(page.read_text().replace("</body>", PROBE + "</body>"))
+    result = _chromium(
+        f"--log-net-log={tmp / 'net.json'}",
+        "--virtual-time-budget=5000",
+        "--dump-dom",
+        probe.as_uri(),
+        user_dir=tmp / "profile-dom",
+    )
+    body = re.search(r"<body([^>]*)>", result.stdout)
+    attributes = dict(re.findall(r'data-(\w+)="([^"]*)"', body.group(1))) if body else {}
+    return attributes, _page_requests(tmp / "net.json")
+
+
+@pytest.mark.skipif(
+    not CHROMIUM.exists(), reason="needs Debian's chromium (/usr/bin/chromium): apt-get install chromium"
+)
+def test_demo_sized_report_in_headless_chromium(trained, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    demo = tmp_path / "demo"  # the demo's output folder: lora and badit, multitask and single, analysis
+    for name in ("run-lora-multitask", "run-badit-multitask", "run-lora-single", "run-badit-single"):
+        if (trained / name).is_dir():
+            shutil.copytree(trained / name, demo / name)
+    page = write_report([demo], tmp_path / "report.html")
+
+    shot = tmp_path / "shot.png"
+    _chromium(
+        "--hide-scrollbars",
+        "--window-size=1280,2400",
+        f"--screenshot={shot}",
+        page.as_uri(),
+        user_dir=tmp_path / "p1",
+    )
+    pixels = np.asarray(Image.open(shot).convert("L"), dtype=float)
+    assert pixels.shape == (2400, 1280)
+    assert pixels.std() > 20  # not blank: text, tables and plots
+    assert (pixels < 100).mean() > 0.01  # dark pixels (text, axes) cover more than 1%
+
+    attributes, requests = _load(page, tmp_path)
+    assert int(attributes["images"]) >= 6
+    assert attributes["loaded"] == attributes["images"]
+    assert requests == []
+
+    # the check can fail: an image from the network is caught (and does not load)
+    bad = tmp_path / "bad.html"
+    bad.write_text(page.read_text().replace("</main>", '<img src="http://example.invalid/x.png"></main>'))
+    attributes, requests = _load(bad, tmp_path / "again")
+    assert int(attributes["loaded"]) == int(attributes["images"]) - 1
+    assert requests == ["http://example.invalid/x.png"]
