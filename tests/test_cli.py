@@ -88,7 +88,7 @@ def test_train_eval_compare_cycle(tmp_path, capsys):
 
 
 @pytest.mark.parametrize(
-    "command", [[], ["train"], ["eval"], ["compare"], ["analyze"], ["data", "check"], ["demo"]]
+    "command", [[], ["train"], ["eval"], ["compare"], ["analyze"], ["report"], ["data", "check"], ["demo"]]
 )
 def test_help_of_each_command(command, capsys):
     with pytest.raises(SystemExit) as exit_:
@@ -101,9 +101,10 @@ def test_help_of_each_command(command, capsys):
         "eval": ["evaluation.max_examples_per_task"],
         "compare": ["interference", "--metric"],
         "analyze": ["gradients", "--examples-per-task"],
+        "report": ["router health", "--output", "sweep"],
         "check": ["Exit status 0"],
         "demo": ["--output", "SmolLM2"],
-    }.get(command[-1] if command else "", ["train", "eval", "compare", "analyze", "data", "demo"])
+    }.get(command[-1] if command else "", ["train", "eval", "compare", "report", "analyze", "data", "demo"])
     for word in expected:
         assert word in text, word
 
@@ -153,3 +154,29 @@ def test_demo_with_single_task_runs_reports_interference(tmp_path, capsys):
         and "interference vs single" in (out / "comparison.md").read_text()
     )
     assert (out / "badit" / "analysis" / "analysis.json").is_file()
+    # the demo writes the report and prints its path; the page has every section of a BADIT comparison
+    assert f"report (open in a browser): {(out / 'report.html').resolve()}" in printed
+    page = (out / "report.html").read_text()
+    for title in ("Scores per task", "Interference", "Regrouping over training", "Router health"):
+        assert f"<h2>{title}" in page
+    assert "badit (multitask) vs badit (single)" in page
+
+
+def test_report_command_and_router_warning(tmp_path, capsys):
+    # learning rate 1e-9: the zero-initialised router stays uniform -> one warning at the end
+    config = _write_config(
+        tmp_path, "frozen", method_name="badit", training={"max_steps": 2, "learning_rate": 1e-9}
+    )
+    assert main(["train", str(config)]) == 0
+    err = capsys.readouterr().err
+    assert err.count("badit train: warning: routing never left uniform") == 1
+    run_dir = tmp_path / "run-badit-multitask"
+    out_file = tmp_path / "out" / "page.html"
+    assert main(["report", str(run_dir), "--output", str(out_file)]) == 0
+    assert f"report: {out_file.resolve()}" in capsys.readouterr().out
+    page = out_file.read_text()
+    assert "routing never left uniform" in page and str(run_dir / "metrics.json") in page
+    assert main(["report", str(tmp_path / "model"), "--output", str(tmp_path / "x.html")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("badit report: error: ") and "not a run folder" in err and "Traceback" not in err
+    assert not (tmp_path / "x.html").exists()

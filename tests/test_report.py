@@ -251,3 +251,47 @@ def test_demo_sized_report_in_headless_chromium(trained, tmp_path):
     attributes, requests = _load(bad, tmp_path / "again")
     assert int(attributes["loaded"]) == int(attributes["images"]) - 1
     assert requests == ["http://example.invalid/x.png"]
+
+
+def test_router_health_is_logged_during_training(trained):
+    logs = trained / "run-badit-multitask" / "logs"
+    records = [json.loads(line) for line in (logs / "router_health.jsonl").read_text().splitlines()]
+    # logging_steps 1 in the tiny config: one record per optimizer step, 6 steps
+    assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6]
+    last = records[-1]
+    assert sorted(last["layers"]) == ["model.layers.0.mlp.gate_proj", "model.layers.1.mlp.gate_proj"]
+    for layer in last["layers"].values():
+        assert len(layer["load"]) == 3 and sum(layer["load"]) == pytest.approx(1.0)
+        assert 0.0 <= layer["entropy"] <= 1.0
+    loads = [v for layer in last["layers"].values() for v in layer["load"]]
+    assert last["summary"]["min_load"] == pytest.approx(min(loads))
+    # the same summary reaches the Trainer's log records (TensorBoard, train_log.jsonl)
+    train = [json.loads(line) for line in (logs / "train_log.jsonl").read_text().splitlines()]
+    at_six = [r for r in train if r["step"] == 6 and "loss" in r][0]
+    assert at_six["router/min_load"] == pytest.approx(last["summary"]["min_load"])
+    # a LoRA run has no router: no file
+    assert not (trained / "run-lora-multitask" / "logs" / "router_health.jsonl").exists()
+    # the trained router moved away from uniform (learning rate 5e-3, 6 steps), no warning
+    from badit.training.router_logging import router_warning
+
+    assert last["summary"]["deviation"] > 0.01
+    assert router_warning(trained / "run-badit-multitask") is None
+
+
+def test_router_warning_names_collapse_and_the_adapter(tmp_path):
+    from badit.training.router_logging import router_warning
+
+    collapsed = {"load": [0.95, 0.03, 0.02], "entropy": 0.1, "top_share": 0.95, "deviation": 0.6}
+    healthy = {"load": [0.4, 0.3, 0.3], "entropy": 0.9, "top_share": 0.4, "deviation": 0.2}
+    for stage, layer in (("00-a", healthy), ("01-b", collapsed)):
+        logs = tmp_path / "stages" / stage / "logs"
+        logs.mkdir(parents=True)
+        record = {"step": 6, "layers": {"l0": layer, "l1": layer}}
+        (logs / "router_health.jsonl").write_text(
+            json.dumps({"step": 1, "layers": {}}) + "\n" + json.dumps(record) + "\n"
+        )
+    warning = router_warning(tmp_path)
+    assert warning.startswith(
+        "routing collapsed: one expert takes at least 95% of the weight in every one of the 2 layers"
+    )
+    assert "[stages/01-b]" in warning

@@ -1,4 +1,4 @@
-"""The ``badit`` command: train, eval, compare, analyze, data check, demo.
+"""The ``badit`` command: train, eval, compare, report, analyze, data check, demo.
 
 Only the standard library is imported until a command runs (torch, transformers and PEFT are
 imported by the command's handler), so that ``badit --help`` answers at once.
@@ -136,6 +136,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--examples-per-task", type=int, default=8, help="training examples per task in the batch (default 8)"
     )
 
+    report = commands.add_parser(
+        "report",
+        help="one self-contained HTML page: scores, interference, training curves, regrouping, router health",
+        description="Write one HTML file (plots and styles embedded, no network) comparing the runs:\n"
+        "per-task scores (seed spread when several seeds of a method are given), interference score,\n"
+        "continual metrics, training curves, BADIT regrouping and router health, and the `badit analyze`\n"
+        "results where present. Every number comes from files in the run folders; the page names them.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    report.add_argument(
+        "runs", nargs="+", metavar="RUN", help="run folders, or folders of runs (a sweep, the demo's folder)"
+    )
+    report.add_argument(
+        "--output", metavar="FILE", default="report.html", help="HTML file (default report.html)"
+    )
+    report.add_argument("--title", default="badit report", help="the page's title")
+
     data = commands.add_parser("data", help="data tools (see `badit data check --help`)")
     data_commands = data.add_subparsers(dest="data_command", metavar="COMMAND")
     check = data_commands.add_parser(
@@ -228,6 +245,24 @@ def _train(args) -> int:
         print()
         print(summary_table(metrics, f"{config.name}: {config.method.name}, {config.setting}"))
         print(f"run folder: {config.output_dir}")
+        _warn_router(config.output_dir)
+    return 0
+
+
+def _warn_router(run_dir) -> None:
+    """Once, at the end of training: a collapsed or still-uniform router (BADIT runs)."""
+    from badit.training.router_logging import router_warning
+
+    warning = router_warning(run_dir)
+    if warning:
+        print(f"badit train: warning: {warning}", file=sys.stderr)
+
+
+def _report(args) -> int:
+    from badit.experiments.report import write_report
+
+    path = write_report(args.runs, args.output, args.title)
+    print(f"report: {path.resolve()}")
     return 0
 
 
@@ -310,6 +345,10 @@ def _demo(args) -> int:
             f"analysis (gradient conflict, expert usage, neuron overlap): {result.analysis_dir}/*.png, analysis.json"
         )
     print(f"TensorBoard: tensorboard --logdir {result.output_dir}")
+    from badit.experiments.report import write_report
+
+    report = write_report(list(result.run_dirs.values()), result.output_dir / "report.html", "badit demo")
+    print(f"report (open in a browser): {report.resolve()}")
     if not args.single:
         print("interference score (multi-task vs one adapter per task): badit demo --single")
     print(f"demo finished in {result.seconds / 60:.1f} min")
@@ -348,14 +387,16 @@ def main(argv: list[str] | None = None) -> int:
         "analyze": _analyze,
         "data": _data_check,
         "demo": _demo,
+        "report": _report,
     }
     from badit.data.files import DataError
+    from badit.experiments.report.collect import ReportError
     from badit.training.config import ConfigError
     from badit.training.runs import RunError
 
     try:
         return handlers[args.command](args)
-    except (ConfigError, DataError, RunError, FileNotFoundError) as error:
+    except (ConfigError, DataError, RunError, ReportError, FileNotFoundError) as error:
         if args.verbose:
             raise
         print(f"badit {args.command}: error: {error}", file=sys.stderr)

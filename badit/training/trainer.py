@@ -25,6 +25,7 @@ from badit.data import DataCollator, PromptTemplate, Task, TaskBalancedSampler, 
 from badit.training.callbacks import JsonlLogger, ProgressBar, RegroupCallback
 from badit.training.config import RunConfig
 from badit.training.methods import build_peft_config, uses_regrouping
+from badit.training.router_logging import ROUTER_LOG_FILE, RouterHealthCallback
 
 logger = logging.getLogger(__name__)
 
@@ -196,7 +197,7 @@ def train_stage(
     """Train ``model`` (a PEFT model) on ``tasks`` and save the adapter to ``stage_dir/adapter``.
 
     ``stage_dir`` receives ``checkpoints/`` and ``logs/`` (train_log.jsonl, regroup.jsonl,
-    tensorboard/). With ``resume``, training continues from the last checkpoint there, if any.
+    router_health.jsonl, tensorboard/). With ``resume``, training continues from the last checkpoint there, if any.
     """
     stage_dir = Path(stage_dir)
     checkpoint_dir, log_dir = stage_dir / "checkpoints", stage_dir / "logs"
@@ -236,6 +237,8 @@ def train_stage(
             log_fn=trainer.queue_logs,
         )
         trainer.add_callback(regroup)
+    # a no-op on models without a router (LoRA...): it finds no routing weights
+    trainer.add_callback(RouterHealthCallback(log_dir / ROUTER_LOG_FILE, log_fn=trainer.queue_logs))
     for callback in extra_callbacks:
         trainer.add_callback(callback)
 

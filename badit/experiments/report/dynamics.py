@@ -17,7 +17,7 @@ def _log_file(segment: LogSegment, kind: str):
 
 
 def _segment_label(run: Run, segment: LogSegment) -> str:
-    return run.label if run.setting != "single" else f"{run.label}: {segment.name}"
+    return run.label if run.setting == "multitask" else f"{run.label}: {segment.name}"
 
 
 def _curves(run: Run) -> dict[str, list[figures.Line]]:

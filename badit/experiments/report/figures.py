@@ -76,7 +76,9 @@ Line = tuple[str, Sequence[float], Sequence[float]]  # (legend label, x, y)
 def line_panels(panels: Sequence[tuple[str, str, Sequence[Line]]], xlabel: str, title: str) -> str:
     """Side-by-side line charts sharing an x label: each panel is (panel title, y label, lines)."""
     plt = _pyplot()
-    fig, axes = plt.subplots(1, len(panels), figsize=(WIDTH_IN * 1.3, 3.4), squeeze=False)
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(WIDTH_IN * 1.3, 3.4), squeeze=False, layout="constrained"
+    )
     for ax, (panel_title, ylabel, lines) in zip(axes[0], panels):
         for i, (label, x, y) in enumerate(lines):
             ax.plot(x, y, marker="." if len(x) < 30 else None, label=label, color=COLORS[i % len(COLORS)])
@@ -90,7 +92,6 @@ def line_panels(panels: Sequence[tuple[str, str, Sequence[Line]]], xlabel: str, 
             # below the axes, where it hides no line
             ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False)
     fig.suptitle(title)
-    fig.tight_layout()
     return _uri(fig)
 
 
@@ -158,7 +159,11 @@ def heatmap_panels(
     per_row = min(n, 4)
     nrows = math.ceil(n / per_row)
     fig, axes = plt.subplots(
-        nrows, per_row, figsize=(WIDTH_IN * 1.3, 0.6 + nrows * (1.0 + 0.3 * len(ylabels))), squeeze=False
+        nrows,
+        per_row,
+        figsize=(WIDTH_IN * 1.3, 0.8 + nrows * (1.0 + 0.3 * len(ylabels))),
+        squeeze=False,
+        layout="constrained",
     )
     im = None
     for i, ax in enumerate(axes.flat):
@@ -173,6 +178,5 @@ def heatmap_panels(
         if i % per_row == 0:
             ax.set_ylabel(ylabel, fontsize=8)
     fig.suptitle(title)
-    fig.tight_layout()
     fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.85, label=colorbar)
     return _uri(fig)
