@@ -6,7 +6,7 @@ from peft import get_peft_model
 from transformers import GPT2Config, GPT2LMHeadModel
 
 import badit
-from tests.conftest import make_tiny_model
+from tests.helpers import make_tiny_model
 
 
 @pytest.mark.parametrize(

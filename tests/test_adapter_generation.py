@@ -6,9 +6,10 @@ import torch.nn.functional as F
 from peft import get_peft_model
 
 import badit
-from tests.conftest import make_tiny_model
+from tests.helpers import make_tiny_model
 
 NEW_TOKENS = 6
+ROUTED_LAYERS = 2  # the default target gate_proj in each of the tiny models' 2 decoder layers
 
 
 @pytest.fixture
@@ -83,6 +84,7 @@ def test_cached_generation_matches_recomputation_and_training_routing(trained_mo
             input_ids=cached, attention_mask=full_mask, labels=labels, position_ids=positions(full_mask)
         )
     routing_in_training = badit.get_routing_weights(trained_model)
+    assert len(routing_at_generation) == ROUTED_LAYERS  # the loop below checks every routed layer
     assert routing_in_training.keys() == routing_at_generation.keys()
     for name, weights in routing_in_training.items():
         torch.testing.assert_close(routing_at_generation[name], weights, atol=1e-5, rtol=1e-5)
@@ -105,5 +107,7 @@ def test_routing_ignores_answer_tokens_and_padding(trained_model):
         trained_model(
             input_ids=noisy_ids, attention_mask=full_mask, labels=labels, position_ids=positions(full_mask)
         )
-    for name, weights in badit.get_routing_weights(trained_model).items():
+    with_answer = badit.get_routing_weights(trained_model)
+    assert len(prompt_only) == ROUTED_LAYERS and with_answer.keys() == prompt_only.keys()
+    for name, weights in with_answer.items():
         torch.testing.assert_close(weights, prompt_only[name], atol=1e-5, rtol=1e-5)

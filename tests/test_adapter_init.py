@@ -6,7 +6,7 @@ from peft import get_peft_model
 
 import badit
 from badit.adapter.layer import BaditLinear
-from tests.conftest import make_tiny_model
+from tests.helpers import make_tiny_model
 
 
 def badit_layers(model) -> list[BaditLinear]:

@@ -10,7 +10,7 @@ from peft.utils.peft_types import PeftType, register_peft_method
 
 import badit
 from badit.adapter.registration import register
-from tests.conftest import make_tiny_model
+from tests.helpers import make_tiny_model
 
 
 def test_installed_peft_is_in_the_pinned_range():

@@ -10,7 +10,7 @@ from peft import get_peft_model
 import badit
 from badit.adapter.layer import BaditLinear
 from badit.adapter.routing import RoutingState, masked_mean, mixing_weights
-from tests.conftest import make_tiny_model
+from tests.helpers import make_tiny_model
 
 
 def test_dense_mixing_weights_are_scaled_softmax():

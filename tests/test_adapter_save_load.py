@@ -7,7 +7,7 @@ from safetensors.torch import load_file
 
 import badit
 from badit.adapter.layer import BaditLinear
-from tests.conftest import make_tiny_model
+from tests.helpers import make_tiny_model
 
 
 def input_batch() -> dict[str, torch.Tensor]:

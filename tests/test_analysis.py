@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from badit.analysis import cosine_matrix, gradient_conflict, neuron_overlap, top_fraction_jaccard
-from tests.conftest import make_tiny_model
+from tests.helpers import make_tiny_model
 
 
 class LinearLoss(nn.Module):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 
 import pytest
@@ -9,7 +11,7 @@ import yaml
 
 from badit.cli.main import build_parser, main
 from badit.evaluation import interference_score
-from tests.training_helpers import tiny_run_config
+from tests.helpers import tiny_run_config
 
 
 def _write_config(tmp_path, name, **kwargs):
@@ -18,35 +20,42 @@ def _write_config(tmp_path, name, **kwargs):
     return path
 
 
-def test_train_eval_compare_cycle(tmp_path, capsys):
+@pytest.fixture(scope="module")
+def trained_runs(tmp_path_factory):
+    """Three tiny runs trained once through `badit train` for the tests below: BADIT and LoRA
+    multitask, LoRA single-task; returns ({name: folder}, what `badit train` printed)."""
+    tmp_path = tmp_path_factory.mktemp("cli")
     steps = {"training": {"max_steps": 3}}
     lora = _write_config(tmp_path, "lora", method_name="lora", **steps)
-    assert main(["train", str(lora), "method.name=badit", f"output_dir={tmp_path / 'badit'}"]) == 0
-    assert main(["train", str(lora)]) == 0
-    assert (
-        main(
-            [
-                "train",
-                str(_write_config(tmp_path, "single", method_name="lora", setting_name="single", **steps)),
-            ]
-        )
-        == 0
-    )
-    out = capsys.readouterr().out
-    assert "| **average** |" in out and "run folder:" in out
-
+    single = _write_config(tmp_path, "single", method_name="lora", setting_name="single", **steps)
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(["train", str(lora), "method.name=badit", f"output_dir={tmp_path / 'badit'}"]) == 0
+        assert main(["train", str(lora)]) == 0
+        assert main(["train", str(single)]) == 0
     runs = {
         "badit": tmp_path / "badit",
         "lora": tmp_path / "run-lora-multitask",
         "single": tmp_path / "run-lora-single",
     }
+    return runs, printed.getvalue()
+
+
+@pytest.mark.slow
+def test_train_writes_the_run_folders(trained_runs):
+    runs, printed = trained_runs
+    assert "| **average** |" in printed and "run folder:" in printed
     for folder in runs.values():
         for name in ("config.yaml", "metrics.json", "predictions.jsonl", "summary.md"):
             assert (folder / name).is_file(), folder / name
     saved = yaml.safe_load((runs["badit"] / "config.yaml").read_text())
     assert saved["method"]["name"] == "badit" and saved["output_dir"] == str(runs["badit"])
 
-    # eval re-creates the same numbers from the saved adapter (greedy decoding is deterministic)
+
+@pytest.mark.slow
+def test_eval_recreates_the_numbers_from_the_saved_adapter(trained_runs, tmp_path):
+    runs, _ = trained_runs
+    # greedy decoding is deterministic: the same predictions and scores
     before = json.loads((runs["lora"] / "metrics.json").read_text())
     assert main(["eval", str(runs["lora"]), "--output", str(tmp_path / "again")]) == 0
     again = json.loads((tmp_path / "again" / "metrics.json").read_text())
@@ -55,8 +64,11 @@ def test_train_eval_compare_cycle(tmp_path, capsys):
         runs["lora"] / "predictions.jsonl"
     ).read_text()
 
+
+@pytest.mark.slow
+def test_compare_reports_the_interference_score(trained_runs, tmp_path, capsys):
+    runs, _ = trained_runs
     table_file, json_file = tmp_path / "table.md", tmp_path / "table.json"
-    capsys.readouterr()
     args = ["compare", *map(str, runs.values()), "--output", str(table_file), "--json", str(json_file)]
     assert main(args) == 0
     table = capsys.readouterr().out
@@ -73,8 +85,11 @@ def test_train_eval_compare_cycle(tmp_path, capsys):
     rows = {line.split("|")[1].strip(): line for line in table.splitlines() if line.startswith("|")}
     assert set(rows) >= {"demo_copy_words", "demo_reverse_words", "**average**", "interference vs single"}
 
-    # analyze: per-task gradients of the trained BADIT adapter, written next to the run
-    capsys.readouterr()
+
+@pytest.mark.slow
+def test_analyze_measures_the_trained_badit_adapter(trained_runs, capsys):
+    runs, _ = trained_runs
+    # per-task gradients of the trained BADIT adapter, written next to the run
     assert main(["analyze", str(runs["badit"]), "--examples-per-task", "2"]) == 0
     out = capsys.readouterr().out
     analysis = json.loads((runs["badit"] / "analysis" / "analysis.json").read_text())
@@ -136,8 +151,9 @@ def test_parser_defaults():
     assert (args.output, args.steps, args.methods) == ("badit-demo", 60, ["lora", "badit"])
 
 
+@pytest.mark.slow
 def test_demo_with_single_task_runs_reports_interference(tmp_path, capsys):
-    from tests.training_helpers import save_tiny_model
+    from tests.helpers import save_tiny_model
 
     model_dir = save_tiny_model(tmp_path / "tiny-model")
     out = tmp_path / "demo"
@@ -162,6 +178,7 @@ def test_demo_with_single_task_runs_reports_interference(tmp_path, capsys):
     assert "badit (multitask) vs badit (single)" in page
 
 
+@pytest.mark.slow
 def test_report_command_and_router_warning(tmp_path, capsys):
     # learning rate 1e-9: the zero-initialised router stays uniform -> one warning at the end
     config = _write_config(

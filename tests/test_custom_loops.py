@@ -12,8 +12,7 @@ from peft import get_peft_model
 import badit
 from badit.data import DataCollator, open_source, tokenize_tasks
 from badit.regrouping import regroup_due
-from tests.conftest import make_tiny_model
-from tests.training_helpers import char_tokenizer
+from tests.helpers import char_tokenizer, make_tiny_model
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore::UserWarning"),
@@ -92,7 +91,7 @@ def test_trl_sft_trainer_with_regroup_callback(tmp_path, monkeypatch):
     # --- as in docs/usage.md, "TRL's SFTTrainer" ---
     train = datasets.load_dataset("json", data_files=str(tmp_path / "mix.jsonl"), split="train")
     model = get_peft_model(make_tiny_model("llama"), badit_config(regroup_every=2, regroup_until=1.0))
-    regroup = badit.RegroupCallback(schedule=model.peft_config["default"])
+    regroup = badit.RegroupCallback(config=model.peft_config["default"])
     routers_before = router_weights(model)
     trainer = trl.SFTTrainer(
         model=model,

@@ -20,7 +20,7 @@ from badit.data import (
     tokenize_tasks,
 )
 from badit.evaluation import evaluate, rouge_l, score_predictions_file
-from tests.conftest import make_tiny_model
+from tests.helpers import make_tiny_model
 
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 

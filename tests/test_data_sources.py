@@ -24,7 +24,7 @@ from badit.data import (
     tokenize_tasks,
 )
 from badit.data.splits import split_indices
-from tests.training_helpers import char_tokenizer
+from tests.helpers import char_tokenizer
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from badit.evaluation import generate_ids
-from tests.conftest import make_tiny_model
+from tests.helpers import make_tiny_model
 
 PAD, EOS = 0, 2
 

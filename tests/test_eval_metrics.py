@@ -9,7 +9,7 @@ import pytest
 
 from badit.evaluation import continual_metrics, exact_match, interference_score, normalize_answer, rouge_l
 from badit.evaluation import metrics as metrics_module
-from badit.evaluation.evaluate import score_example, score_predictions_file, summarize
+from badit.evaluation.evaluate import metrics_from_records, score_example, score_predictions_file
 
 
 def test_normalisation_and_exact_match():
@@ -63,7 +63,7 @@ def test_task_average_is_over_tasks_and_all_examples_over_examples(tmp_path):
         score_example({"task": t, "id": str(i), "prediction": p, "references": r})
         for i, (t, p, r) in enumerate(rows)
     ]
-    metrics = summarize(records)
+    metrics = metrics_from_records(records)
     assert metrics["tasks"]["a"] == {"rougeL": 33.3333, "exact_match": 33.3333, "num_examples": 3}
     assert metrics["tasks"]["b"] == {"rougeL": 66.6667, "exact_match": 0.0, "num_examples": 1}  # P=1/2, R=1
     assert metrics["average"] == {

@@ -1,10 +1,18 @@
 """The code base stays ruff-clean (lint and format), as configured in pyproject.toml."""
 
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("ruff") is None,
+    reason="ruff is not installed (pip install -e '.[dev]' installs the pinned version)",
+)
 
 
 def _ruff(*args: str) -> subprocess.CompletedProcess:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -86,5 +87,6 @@ def check_regroup_under_ddp(rank: int) -> None:
         assert torch.equal(replicas[0], replicas[1]), name
 
 
+@pytest.mark.slow
 def test_ddp_ranks_apply_the_same_regroup(tmp_path):
     mp.spawn(worker, args=(str(tmp_path / "rendezvous"),), nprocs=WORLD, join=True)

@@ -102,6 +102,16 @@ def test_exponential_moving_average_window():
     torch.testing.assert_close(window_of(layer), 0.75 * 0.25 * grads[0] + 0.25 * grads[1])
 
 
+@pytest.mark.parametrize("ema", [0.0, 1.0, -0.5])
+def test_window_refuses_a_decay_outside_0_1_like_the_configs(ema):
+    # 0 would keep only the last micro-batch; BaditConfig and the run config refuse it too.
+    layer = make_layer()
+    with pytest.raises(ValueError, match=r"regroup_ema must be None or a decay in \(0, 1\)"):
+        attach_gradient_tracking(layer, ema=ema)
+    with pytest.raises(ValueError, match="regroup_ema"):
+        BaditConfig(regroup_ema=ema)
+
+
 def trained_layer_and_optimizer(seed: int = 0) -> tuple[BaditLinear, torch.optim.Optimizer]:
     """A tracked layer after three AdamW steps with a trained router, gradients left in .grad."""
     layer = make_layer(seed)

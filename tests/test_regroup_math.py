@@ -127,7 +127,9 @@ def test_regroup_schedule(fields, step, total, epoch_end, due):
     assert regroup_due(config, step=step, total_steps=total, epoch_end=epoch_end) is due
 
 
-def test_regroup_schedule_rejects_bad_every():
-    config = SimpleNamespace(regroup=True, regroup_every="daily", regroup_until=0.5)
-    with pytest.raises(ValueError, match="regroup_every"):
-        regroup_due(config, step=1, total_steps=10, epoch_end=True)
+def test_regroup_schedule_is_validated_once_by_the_config():
+    # regroup_due only reads the fields: a bad schedule is refused when the BaditConfig is built.
+    from badit import BaditConfig
+
+    with pytest.raises(ValueError, match="regroup_every='daily' is neither 'epoch' nor a positive integer"):
+        BaditConfig(regroup_every="daily")

@@ -6,9 +6,9 @@ import torch
 from peft import get_peft_model
 
 import badit
-from badit.regrouping import summarize
+from badit.regrouping import regroup_summary
 from badit.regrouping.gradients import gradient_windows, iter_badit_layers
-from tests.conftest import make_tiny_model
+from tests.helpers import make_tiny_model
 
 TARGETS = ["gate_proj", "up_proj"]
 
@@ -54,7 +54,7 @@ def test_regroup_preserves_logits_under_uniform_routing(family):
     for layer in stats.values():
         assert layer["kmeans_objective"] <= (1 - layer["intra_cosine_before"]) * 16 + 1e-9
     torch.testing.assert_close(after, before, rtol=0, atol=1e-5)
-    summary = summarize(stats)
+    summary = regroup_summary(stats)
     assert summary["layers"] == len(layers)
     assert summary["moved"] == sum(layer["moved"] for layer in stats.values())
 

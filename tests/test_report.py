@@ -12,7 +12,7 @@ import pytest
 
 from badit.experiments.report import ReportError, build_report, collect, write_report
 from badit.experiments.report.scores import group_runs, interference
-from tests.training_helpers import tiny_run_config
+from tests.helpers import tiny_run_config
 
 CHROMIUM = Path("/usr/bin/chromium")
 
@@ -21,9 +21,9 @@ CHROMIUM = Path("/usr/bin/chromium")
 def trained(tmp_path_factory) -> Path:
     """Tiny real runs as the demo makes them (lora and badit multitask and single, analysis), plus a
     second lora seed and a continual badit run: about 15 s on 2 CPU cores."""
-    from badit.analysis.runs import analyze_run
-    from badit.training.config import from_dict
-    from badit.training.runs import run
+    from badit.experiments.analyze import analyze_run
+    from badit.experiments.config import from_dict
+    from badit.experiments.settings import run
 
     root = tmp_path_factory.mktemp("report-runs")
     regroup = {"regroup_every": 2, "regroup_until": 0.7}
@@ -45,6 +45,7 @@ def _cells(page: str) -> list[list[str]]:
     return [re.findall(r"<td>(.*?)</td>", row) for row in re.findall(r"<tr>(.*?)</tr>", page)]
 
 
+@pytest.mark.slow
 def test_page_from_trained_runs_shows_their_numbers_and_files(trained):
     page = build_report([trained])
     runs = {r.path.name: r for r in collect([trained]).runs}
@@ -214,6 +215,7 @@ def _load(page: Path, tmp: Path) -> tuple[dict[str, str], list[str]]:
     return attributes, _page_requests(tmp / "net.json")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     not CHROMIUM.exists(), reason="needs Debian's chromium (/usr/bin/chromium): apt-get install chromium"
 )
@@ -253,6 +255,7 @@ def test_demo_sized_report_in_headless_chromium(trained, tmp_path):
     assert requests == ["http://example.invalid/x.png"]
 
 
+@pytest.mark.slow
 def test_router_health_is_logged_during_training(trained):
     logs = trained / "run-badit-multitask" / "logs"
     records = [json.loads(line) for line in (logs / "router_health.jsonl").read_text().splitlines()]

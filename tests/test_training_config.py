@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from peft import LoraConfig
 
-from badit.training.config import ConfigError, RunConfig, from_dict, load_config
+from badit.experiments.config import ConfigError, RunConfig, from_dict, load_config
 from badit.training.methods import build_peft_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -76,8 +76,11 @@ def test_round_trip_through_yaml():
             {"method": {"name": "lorra"}},
             "method.name 'lorra' is unknown (did you mean 'lora'?); use one of badit,",
         ),
-        ({"method": {"top_k": 8}}, "method.top_k (8) cannot exceed method.num_experts (6)"),
-        ({"method": {"regroup_every": "often"}}, "method.regroup_every must be 'epoch' or a number of steps"),
+        ({"method": {"top_k": 8}}, "method.top_k=8 is not in [1, num_experts=6]; set top_k between 1 and"),
+        (
+            {"method": {"regroup_every": "often"}},
+            "method.regroup_every='often' is neither 'epoch' nor a positive integer; use 'epoch' or",
+        ),
         (
             {"model": {"dtype": "fp8"}},
             "model.dtype must be one of auto, float32, bfloat16, float16, got 'fp8'",
@@ -136,3 +139,22 @@ def test_mixture_methods(method, init, regroup):
     assert isinstance(peft_config, BaditConfig)
     assert (peft_config.init, peft_config.regroup, peft_config.regroup_every) == (init, regroup, 10)
     assert (peft_config.r, peft_config.num_experts, peft_config.top_k) == (4, 6, 6)
+
+
+def test_the_settings_checked_in_configs_are_the_settings_that_run():
+    from badit.experiments import config, settings
+
+    assert tuple(settings.SETTINGS) == config.SETTINGS == ("multitask", "single", "continual")
+
+
+def test_method_defaults_are_the_adapters():
+    # One place for defaults: MethodConfig takes BaditConfig's, and the BaditConfig built from the
+    # default method equals a default BaditConfig (top_k None means all 6 experts).
+    from badit import BaditConfig
+
+    built = build_peft_config(RunConfig().method)
+    default = BaditConfig(task_type="CAUSAL_LM")
+    for name in ("r", "num_experts", "top_k", "lora_alpha", "lora_dropout", "router_scale", "svd_method"):
+        assert getattr(built, name) == getattr(default, name), name
+    assert (built.regroup_every, built.regroup_until, built.regroup_ema) == ("epoch", 0.5, None)
+    assert set(built.target_modules) == set(default.target_modules) == {"gate_proj"}

@@ -14,15 +14,16 @@ from transformers import TrainerCallback
 from badit.data import DataCollator, load_tasks, tokenize_tasks
 from badit.data.synthetic import TASKS, generate_demo_tasks, write_demo_tasks
 from badit.evaluation import continual_metrics
-from badit.training.config import from_dict
-from badit.training.runs import RunError, load_base_model, run
-from badit.training.trainer import build_adapter_model, prompt_template, train_stage
-from tests.training_helpers import tiny_run_config
+from badit.experiments.config import from_dict
+from badit.experiments.folder import RunError
+from badit.experiments.settings import run
+from badit.experiments.stage import RunContext, adapter_model, prompt_template, train
+from tests.helpers import tiny_run_config
 
 
 def _fixed_batch_loss(model, tokenizer, tasks, config) -> float:
     examples = tokenize_tasks(
-        tokenizer, tasks, prompt_template(config), max_source_length=120, max_target_length=24
+        tokenizer, tasks, prompt_template(config.data), max_source_length=120, max_target_length=24
     )
     batch = DataCollator(tokenizer.pad_token_id)(examples[:16])
     batch.pop("task_ids")
@@ -31,6 +32,7 @@ def _fixed_batch_loss(model, tokenizer, tasks, config) -> float:
         return model(**batch).loss.item()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["badit", "svd-moe", "loramoe", "lora", "pissa", "olora"])
 def test_each_method_trains_and_its_loss_decreases(tmp_path, method):
     config = from_dict(
@@ -38,13 +40,13 @@ def test_each_method_trains_and_its_loss_decreases(tmp_path, method):
             tmp_path, method, training={"max_steps": 8, "learning_rate": 1e-2}, method={"regroup_every": 4}
         )
     )
-    base, tokenizer = load_base_model(config)
-    model = build_adapter_model(config, base)
+    model, tokenizer = adapter_model(config)
     tasks = load_tasks(config.data.path, "train")
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all(("lora_" in n) or ("badit_" in n) for n in trainable)
     before = _fixed_batch_loss(model, tokenizer, tasks, config)
-    result = train_stage(config, model, tokenizer, tasks, tmp_path / "stage")
+    ctx = RunContext.create(config, [t.name for t in tasks], is_main=True)
+    result = train(ctx, model, tokenizer, tasks, tmp_path / "stage")
     after = _fixed_batch_loss(model, tokenizer, tasks, config)
     assert result.global_step == 8
     assert after < 0.9 * before, (before, after)
@@ -77,6 +79,7 @@ def _adapter_tensors(run_dir: Path) -> dict[str, torch.Tensor]:
     return load_file(str(run_dir / "adapter" / "adapter_model.safetensors"))
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_adapter(tmp_path):
     # Regroups at steps 3 and 6 (every 3 steps until the end); checkpoints every 2 steps; killed after the
     # checkpoint of step 4, so the resumed run needs the gradient sums of step 4 for its regroup at step 6.
@@ -112,6 +115,7 @@ def test_killed_run_resumes_to_the_same_adapter(tmp_path):
             assert resumed_record["layers"][layer] == pytest.approx(stats, rel=1e-6), layer
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_different_config(tmp_path):
     config = tiny_run_config(tmp_path, "lora", training={"max_steps": 2})
     run(from_dict(config))
@@ -120,6 +124,7 @@ def test_resume_refuses_a_different_config(tmp_path):
         run(from_dict(config), resume=True)
 
 
+@pytest.mark.slow
 def test_single_and_continual_settings(tmp_path):
     single = run(from_dict(tiny_run_config(tmp_path, "lora", "single", training={"max_steps": 2})))
     folder = tmp_path / "run-lora-single"

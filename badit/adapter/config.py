@@ -7,7 +7,8 @@ from typing import Literal
 
 from peft.config import PeftConfig
 
-from badit.adapter.registration import badit_peft_type
+from badit.adapter.peft_type import badit_peft_type
+from badit.regrouping.core import DEFAULT_KMEANS_ITERS
 
 INITS = ("svd", "random")
 SVD_METHODS = ("randomized", "exact")
@@ -66,7 +67,9 @@ class BaditConfig(PeftConfig):
     regroup_every: str | int = field(default="epoch", metadata={"help": "'epoch' or a number of steps."})
     regroup_until: float = field(default=0.5, metadata={"help": "Fraction of training with regrouping."})
     regroup_ema: float | None = field(default=None, metadata={"help": "None (sum) or an EMA decay."})
-    regroup_kmeans_iters: int = field(default=20, metadata={"help": "Balanced spherical k-means iterations."})
+    regroup_kmeans_iters: int = field(
+        default=DEFAULT_KMEANS_ITERS, metadata={"help": "Balanced spherical k-means iterations."}
+    )
     modules_to_save: list[str] | None = field(
         default=None, metadata={"help": "Extra modules trained and saved."}
     )

@@ -12,6 +12,7 @@ from torch import nn
 from badit.adapter.config import BaditConfig
 from badit.adapter.layer import BaditLayer, BaditLinear
 from badit.adapter.routing import RoutingState
+from badit.regrouping import attach_gradient_tracking
 
 
 class BaditModel(BaseTuner):
@@ -40,10 +41,6 @@ class BaditModel(BaseTuner):
             self._attach_regroup_tracking()
 
     def _attach_regroup_tracking(self) -> None:
-        from badit.regrouping import (
-            attach_gradient_tracking,  # lazy: badit.regrouping imports the adapter layer
-        )
-
         attach_gradient_tracking(self)
 
     def _create_and_replace(

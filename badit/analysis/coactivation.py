@@ -12,6 +12,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from badit.adapter import get_routing_weights
 from badit.analysis.gradient_conflict import cosine_matrix
 from badit.analysis.progress import task_bar
 
@@ -34,8 +35,6 @@ def expert_usage(
     uniformly); ``max_deviation`` is the largest |usage - 1/K|, how far routing is from uniform at all.
     `progress`: the label of a progress bar over the tasks (None: no bar).
     """
-    from badit import get_routing_weights  # the adapter package; imported late to avoid a cycle
-
     was_training = model.training
     model.eval()
     per_task = []

@@ -12,10 +12,11 @@ from torch import nn
 from badit.analysis.coactivation import expert_usage, neuron_overlap
 from badit.analysis.gradient_conflict import gradient_conflict
 from badit.data.files import atomic_write_json
+from badit.regrouping.gradients import is_badit_layer
 
 
 def _has_badit_layers(model: nn.Module) -> bool:
-    return any(hasattr(m, "badit_router") for m in model.modules())
+    return any(is_badit_layer(m) for m in model.modules())
 
 
 def _heatmap(matrix: torch.Tensor, labels_x, labels_y, title: str, path: Path, vmin=None, vmax=None) -> None:

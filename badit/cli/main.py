@@ -228,8 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _train(args) -> int:
-    from badit.training.config import load_config
-    from badit.training.runs import CONFIG_FILE, run, summary_table
+    from badit.experiments.config import load_config
+    from badit.experiments.folder import CONFIG_FILE, summary_table
+    from badit.experiments.settings import run
 
     path = Path(args.config)
     overrides = list(args.overrides)
@@ -267,7 +268,8 @@ def _report(args) -> int:
 
 
 def _eval(args) -> int:
-    from badit.training.runs import reevaluate, summary_table
+    from badit.experiments.folder import summary_table
+    from badit.experiments.reevaluate import reevaluate
 
     metrics = reevaluate(args.run, args.overrides, args.output)
     print(summary_table(metrics, f"{args.run} (re-evaluated)"))
@@ -276,7 +278,7 @@ def _eval(args) -> int:
 
 def _compare(args) -> int:
     from badit.data.files import atomic_write_json, atomic_write_text
-    from badit.training.compare import compare, comparison_json, format_table
+    from badit.experiments.compare import compare, comparison_json, format_table
 
     runs = compare(args.runs)
     table = format_table(runs, args.metric)
@@ -289,8 +291,8 @@ def _compare(args) -> int:
 
 
 def _analyze(args) -> int:
-    from badit.analysis.runs import analyze_run
-    from badit.training.runs import RunError
+    from badit.experiments.analyze import analyze_run
+    from badit.experiments.folder import RunError
 
     if args.examples_per_task < 1:
         raise RunError(f"--examples-per-task must be at least 1, got {args.examples_per_task}")
@@ -322,7 +324,7 @@ def _data_check(args) -> int:
 
 
 def _demo(args) -> int:
-    from badit.training.demo import run_demo
+    from badit.experiments.demo import run_demo
     from badit.training.model_loading import EMBEDDED_MODEL
 
     result = run_demo(
@@ -390,9 +392,9 @@ def main(argv: list[str] | None = None) -> int:
         "report": _report,
     }
     from badit.data.files import DataError
+    from badit.experiments.config import ConfigError
+    from badit.experiments.folder import RunError
     from badit.experiments.report.collect import ReportError
-    from badit.training.config import ConfigError
-    from badit.training.runs import RunError
 
     try:
         return handlers[args.command](args)

@@ -28,14 +28,14 @@ WORDS = (
     "shoe sky snow sock star sun tea tent tree van wall wind wolf"
 ).split()
 
-Mapping = Callable[[str], str]
+AnswerFn = Callable[[str], str]
 
 
 def _words(text: str) -> list[str]:
     return text.split()
 
 
-TASKS: dict[str, tuple[str, str, Mapping]] = {
+TASKS: dict[str, tuple[str, str, AnswerFn]] = {
     # name: (input family, definition, mapping)
     "demo_copy_words": ("words", "Repeat the words of the input in the same order.", lambda s: s),
     "demo_reverse_words": (

@@ -1,7 +1,7 @@
 """badit.evaluation: greedy generation, SuperNI metrics, interference and continual-learning scores."""
 
 from badit.evaluation.continual import continual_metrics, interference_score, mean_over_tasks
-from badit.evaluation.evaluate import evaluate, score_predictions_file, summarize
+from badit.evaluation.evaluate import evaluate, metrics_from_records, score_predictions_file
 from badit.evaluation.generate import generate_answers, generate_ids
 from badit.evaluation.metrics import exact_match, normalize_answer, rouge_l
 
@@ -16,5 +16,5 @@ __all__ = [
     "normalize_answer",
     "rouge_l",
     "score_predictions_file",
-    "summarize",
+    "metrics_from_records",
 ]

@@ -42,7 +42,7 @@ def _rounded(scores: dict) -> dict:
     return {k: round(v, DECIMALS) if isinstance(v, float) else v for k, v in scores.items()}
 
 
-def summarize(records: Sequence[dict]) -> dict:
+def metrics_from_records(records: Sequence[dict]) -> dict:
     """Per-task means, the mean over tasks ("average") and over examples ("all_examples")."""
     by_task: dict[str, list[dict]] = defaultdict(list)
     for r in records:
@@ -73,7 +73,7 @@ def score_predictions_file(path: str | Path, remove_articles: bool = False) -> d
             ) from None
     if not records:
         raise DataError(f"{path}: no predictions")
-    return summarize(records)
+    return metrics_from_records(records)
 
 
 def evaluate(
@@ -124,7 +124,7 @@ def evaluate(
         )
         for (task, inst), prompt, answer in zip(pairs, prompts, answers)
     ]
-    metrics = summarize(records)
+    metrics = metrics_from_records(records)
     metrics["settings"] = {
         "max_source_length": max_source_length,
         "max_new_tokens": max_new_tokens,

@@ -6,7 +6,7 @@ experts of equal size (balanced spherical k-means) and permutes them, with their
 `regroup_due(config, ...)` implements the schedule of the BaditConfig.
 """
 
-from badit.regrouping.core import regroup, summarize
+from badit.regrouping.core import regroup, regroup_summary
 from badit.regrouping.gradients import attach_gradient_tracking, detach_gradient_tracking
 from badit.regrouping.permute import UnsupportedOptimizerState, permute_components
 from badit.regrouping.plan import RegroupPlan, grouping_stats, plan_regroup
@@ -22,5 +22,5 @@ __all__ = [
     "plan_regroup",
     "regroup",
     "regroup_due",
-    "summarize",
+    "regroup_summary",
 ]

@@ -14,15 +14,15 @@ from badit.regrouping.gradients import (
     find_adapter_config,
     gradient_windows,
     iter_badit_layers,
+    layer_key,
 )
 from badit.regrouping.permute import check_not_sharded, permute_components
 from badit.regrouping.plan import grouping_stats, plan_regroup
 
 logger = logging.getLogger(__name__)
 
-
-def _stats_key(layer_name: str, adapter_name: str) -> str:
-    return layer_name if adapter_name == "default" else f"{layer_name}.{adapter_name}"
+DEFAULT_KMEANS_ITERS = 20
+"""k-means iterations for layers whose model carries no BaditConfig (BaditConfig's own default)."""
 
 
 @torch.no_grad()
@@ -39,8 +39,9 @@ def regroup(
     Under torch.distributed every rank must call it at the same point; all ranks apply the same
     permutations. Layers with no gradient in the window are left as they are.
 
-    Returns {layer name as in `badit.get_routing_weights` (adapter name appended unless "default"): statistics} (see `badit.regrouping.plan.grouping_stats`; `*_before` entries
-    describe the grouping before this regroup); adapters other than "default" get a ".<name>" suffix.
+    Returns {`layer_key` (the layer name as in `badit.get_routing_weights`, ".<adapter>" appended unless
+    "default"): statistics} (see `badit.regrouping.plan.grouping_stats`; `*_before` entries describe
+    the grouping before this regroup).
     """
     check_not_sharded(model)
     tracked: list[tuple[str, nn.Module, str, GradientWindow]] = [
@@ -66,7 +67,9 @@ def regroup(
             continue
         if adapter_name not in iters_of:
             config = find_adapter_config(model, adapter_name)
-            iters_of[adapter_name] = kmeans_iters or getattr(config, "regroup_kmeans_iters", 20)
+            iters_of[adapter_name] = kmeans_iters or (
+                config.regroup_kmeans_iters if config is not None else DEFAULT_KMEANS_ITERS
+            )
         plan = plan_regroup(directions, num_experts, size, kmeans_iters=iters_of[adapter_name])
         perms.append(torch.from_numpy(plan.perm))
         plans.append((directions, plan.stats))
@@ -84,7 +87,7 @@ def regroup(
         final = grouping_stats(
             directions, perm.numpy(), layer.num_experts[adapter_name], layer.r[adapter_name]
         )
-        stats[_stats_key(getattr(layer, "layer_name", layer_name), adapter_name)] = {**plan_stats, **final}
+        stats[layer_key(getattr(layer, "layer_name", layer_name), adapter_name)] = {**plan_stats, **final}
     skipped = len(tracked) - len(stats)
     if skipped:
         logger.info(
@@ -93,7 +96,7 @@ def regroup(
     return stats
 
 
-def summarize(stats: dict[str, dict[str, float]]) -> dict[str, float]:
+def regroup_summary(stats: dict[str, dict[str, float]]) -> dict[str, float]:
     """Means over layers of the per-layer statistics of one regroup (`moved` is summed), for logging."""
     if not stats:
         return {}

@@ -18,9 +18,9 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
 
 import torch
+from peft.config import PeftConfig
 from torch import nn
 
 WINDOWS_ATTR = "_badit_gradient_windows"  # layer attribute: dict adapter name -> GradientWindow
@@ -29,23 +29,25 @@ WINDOWS_ATTR = "_badit_gradient_windows"  # layer attribute: dict adapter name -
 class GradientWindow:
     """Gradient statistics of one adapter of one layer since the last regroup.
 
-    ema=None sums the gradients; a float d in [0, 1) keeps buffer <- d * buffer + (1 - d) * grad at
-    every backward pass (one update per micro-batch under gradient accumulation).
+    badit_A (K*r, in) and badit_B (out, K*r) are the layer's packed factors. ema=None sums the
+    gradients; a decay d in (0, 1) keeps buffer <- d * buffer + (1 - d) * grad at every backward pass
+    (one update per micro-batch under gradient accumulation). d=0 is refused as `BaditConfig` refuses
+    it: it would keep only the last micro-batch's gradient.
     """
 
-    def __init__(self, lora_A: nn.Parameter, lora_B: nn.Parameter, ema: float | None = None):
-        if ema is not None and not 0.0 <= ema < 1.0:
-            raise ValueError(f"regroup_ema must be None or a float in [0, 1), got {ema!r}")
-        self.lora_A, self.lora_B, self.ema = lora_A, lora_B, ema
-        self.in_features = lora_A.shape[1]
+    def __init__(self, badit_A: nn.Parameter, badit_B: nn.Parameter, ema: float | None = None):
+        if ema is not None and not 0.0 < ema < 1.0:
+            raise ValueError(f"regroup_ema must be None or a decay in (0, 1), got {ema!r}")
+        self.badit_A, self.badit_B, self.ema = badit_A, badit_B, ema
+        self.in_features = badit_A.shape[1]
         self.buffer: torch.Tensor | None = None  # (K*r, in + out) float32, allocated on first backward
         self.backward_passes = 0
-        self._handles = [lora_A.register_hook(self._on_grad_A), lora_B.register_hook(self._on_grad_B)]
+        self._handles = [badit_A.register_hook(self._on_grad_A), badit_B.register_hook(self._on_grad_B)]
 
     def _buffer_like(self, grad: torch.Tensor) -> torch.Tensor:
         if self.buffer is None:
-            rows = self.lora_A.shape[0]
-            self.buffer = torch.zeros(rows, self.in_features + self.lora_B.shape[0], device=grad.device)
+            rows = self.badit_A.shape[0]
+            self.buffer = torch.zeros(rows, self.in_features + self.badit_B.shape[0], device=grad.device)
         elif self.buffer.device != grad.device:  # the model was moved after the window started
             self.buffer = self.buffer.to(grad.device)
         return self.buffer
@@ -69,8 +71,8 @@ class GradientWindow:
     def statistics(self) -> torch.Tensor:
         """The (K*r, in + out) buffer, zeros if no gradient arrived yet."""
         if self.buffer is None:
-            rows = self.lora_A.shape[0]
-            return torch.zeros(rows, self.in_features + self.lora_B.shape[0], device=self.lora_A.device)
+            rows = self.badit_A.shape[0]
+            return torch.zeros(rows, self.in_features + self.badit_B.shape[0], device=self.badit_A.device)
         return self.buffer
 
     def permute_(self, perm: torch.Tensor) -> None:
@@ -91,21 +93,36 @@ class GradientWindow:
 
     def __deepcopy__(self, memo: dict) -> GradientWindow:
         # Parameter.__deepcopy__ drops tensor hooks: re-register them on the copied parameters.
-        clone = GradientWindow(copy.deepcopy(self.lora_A, memo), copy.deepcopy(self.lora_B, memo), self.ema)
+        clone = GradientWindow(copy.deepcopy(self.badit_A, memo), copy.deepcopy(self.badit_B, memo), self.ema)
         clone.buffer = None if self.buffer is None else self.buffer.clone()
         clone.backward_passes = self.backward_passes
         return clone
 
 
+def is_badit_layer(module: nn.Module) -> bool:
+    """Whether `module` is a BADIT layer: the one test used across badit.
+
+    A layer is recognised by its packed factors (badit_A / badit_B), not by class, so that this
+    package stays below `badit.adapter` (whose model attaches gradient tracking when built).
+    """
+    return hasattr(module, "badit_A") and hasattr(module, "badit_B")
+
+
 def iter_badit_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
-    """(name, module) of every module carrying packed BADIT factors (badit_A / badit_B)."""
+    """(name, module) of every BADIT layer of `model` (see `is_badit_layer`)."""
     for name, module in model.named_modules():
-        if hasattr(module, "badit_A") and hasattr(module, "badit_B"):
+        if is_badit_layer(module):
             yield name, module
 
 
-def find_adapter_config(model: nn.Module, adapter_name: str) -> Any | None:
-    """The adapter's BaditConfig, found on the PEFT model or tuner inside `model` (None if absent)."""
+def layer_key(layer_name: str, adapter_name: str) -> str:
+    """The one key of an adapter of a layer (statistics, saved gradient windows): the layer name, with
+    ``.<adapter>`` appended unless the adapter is PEFT's "default" (as `badit.get_routing_weights`)."""
+    return layer_name if adapter_name == "default" else f"{layer_name}.{adapter_name}"
+
+
+def find_adapter_config(model: nn.Module, adapter_name: str) -> PeftConfig | None:
+    """The adapter's `BaditConfig` (typed as PEFT's base class: this package sits below `badit.adapter`), found on the PEFT model or tuner inside `model` (None if absent)."""
     for module in model.modules():
         configs = getattr(module, "peft_config", None)
         if isinstance(configs, dict) and adapter_name in configs:
@@ -121,21 +138,21 @@ def attach_gradient_tracking(model: nn.Module, ema: float | None = None) -> int:
     and so are frozen ones (a hook needs a parameter that requires grad): call it again after making
     an adapter trainable. Idempotent: adapters already tracked keep their window.
     """
-    configs: dict[str, Any] = {}
+    configs: dict[str, PeftConfig | None] = {}
     tracked = 0
     for _, layer in iter_badit_layers(model):
         windows = layer.__dict__.setdefault(WINDOWS_ATTR, {})
-        for adapter_name, lora_A in layer.badit_A.items():
+        for adapter_name, badit_A in layer.badit_A.items():
             if adapter_name not in configs:
                 configs[adapter_name] = find_adapter_config(model, adapter_name)
-            config, lora_B = configs[adapter_name], layer.badit_B[adapter_name]
-            if not getattr(config, "regroup", True):
+            config, badit_B = configs[adapter_name], layer.badit_B[adapter_name]
+            if config is not None and not config.regroup:
                 continue  # regrouping is off for this adapter
-            if not (lora_A.requires_grad and lora_B.requires_grad):
+            if not (badit_A.requires_grad and badit_B.requires_grad):
                 continue  # frozen (e.g. loaded for inference): nothing to track, no hook possible
             if adapter_name not in windows:
-                decay = ema if ema is not None else getattr(config, "regroup_ema", None)
-                windows[adapter_name] = GradientWindow(lora_A, lora_B, decay)
+                decay = ema if ema is not None or config is None else config.regroup_ema
+                windows[adapter_name] = GradientWindow(badit_A, badit_B, decay)
             tracked += 1
     return tracked
 

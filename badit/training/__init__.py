@@ -1,1 +1,2 @@
-"""badit.training"""
+"""Trainer glue: ``transformers.Trainer`` with BADIT's callbacks, the PEFT config of each method, and
+model loading. The experiment application (configs, runs, settings) is ``badit.experiments``."""

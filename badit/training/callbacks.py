@@ -27,12 +27,12 @@ REGROUP_STATE_FILE = "regroup_state_rank{rank}.safetensors"
 
 
 def _iter_windows(model: torch.nn.Module):
-    """(key, window) for every gradient window on the model's BADIT layers (key: layer.adapter)."""
-    from badit.regrouping.gradients import gradient_windows, iter_badit_layers
+    """(key, window) for every gradient window on the model's BADIT layers (key: `layer_key`)."""
+    from badit.regrouping.gradients import gradient_windows, iter_badit_layers, layer_key
 
     for layer_name, layer in iter_badit_layers(model):
         for adapter_name, window in gradient_windows(layer).items():
-            yield f"{layer_name}.{adapter_name}", window
+            yield layer_key(layer_name, adapter_name), window
 
 
 def save_regroup_state(
@@ -72,7 +72,7 @@ def load_regroup_state(model: torch.nn.Module, folder: str | Path, rank: int = 0
         )
     for key, window in windows.items():
         saved = tensors[key]
-        device = window.lora_A.device
+        device = window.badit_A.device
         window.buffer = saved.to(device) if window.buffer is None else window.buffer.copy_(saved)
         window.backward_passes = int(metadata.get(f"{key}.backward_passes", 0))
     return int(metadata.get("last_regroup_step", -1))
@@ -91,7 +91,7 @@ def _jsonable(value):
 class RegroupCallback(TrainerCallback):
     """Calls ``badit.regroup(model, optimizer)`` when ``badit.regrouping.regroup_due`` says so.
 
-    ``schedule`` is the BADIT config (fields regroup, regroup_every, regroup_until): by default at each
+    ``config`` is the adapter's BaditConfig (fields regroup, regroup_every, regroup_until): by default at each
     epoch end during the first half of training, as in the paper. Each regroup's per-layer statistics
     go to ``log_file`` (one JSON line per regroup) and their means over layers to the Trainer's next
     log record (TensorBoard, JSONL) through ``log_fn``. The gradient windows are saved with every checkpoint and
@@ -100,11 +100,11 @@ class RegroupCallback(TrainerCallback):
 
     def __init__(
         self,
-        schedule,
+        config,
         log_file: str | Path | None = None,
         log_fn: Callable[[dict[str, float]], None] | None = None,
     ):
-        self.schedule = schedule
+        self.config = config
         self.log_file = Path(log_file) if log_file else None
         self.log_fn = log_fn
         self.last_regroup_step = -1
@@ -133,10 +133,10 @@ class RegroupCallback(TrainerCallback):
             save_regroup_state(model, folder, args.process_index, self.last_regroup_step)
 
     def _maybe_regroup(self, state: TrainerState, model, optimizer, epoch_end: bool) -> None:
-        from badit.regrouping import regroup, regroup_due, summarize
+        from badit.regrouping import regroup, regroup_due, regroup_summary
 
         if not regroup_due(
-            self.schedule, step=state.global_step, total_steps=state.max_steps, epoch_end=epoch_end
+            self.config, step=state.global_step, total_steps=state.max_steps, epoch_end=epoch_end
         ):
             return
         start = time.perf_counter()
@@ -155,7 +155,7 @@ class RegroupCallback(TrainerCallback):
             with open(self.log_file, "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
         if self.log_fn is not None:
-            summary = {f"regroup/{key}": value for key, value in summarize(stats).items()}
+            summary = {f"regroup/{key}": value for key, value in regroup_summary(stats).items()}
             self.log_fn({**summary, "regroup/seconds": seconds})
 
 

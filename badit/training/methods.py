@@ -1,52 +1,94 @@
-"""The PEFT configuration of each method, so that every method is trained by the same loop.
+"""The methods a run can train, their settings (the ``method:`` section of a run config), and the PEFT
+configuration each one becomes, so that every method is trained by the same loop.
 
 BADIT and its ablations use ``badit.BaditConfig``; the LoRA family uses PEFT's own ``LoraConfig``
 with rank K*r (the same number of adapter components as BADIT's K experts of rank r), the same
 target modules, alpha and dropout. The LoRA baselines have no router, so they have slightly fewer
 trainable parameters (K * in_features per layer fewer).
+
+Defaults and checks of the shared fields live in one place, ``BaditConfig``: ``MethodConfig`` takes
+its defaults from there, and ``check_method`` validates by building the BaditConfig.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Literal
+
 from peft import LoraConfig, PeftConfig, TaskType
 
-from badit.training.config import MethodConfig
+from badit.adapter import BaditConfig
 
-MIXTURE_METHODS = ("badit", "svd-moe", "loramoe")
+MIXTURE_METHODS = {"badit": "svd", "svd-moe": "svd", "loramoe": "random"}
+"""method name -> ``BaditConfig.init`` (``badit``: SVD experts + regrouping; ``svd-moe``: without
+regrouping; ``loramoe``: random experts, no regrouping)."""
 LORA_METHODS = {"lora": True, "pissa": "pissa", "olora": "olora"}
-"""method name -> ``LoraConfig.init_lora_weights``."""
+"""method name -> ``LoraConfig.init_lora_weights`` (PEFT's LoRA with rank K*r)."""
+METHODS = (*MIXTURE_METHODS, *LORA_METHODS)
+"""The one list of method names."""
+
+_BADIT_FIELDS = {f.name: f for f in dataclasses.fields(BaditConfig)}
+
+
+def _badit_default(name: str):
+    """``field(...)`` with BaditConfig's default for ``name``."""
+    default = _BADIT_FIELDS[name]
+    if default.default_factory is not dataclasses.MISSING:
+        return field(default_factory=default.default_factory)
+    return field(default=default.default)
+
+
+@dataclass
+class MethodConfig:
+    name: str = "badit"
+    """One of badit, svd-moe, loramoe, lora, pissa, olora."""
+    r: int = _badit_default("r")
+    """Rank per expert (LoRA baselines use rank num_experts * r)."""
+    num_experts: int = _badit_default("num_experts")
+    top_k: int = _BADIT_FIELDS["num_experts"].default
+    """Experts per sequence; the default is all of them (BaditConfig's dense routing)."""
+    lora_alpha: float = _badit_default("lora_alpha")
+    lora_dropout: float = _badit_default("lora_dropout")
+    target_modules: list[str] | str = _badit_default("target_modules")
+    """Module names, a regular expression, or ``all-linear``."""
+    router_scale: Literal["preserve", "paper"] = _badit_default("router_scale")
+    svd_method: Literal["randomized", "exact"] = _badit_default("svd_method")
+    regroup_every: int | str = _badit_default("regroup_every")
+    """``epoch`` or a number of optimizer steps."""
+    regroup_until: float = _badit_default("regroup_until")
+    """Fraction of training during which regrouping happens."""
+    regroup_ema: float | None = _badit_default("regroup_ema")
+
+
+def mixture_config(method: MethodConfig) -> BaditConfig:
+    """The BaditConfig of ``method``: every field the two share is passed on by name (no list to keep in
+    step), plus the init and regrouping that the method name implies."""
+    shared = {
+        f.name: getattr(method, f.name) for f in dataclasses.fields(MethodConfig) if f.name in _BADIT_FIELDS
+    }
+    return BaditConfig(
+        task_type=TaskType.CAUSAL_LM,
+        init=MIXTURE_METHODS.get(method.name, "svd"),
+        regroup=uses_regrouping(method),
+        **shared,
+    )
+
+
+def check_method(method: MethodConfig) -> None:
+    """Raise ValueError when ``method`` is unusable: an unknown name, or fields that BaditConfig refuses
+    (checked for the LoRA methods too, since they read r, num_experts, alpha, dropout and targets)."""
+    if method.name not in METHODS:
+        raise ValueError(f"method.name {method.name!r} is unknown; use one of {', '.join(METHODS)}")
+    mixture_config(method)
 
 
 def build_peft_config(method: MethodConfig) -> PeftConfig:
     """The PEFT config that ``get_peft_model`` turns into the method's adapter."""
+    check_method(method)
     if method.name in MIXTURE_METHODS:
-        return _mixture_config(method)
-    if method.name in LORA_METHODS:
-        return _lora_config(method)
-    raise ValueError(
-        f"method.name {method.name!r} is unknown; use one of {', '.join([*MIXTURE_METHODS, *LORA_METHODS])}"
-    )
-
-
-def _mixture_config(method: MethodConfig):
-    from badit.adapter import BaditConfig  # the adapter package registers the method with PEFT on import
-
-    return BaditConfig(
-        task_type=TaskType.CAUSAL_LM,
-        r=method.r,
-        num_experts=method.num_experts,
-        top_k=method.top_k,
-        lora_alpha=method.lora_alpha,
-        lora_dropout=method.lora_dropout,
-        target_modules=method.target_modules,
-        init="random" if method.name == "loramoe" else "svd",
-        svd_method=method.svd_method,
-        router_scale=method.router_scale,
-        regroup=method.name == "badit",
-        regroup_every=method.regroup_every,
-        regroup_until=method.regroup_until,
-        regroup_ema=method.regroup_ema,
-    )
+        return mixture_config(method)
+    return _lora_config(method)
 
 
 def _lora_config(method: MethodConfig) -> LoraConfig:

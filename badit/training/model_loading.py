@@ -32,12 +32,18 @@ def cache_dir() -> Path:
     return Path(os.environ.get("BADIT_CACHE") or Path.home() / ".cache" / "badit")
 
 
+def gpu_half_dtype() -> torch.dtype | None:
+    """bfloat16 on a CUDA GPU that supports it, float16 on other CUDA GPUs, None without one: the one
+    rule behind ``model.dtype: auto`` and ``training.mixed_precision: auto``."""
+    if not torch.cuda.is_available():
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
 def resolve_dtype(dtype: str) -> torch.dtype:
-    """``auto`` is bfloat16 on a CUDA device that supports it, float16 on other CUDA devices, else float32."""
+    """``auto`` is ``gpu_half_dtype()`` on a CUDA device, else float32."""
     if dtype == "auto":
-        if torch.cuda.is_available():
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float32
+        return gpu_half_dtype() or torch.float32
     names = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
     if dtype not in names:
         raise ValueError(f"model.dtype: unknown dtype {dtype!r}; use one of auto, {', '.join(names)}")

@@ -16,15 +16,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from peft import PeftModel, get_peft_model
+from peft import PeftConfig, PeftModel, get_peft_model
 from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_callback import ProgressCallback
 from transformers.trainer_utils import get_last_checkpoint
 
-from badit.data import DataCollator, PromptTemplate, Task, TaskBalancedSampler, tokenize_tasks
+from badit.adapter import BaditConfig
+from badit.data import DataCollator, TaskBalancedSampler
+from badit.regrouping import attach_gradient_tracking
 from badit.training.callbacks import JsonlLogger, ProgressBar, RegroupCallback
-from badit.training.config import RunConfig
-from badit.training.methods import build_peft_config, uses_regrouping
+from badit.training.model_loading import gpu_half_dtype
 from badit.training.router_logging import ROUTER_LOG_FILE, RouterHealthCallback
 
 logger = logging.getLogger(__name__)
@@ -69,88 +70,45 @@ class BaditTrainer(Trainer):
 
 
 def resolve_mixed_precision(setting: str) -> str:
-    """``auto``: bf16 on a GPU that supports it, fp16 on other GPUs, none on CPU."""
+    """``auto``: bf16 or fp16 on a GPU as ``gpu_half_dtype`` says, none on CPU."""
     if setting != "auto":
         if setting != "no" and not torch.cuda.is_available():
             raise ValueError(f"training.mixed_precision={setting} needs a CUDA GPU; use auto or no on CPU")
         return setting
-    if not torch.cuda.is_available():
-        return "no"
-    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return {torch.bfloat16: "bf16", torch.float16: "fp16", None: "no"}[gpu_half_dtype()]
 
 
-def prompt_template(config: RunConfig) -> PromptTemplate:
-    return PromptTemplate(
-        num_pos_examples=config.data.num_positive_examples, use_chat_template=config.data.use_chat_template
-    )
+def regroup_config(model) -> BaditConfig | None:
+    """The active adapter's BaditConfig when it regroups (the schedule of the regroup callback), else None."""
+    config = model.peft_config[model.active_adapter]
+    return config if isinstance(config, BaditConfig) and config.regroup else None
 
 
 def build_adapter_model(
-    config: RunConfig, base_model: PreTrainedModel, init_adapter: str | Path | None = None
+    base_model: PreTrainedModel,
+    peft_config: PeftConfig | None,
+    seed: int,
+    init_adapter: str | Path | None = None,
 ):
-    """The base model with the method's adapter: fresh (seeded), or continued from a saved adapter.
+    """The base model with an adapter: fresh from ``peft_config`` (seeded), or continued from a saved
+    adapter folder ``init_adapter`` (then ``peft_config`` is not used).
 
     Trainable parameters are kept in float32 whatever the base dtype, so that mixed precision keeps
     fp32 master weights for the adapter (as PEFT's ``autocast_adapter_dtype`` does for LoRA).
     """
-    set_seed(config.seed)
+    set_seed(seed)
     if init_adapter is not None:
         model = PeftModel.from_pretrained(base_model, str(init_adapter), is_trainable=True)
+    elif peft_config is not None:
+        model = get_peft_model(base_model, peft_config)
     else:
-        model = get_peft_model(base_model, build_peft_config(config.method))
+        raise ValueError("build_adapter_model needs a peft_config or an init_adapter folder")
     for parameter in model.parameters():
         if parameter.requires_grad and parameter.dtype != torch.float32:
             parameter.data = parameter.data.float()
-    if uses_regrouping(config.method):
-        from badit.regrouping import attach_gradient_tracking
-
-        attach_gradient_tracking(model)  # idempotent: the adapter may have attached it already
+    if regroup_config(model) is not None:
+        attach_gradient_tracking(model)  # idempotent; a loaded adapter became trainable after it was built
     return model
-
-
-def training_arguments(config: RunConfig, checkpoint_dir: Path) -> TrainingArguments:
-    t = config.training
-    precision = resolve_mixed_precision(t.mixed_precision)
-    report_to = [r for r in (t.report_to or []) if r != "tensorboard"] or "none"
-    if t.gradient_checkpointing:  # named activation_checkpointing since transformers 5.x
-        fields = TrainingArguments.__dataclass_fields__
-        extra = {
-            "activation_checkpointing"
-            if "activation_checkpointing" in fields
-            else "gradient_checkpointing": True
-        }
-    else:
-        extra = {}
-    return TrainingArguments(
-        **extra,
-        output_dir=str(checkpoint_dir),
-        learning_rate=t.learning_rate,
-        lr_scheduler_type=t.lr_scheduler_type,
-        warmup_steps=t.warmup_ratio,  # a value below 1 is a fraction of the training steps
-        weight_decay=t.weight_decay,
-        num_train_epochs=t.num_train_epochs,
-        max_steps=t.max_steps,
-        per_device_train_batch_size=t.per_device_train_batch_size,
-        gradient_accumulation_steps=t.gradient_accumulation_steps,
-        max_grad_norm=t.max_grad_norm,
-        bf16=precision == "bf16",
-        fp16=precision == "fp16",
-        use_cpu=not torch.cuda.is_available(),
-        logging_steps=t.logging_steps,
-        logging_first_step=True,
-        save_strategy="steps",
-        save_steps=t.save_steps,
-        save_total_limit=t.save_total_limit,
-        seed=config.seed,
-        data_seed=config.seed,
-        dataloader_num_workers=t.dataloader_num_workers,
-        deepspeed=t.deepspeed,
-        report_to=report_to,
-        remove_unused_columns=False,  # keep task_ids for the sampler (removed in compute_loss)
-        include_num_input_tokens_seen="non_padding",
-        ddp_find_unused_parameters=False,
-        disable_tqdm=False,
-    )
 
 
 def _tensorboard_callback(log_dir: Path) -> TrainerCallback | None:
@@ -185,57 +143,49 @@ class StageResult:
 
 
 def train_stage(
-    config: RunConfig,
     model,
     tokenizer,
-    tasks: Sequence[Task],
+    examples: Sequence[dict],
     stage_dir: str | Path,
-    task_ids: dict[str, int] | None = None,
+    args: TrainingArguments,
+    *,
+    balanced_sampling: bool = False,
+    sampling_temperature: float = 1.0,
+    tensorboard: bool = True,
     resume: bool = False,
     extra_callbacks: Sequence[TrainerCallback] = (),
 ) -> StageResult:
-    """Train ``model`` (a PEFT model) on ``tasks`` and save the adapter to ``stage_dir/adapter``.
+    """Train ``model`` (a PEFT model) on tokenised ``examples`` and save the adapter to ``stage_dir/adapter``.
 
-    ``stage_dir`` receives ``checkpoints/`` and ``logs/`` (train_log.jsonl, regroup.jsonl,
-    router_health.jsonl, tensorboard/). With ``resume``, training continues from the last checkpoint there, if any.
+    ``args.output_dir`` is ``stage_dir/checkpoints``; ``stage_dir`` also receives ``logs/``
+    (train_log.jsonl, regroup.jsonl, router_health.jsonl, tensorboard/ when ``tensorboard``). A model whose adapter
+    regroups gets the regroup callback, scheduled by its BaditConfig. With ``resume``, training
+    continues from the last checkpoint, if any.
     """
     stage_dir = Path(stage_dir)
-    checkpoint_dir, log_dir = stage_dir / "checkpoints", stage_dir / "logs"
-    examples = tokenize_tasks(
-        tokenizer,
-        tasks,
-        prompt_template(config),
-        max_source_length=config.data.max_source_length,
-        max_target_length=config.data.max_target_length,
-        seed=config.seed,
-        task_ids=task_ids,
-    )
+    checkpoint_dir, log_dir = Path(args.output_dir), stage_dir / "logs"
     if not examples:
-        raise ValueError(f"no training examples in tasks {[t.name for t in tasks]}")
-    args = training_arguments(config, checkpoint_dir)
+        raise ValueError(f"no training examples for {stage_dir}")
     trainer = BaditTrainer(
         model=model,
         args=args,
         train_dataset=examples,
         data_collator=DataCollator(pad_token_id=tokenizer.pad_token_id),
         processing_class=tokenizer,
-        balanced_sampling=config.data.balanced_sampling,
-        sampling_temperature=config.data.sampling_temperature,
+        balanced_sampling=balanced_sampling,
+        sampling_temperature=sampling_temperature,
     )
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(ProgressBar())
     trainer.add_callback(JsonlLogger(log_dir / "train_log.jsonl"))
-    if config.training.report_to is None or "tensorboard" in config.training.report_to:
-        tensorboard = _tensorboard_callback(log_dir / "tensorboard")
-        if tensorboard is not None:
-            trainer.add_callback(tensorboard)
+    if tensorboard:
+        tensorboard_callback = _tensorboard_callback(log_dir / "tensorboard")
+        if tensorboard_callback is not None:
+            trainer.add_callback(tensorboard_callback)
     regroup = None
-    if uses_regrouping(config.method):
-        regroup = RegroupCallback(
-            schedule=model.peft_config[model.active_adapter],
-            log_file=log_dir / "regroup.jsonl",
-            log_fn=trainer.queue_logs,
-        )
+    schedule = regroup_config(model)
+    if schedule is not None:
+        regroup = RegroupCallback(schedule, log_file=log_dir / "regroup.jsonl", log_fn=trainer.queue_logs)
         trainer.add_callback(regroup)
     # a no-op on models without a router (LoRA...): it finds no routing weights
     trainer.add_callback(RouterHealthCallback(log_dir / ROUTER_LOG_FILE, log_fn=trainer.queue_logs))

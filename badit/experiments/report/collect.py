@@ -3,7 +3,7 @@
 A report input is a run folder (it has ``config.yaml``) or a folder of run folders (a sweep, or the
 demo's output folder): the run folders found up to two levels below it are used, in name order.
 
-Files read per run (formats: badit/training/runs.py, callbacks.py, badit/analysis/report.py):
+Files read per run (formats: badit/experiments/folder.py, badit/training/callbacks.py, badit/analysis/report.py):
 
 - ``metrics.json``: per-task scores, averages, ``run`` information, ``continual`` (matrix, AP...);
 - ``logs/train_log.jsonl`` (multitask), ``tasks/<task>/logs/`` (single), ``stages/<NN>-<task>/logs/``

@@ -24,11 +24,10 @@ from typing import Any, Literal, Union
 
 import yaml
 
-METHODS = ("badit", "svd-moe", "loramoe", "lora", "pissa", "olora")
-"""``badit``: SVD experts + regrouping; ``svd-moe``: without regrouping; ``loramoe``: random experts;
-``lora`` / ``pissa`` / ``olora``: PEFT's LoRA with rank K*r and the matching initialisation."""
+from badit.training.methods import METHODS, MethodConfig, check_method
 
 SETTINGS = ("multitask", "single", "continual")
+"""Defined with their code in ``badit.experiments.settings``; listed here to check configs early."""
 
 
 class ConfigError(ValueError):
@@ -68,27 +67,6 @@ class DataConfig:
     balanced_sampling: bool = False
     """Draw tasks with temperature sampling instead of proportionally to their size."""
     sampling_temperature: float = 1.0
-
-
-@dataclass
-class MethodConfig:
-    name: str = "badit"
-    """One of badit, svd-moe, loramoe, lora, pissa, olora."""
-    r: int = 4
-    """Rank per expert (LoRA baselines use rank num_experts * r)."""
-    num_experts: int = 6
-    top_k: int = 6
-    lora_alpha: float = 32
-    lora_dropout: float = 0.05
-    target_modules: list[str] | str = field(default_factory=lambda: ["gate_proj"])
-    """Module names, a regular expression, or ``all-linear``."""
-    router_scale: Literal["preserve", "paper"] = "preserve"
-    svd_method: Literal["randomized", "exact"] = "randomized"
-    regroup_every: int | str = "epoch"
-    """``epoch`` or a number of optimizer steps."""
-    regroup_until: float = 0.5
-    """Fraction of training during which regrouping happens."""
-    regroup_ema: float | None = None
 
 
 @dataclass
@@ -313,23 +291,10 @@ def validate(config: RunConfig, source: str = "config") -> None:
         fail(f"method.name {m.name!r} is unknown{hint}; use one of {', '.join(METHODS)}")
     if config.setting not in SETTINGS:
         fail(f"setting {config.setting!r} is unknown; use one of {', '.join(SETTINGS)}")
-    for name in ("r", "num_experts", "top_k"):
-        if getattr(m, name) < 1:
-            fail(f"method.{name} must be at least 1, got {getattr(m, name)}")
-    if m.top_k > m.num_experts:
-        fail(f"method.top_k ({m.top_k}) cannot exceed method.num_experts ({m.num_experts})")
-    if not 0.0 <= m.lora_dropout < 1.0:
-        fail(f"method.lora_dropout must be in [0, 1), got {m.lora_dropout}")
-    if not 0.0 <= m.regroup_until <= 1.0:
-        fail(f"method.regroup_until is a fraction of training in [0, 1], got {m.regroup_until}")
-    if isinstance(m.regroup_every, str) and m.regroup_every != "epoch":
-        fail(f"method.regroup_every must be 'epoch' or a number of steps, got {m.regroup_every!r}")
-    if isinstance(m.regroup_every, int) and m.regroup_every < 1:
-        fail(f"method.regroup_every must be at least 1 step, got {m.regroup_every}")
-    if m.regroup_ema is not None and not 0.0 < m.regroup_ema < 1.0:
-        fail(f"method.regroup_ema is a decay in (0, 1) or null, got {m.regroup_ema}")
-    if not m.target_modules:
-        fail("method.target_modules is empty; e.g. [gate_proj] (the paper) or all-linear")
+    try:  # the method's fields are checked where their defaults live: BaditConfig
+        check_method(m)
+    except ValueError as error:
+        fail(str(error).replace("BaditConfig.", "method."))
     if t.learning_rate <= 0:
         fail(f"training.learning_rate must be positive, got {t.learning_rate}")
     if not 0.0 <= t.warmup_ratio < 1.0:

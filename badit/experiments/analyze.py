@@ -4,6 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from peft import PeftModel
+
+from badit.analysis import analyze
+from badit.data import DataCollator, load_tasks, tokenize_tasks
+from badit.experiments.folder import RunError, final_adapter_dir, load_run_config, require_adapter
+from badit.experiments.stage import load_base_model, prompt_template, task_names
+
 
 def analyze_run(
     run_dir: str | Path, output_dir: str | Path | None = None, examples_per_task: int = 8
@@ -14,22 +21,11 @@ def analyze_run(
     adapter of a multitask run (the last stage's for a continual run). Writes ``analysis.json`` and
     heatmaps into `output_dir` (default ``RUN/analysis``) and returns the analysis.
     """
-    from peft import PeftModel
-
-    from badit.analysis.report import analyze
-    from badit.data import DataCollator, load_tasks, tokenize_tasks
-    from badit.training.runs import RunError, final_adapter_dir, load_base_model, load_run_config, task_names
-    from badit.training.trainer import prompt_template
-
     if examples_per_task < 1:
         raise ValueError(f"examples_per_task must be at least 1, got {examples_per_task}")
     run_dir = Path(run_dir)
     config = load_run_config(run_dir)
-    adapter_dir = final_adapter_dir(run_dir, config)
-    if not (adapter_dir / "adapter_config.json").is_file():
-        raise RunError(
-            f"{adapter_dir}: no trained adapter (did the run finish? `badit train {run_dir} --resume`)"
-        )
+    adapter_dir = require_adapter(final_adapter_dir(run_dir, config), run_dir)
     tasks = load_tasks(config.data.path, "train", tasks=task_names(config))
     if len(tasks) < 2:
         raise RunError(f"{run_dir}: interference needs at least 2 tasks, the run has {len(tasks)}")
@@ -42,7 +38,7 @@ def analyze_run(
         examples = tokenize_tasks(
             tokenizer,
             [task],
-            prompt_template(config),
+            prompt_template(config.data),
             max_source_length=config.data.max_source_length,
             max_target_length=config.data.max_target_length,
         )

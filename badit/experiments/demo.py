@@ -11,13 +11,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from badit.analysis.runs import analyze_run
 from badit.data.files import atomic_write_text
 from badit.data.synthetic import write_demo_tasks
-from badit.training.compare import compare, format_table
-from badit.training.config import RunConfig, from_dict
+from badit.experiments.analyze import analyze_run
+from badit.experiments.compare import compare, format_table
+from badit.experiments.config import RunConfig, from_dict
+from badit.experiments.settings import run
 from badit.training.model_loading import EMBEDDED_MODEL
-from badit.training.runs import run
 
 DEMO_TRAIN_PER_TASK = 300
 DEMO_TEST_PER_TASK = 50

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from badit.evaluation import interference_score
-from badit.training.runs import METRICS_FILE, RunError
+from badit.experiments.folder import METRICS_FILE, RunError, format_score
 
 METRIC_NAMES = {"rougeL": "ROUGE-L", "exact_match": "EM"}
 
@@ -91,23 +91,28 @@ def compare(run_dirs: list[str | Path]) -> list[RunScores]:
     return runs
 
 
-def _cell(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}"
-
-
 def format_table(runs: list[RunScores], metric: str = "rougeL") -> str:
     """Markdown: one row per task, one column per run; average, interference and continual rows."""
     if metric not in METRIC_NAMES:
         raise ValueError(f"metric must be one of {', '.join(METRIC_NAMES)}, got {metric!r}")
     tasks = sorted({t for r in runs for t in r.tasks})
     header = [f"task ({METRIC_NAMES[metric]})", *(r.label for r in runs)]
-    rows = [[t, *(_cell(r.tasks[t][metric]) if t in r.tasks else "-" for r in runs)] for t in tasks]
+    rows = [
+        [t, *(format_score(r.tasks[t][metric], "-") if t in r.tasks else "-" for r in runs)] for t in tasks
+    ]
     rows.append(["**average**", *(f"**{r.average[metric]:.2f}**" for r in runs)])
     if any(r.interference for r in runs):
-        rows.append(["interference vs single", *(_cell(r.interference.get(metric)) for r in runs)])
+        rows.append(
+            ["interference vs single", *(format_score(r.interference.get(metric), "-") for r in runs)]
+        )
     if any(r.continual for r in runs):
         for key in ("AP", "forgetting", "BWT", "FWT"):
-            rows.append([key, *(_cell(r.continual[metric].get(key)) if r.continual else "-" for r in runs)])
+            rows.append(
+                [
+                    key,
+                    *(format_score(r.continual[metric].get(key), "-") if r.continual else "-" for r in runs),
+                ]
+            )
     widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
 
     def line(cells):

@@ -1,0 +1,243 @@
+"""The step every setting is made of: train one adapter on some tasks, then evaluate it.
+
+`RunContext` carries what all stages of a run share (config, folder, task ids, resume, callbacks,
+the process's role); `run_stage` trains a stage, evaluates it on the main process and marks it done,
+or skips it when a resumed run already finished it. The settings (``badit.experiments.settings``)
+are short functions over these two.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import TrainerCallback, TrainingArguments
+
+from badit.data import PromptTemplate, SplitSizes, Task, list_tasks, load_tasks, tokenize_tasks
+from badit.data.files import atomic_write_json
+from badit.evaluation import evaluate
+from badit.experiments.config import DataConfig, RunConfig, TrainingConfig
+from badit.experiments.folder import DONE_FILE, stage_done
+from badit.training.methods import build_peft_config
+from badit.training.model_loading import load_model_and_tokenizer
+from badit.training.trainer import StageResult, build_adapter_model, resolve_mixed_precision, train_stage
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What every stage of one run shares."""
+
+    config: RunConfig
+    run_dir: Path
+    task_ids: dict[str, int]
+    """Task name -> id, over all the run's tasks (the same ids in every stage)."""
+    resume: bool = False
+    extra_callbacks: tuple[TrainerCallback, ...] = ()
+    is_main: bool = True
+    """Whether this process evaluates and writes results (the main process under a launcher)."""
+
+    @classmethod
+    def create(
+        cls,
+        config: RunConfig,
+        task_names: Sequence[str],
+        is_main: bool,
+        resume: bool = False,
+        extra_callbacks: Sequence[TrainerCallback] = (),
+    ) -> RunContext:
+        return cls(
+            config=config,
+            run_dir=Path(config.output_dir),
+            task_ids={name: i for i, name in enumerate(task_names)},
+            resume=resume,
+            extra_callbacks=tuple(extra_callbacks),
+            is_main=is_main,
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# From the run config to the library's objects
+
+
+def prompt_template(data: DataConfig) -> PromptTemplate:
+    return PromptTemplate(
+        num_pos_examples=data.num_positive_examples, use_chat_template=data.use_chat_template
+    )
+
+
+def load_base_model(config: RunConfig):
+    """The run's base model and tokenizer."""
+    m = config.model
+    return load_model_and_tokenizer(m.name_or_path, m.dtype, m.trust_remote_code, m.attn_implementation)
+
+
+def task_names(config: RunConfig) -> list[str]:
+    return sorted(config.data.tasks) if config.data.tasks else list_tasks(config.data.path)
+
+
+def _subsample(task: Task, limit: int | None, seed: int | None) -> Task:
+    """At most ``limit`` instances: a seeded sample in file order (``seed``), or the first ones (None)."""
+    if limit is None or len(task.instances) <= limit:
+        return task
+    if seed is None:
+        keep = range(limit)
+    else:
+        keep = sorted(random.Random(f"{seed}-{task.name}").sample(range(len(task.instances)), limit))
+    return dataclasses.replace(task, instances=[task.instances[i] for i in keep])
+
+
+def load_run_tasks(config: RunConfig, names: Sequence[str]) -> tuple[list[Task], list[Task]]:
+    """(training tasks, evaluation tasks) with the configured caps on examples per task."""
+    sizes = SplitSizes(**config.data.split_sizes) if config.data.split_sizes else None
+    train = load_tasks(config.data.path, "train", list(names), sizes)
+    test = load_tasks(config.data.path, config.evaluation.split, list(names), sizes)
+    train = [_subsample(t, config.data.max_train_examples_per_task, config.seed) for t in train]
+    test = [_subsample(t, config.evaluation.max_examples_per_task, None) for t in test]
+    return train, test
+
+
+def training_arguments(training: TrainingConfig, seed: int, checkpoint_dir: Path) -> TrainingArguments:
+    """The Trainer's arguments for the ``training:`` section."""
+    t = training
+    precision = resolve_mixed_precision(t.mixed_precision)
+    report_to = [r for r in (t.report_to or []) if r != "tensorboard"] or "none"
+    if t.gradient_checkpointing:  # named activation_checkpointing since transformers 5.x
+        fields = TrainingArguments.__dataclass_fields__
+        extra = {
+            "activation_checkpointing"
+            if "activation_checkpointing" in fields
+            else "gradient_checkpointing": True
+        }
+    else:
+        extra = {}
+    return TrainingArguments(
+        **extra,
+        output_dir=str(checkpoint_dir),
+        learning_rate=t.learning_rate,
+        lr_scheduler_type=t.lr_scheduler_type,
+        warmup_steps=t.warmup_ratio,  # a value below 1 is a fraction of the training steps
+        weight_decay=t.weight_decay,
+        num_train_epochs=t.num_train_epochs,
+        max_steps=t.max_steps,
+        per_device_train_batch_size=t.per_device_train_batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        max_grad_norm=t.max_grad_norm,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        use_cpu=not torch.cuda.is_available(),
+        logging_steps=t.logging_steps,
+        logging_first_step=True,
+        save_strategy="steps",
+        save_steps=t.save_steps,
+        save_total_limit=t.save_total_limit,
+        seed=seed,
+        data_seed=seed,
+        dataloader_num_workers=t.dataloader_num_workers,
+        deepspeed=t.deepspeed,
+        report_to=report_to,
+        remove_unused_columns=False,  # keep task_ids for the sampler (removed in compute_loss)
+        include_num_input_tokens_seen="non_padding",
+        ddp_find_unused_parameters=False,
+        disable_tqdm=False,
+    )
+
+
+def adapter_model(config: RunConfig, init_adapter: Path | None = None):
+    """(model with the run's adapter, tokenizer): fresh, or continued from a saved adapter folder."""
+    base, tokenizer = load_base_model(config)
+    peft_config = None if init_adapter is not None else build_peft_config(config.method)
+    return build_adapter_model(base, peft_config, config.seed, init_adapter), tokenizer
+
+
+def train(ctx: RunContext, model, tokenizer, tasks: Sequence[Task], stage_dir: Path) -> StageResult:
+    """Train ``model`` on ``tasks`` as the run config says; the adapter goes to ``stage_dir/adapter``."""
+    config = ctx.config
+    examples = tokenize_tasks(
+        tokenizer,
+        tasks,
+        prompt_template(config.data),
+        max_source_length=config.data.max_source_length,
+        max_target_length=config.data.max_target_length,
+        seed=config.seed,
+        task_ids=ctx.task_ids,
+    )
+    if not examples:
+        raise ValueError(f"no training examples in tasks {[t.name for t in tasks]}")
+    report_to = config.training.report_to
+    return train_stage(
+        model,
+        tokenizer,
+        examples,
+        stage_dir,
+        training_arguments(config.training, config.seed, stage_dir / "checkpoints"),
+        balanced_sampling=config.data.balanced_sampling,
+        sampling_temperature=config.data.sampling_temperature,
+        tensorboard=report_to is None or "tensorboard" in report_to,
+        resume=ctx.resume,
+        extra_callbacks=ctx.extra_callbacks,
+    )
+
+
+def evaluate_model(config: RunConfig, model, tokenizer, tasks: Sequence[Task], output_dir: Path) -> dict:
+    """Greedy evaluation of ``model`` on ``tasks``; writes predictions.jsonl and metrics.json there."""
+    if torch.cuda.is_available() and model.device.type != "cuda":
+        model.to("cuda")
+    return evaluate(
+        model,
+        tokenizer,
+        tasks,
+        output_dir,
+        template=prompt_template(config.data),
+        max_source_length=config.data.max_source_length,
+        max_new_tokens=config.evaluation.max_new_tokens,
+        batch_size=config.evaluation.batch_size,
+        stop_at_newline=config.evaluation.stop_at_newline,
+    )
+
+
+def _stage_info(result: StageResult, eval_seconds: float) -> dict:
+    losses = [r["loss"] for r in result.log_history if "loss" in r]
+    return {
+        "train_seconds": round(result.seconds, 2),
+        "eval_seconds": round(eval_seconds, 2),
+        "global_step": result.global_step,
+        "train_loss": result.train_loss,
+        "first_logged_loss": losses[0] if losses else None,
+        "last_logged_loss": losses[-1] if losses else None,
+    }
+
+
+def run_stage(
+    ctx: RunContext,
+    train_tasks: Sequence[Task],
+    eval_tasks: Sequence[Task],
+    stage_dir: Path,
+    init_adapter: Path | None = None,
+    mark_done: bool = True,
+) -> dict | None:
+    """Train an adapter (fresh, or from ``init_adapter``) on ``train_tasks`` into ``stage_dir``, evaluate
+    it on ``eval_tasks`` there (predictions.jsonl, metrics.json) and, with ``mark_done``, mark the stage
+    done so that a resumed run skips it (the multitask setting's one stage is never skipped: a resume
+    continues from its last checkpoint and evaluates again, with the evaluation settings given then).
+
+    Returns the stage's record (timings, steps, losses); None on the other processes of a distributed
+    launch, which only train.
+    """
+    done = stage_done(stage_dir) if ctx.resume and mark_done else None
+    if done is not None:
+        return done
+    model, tokenizer = adapter_model(ctx.config, init_adapter)
+    result = train(ctx, model, tokenizer, train_tasks, stage_dir)
+    if not ctx.is_main:
+        return None
+    start = time.perf_counter()
+    evaluate_model(ctx.config, model, tokenizer, eval_tasks, stage_dir)
+    done = _stage_info(result, time.perf_counter() - start)
+    if mark_done:
+        atomic_write_json(stage_dir / DONE_FILE, done)
+    return done
