@@ -7,9 +7,9 @@ from pathlib import Path
 from peft import PeftModel
 
 from badit.analysis import analyze
-from badit.data import DataCollator, load_tasks, tokenize_tasks
+from badit.data import DataCollator, tokenize_tasks
 from badit.experiments.folder import RunError, final_adapter_dir, load_run_config, require_adapter
-from badit.experiments.stage import load_base_model, prompt_template, task_names
+from badit.experiments.stage import data_source, load_base_model, prompt_template, task_names
 
 
 def analyze_run(
@@ -26,7 +26,8 @@ def analyze_run(
     run_dir = Path(run_dir)
     config = load_run_config(run_dir)
     adapter_dir = require_adapter(final_adapter_dir(run_dir, config), run_dir)
-    tasks = load_tasks(config.data.path, "train", tasks=task_names(config))
+    source = data_source(config)
+    tasks = source.load("train", task_names(config, source))
     if len(tasks) < 2:
         raise RunError(f"{run_dir}: interference needs at least 2 tasks, the run has {len(tasks)}")
     base, tokenizer = load_base_model(config)

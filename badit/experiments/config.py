@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import enum
 import types
 import typing
 from dataclasses import dataclass, field
@@ -28,6 +29,8 @@ from badit.training.methods import METHODS, MethodConfig, check_method
 
 SETTINGS = ("multitask", "single", "continual")
 """Defined with their code in ``badit.experiments.settings``; listed here to check configs early."""
+
+DATA_FORMATS = ("auto", "superni", "jsonl", "csv", "datasets")  # as badit.data.FORMATS (no torch import here)
 
 
 class ConfigError(ValueError):
@@ -47,10 +50,23 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     path: str = "../shared/data/superni"
-    """A folder with one sub-folder per task (train.json / dev.json / test.json) or raw task files."""
-    split_sizes: dict[str, int] | None = None
-    """Raw ``taskNNN_name.json`` files only: instances per split, e.g. {train: 1000, test: 100, seed: 42}
-    (the default), split with a seed per task."""
+    """A SuperNI folder (one sub-folder per task with train/dev/test.json, or raw task files), a
+    ``.jsonl`` / ``.csv`` file of own tasks, a folder saved by ``datasets`` or a hub dataset name."""
+    format: str = "auto"
+    """``auto`` (recognised from ``path``), ``superni``, ``jsonl``, ``csv`` or ``datasets``."""
+    task_column: str = "task"
+    """Own data: the column naming each row's task (without it the file is one task)."""
+    prompt_column: str = "prompt"
+    answer_column: str = "completion"
+    """Own data: the answer, a string or a list of acceptable answers."""
+    messages_column: str = "messages"
+    """Own data, chat rows: the conversation; its last (assistant) turn is the answer."""
+    split_column: str = "split"
+    """Own data: train / dev / test per row (optional)."""
+    split_sizes: dict[str, int | float] | None = None
+    """Tasks without a given split (raw SuperNI files, own data without a split column): examples per
+    split, counts or fractions, e.g. {test: 20} or {test: 0.2, dev: 0.1}; ``seed`` pins the split
+    (default: the run's seed). Defaults: SuperNI {train: 1000, test: 100}, own data 10% test."""
     tasks: list[str] | None = None
     """Task names to use (default: every task in ``path``)."""
     task_order: list[str] | None = None
@@ -91,7 +107,12 @@ class TrainingConfig:
     deepspeed: str | None = None
     """A DeepSpeed JSON config (ZeRO stage 0-2) passed to the Trainer."""
     report_to: list[str] | None = None
-    """Trainer integrations; default: tensorboard when installed."""
+    """Trainer integrations (tensorboard, wandb, mlflow, ... where installed); default: tensorboard when
+    installed."""
+    trainer_args: dict[str, Any] = field(default_factory=dict)
+    """Any other ``transformers.TrainingArguments`` field, written directly under ``training:`` (e.g.
+    ``optim: adafactor``); passed to the Trainer as given and checked by TrainingArguments itself
+    (see ``badit.training.arguments``). Saved flat in config.yaml."""
 
 
 @dataclass
@@ -121,7 +142,10 @@ class RunConfig:
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Nested plain data, as written in YAML (TrainingArguments fields flat under ``training``)."""
+        data = dataclasses.asdict(self)
+        data["training"].update(data["training"].pop("trainer_args"))
+        return data
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=False)
@@ -178,6 +202,44 @@ def apply_override(data: dict[str, Any], override: str) -> None:
         node[parts[-1]] = raw
 
 
+def _section_fields() -> dict[str, list[str]]:
+    """{section: its field names} of every section of RunConfig."""
+    hints = typing.get_type_hints(RunConfig)
+    return {
+        f.name: [g.name for g in dataclasses.fields(hints[f.name])]
+        for f in dataclasses.fields(RunConfig)
+        if dataclasses.is_dataclass(hints[f.name])
+    }
+
+
+def _trainer_argument_types() -> dict[str, Any]:
+    from badit.training.arguments import MANAGED, argument_types  # imports transformers: only when needed
+
+    return {name: kind for name, kind in argument_types().items() if name not in MANAGED}
+
+
+def _suggestion(prefix: str, key: str, names: list[str], more: tuple[str, ...] = ()) -> str:
+    """The hint for an unknown field: a close name here (among `names` and `more`), the same name in
+    another section (a flat ``learning_rate=...`` means ``training.learning_rate``), or the valid names."""
+    close = difflib.get_close_matches(key, [*names, *more], n=1)
+    if close:
+        return f"did you mean '{prefix}{close[0]}'?"
+    sections = _section_fields()
+    sections["training"] = sections["training"] + [n for n in _trainer_argument_types() if n not in names]
+    candidates = {f"{section}.{name}": name for section, fields in sections.items() for name in fields}
+    candidates = {full: name for full, name in candidates.items() if not full.startswith(prefix or "\0")}
+    exact = [full for full, name in candidates.items() if name == key]
+    close = exact or [
+        full
+        for full, name in candidates.items()
+        if name in difflib.get_close_matches(key, candidates.values(), n=1)
+    ]
+    if close:
+        return f"did you mean '{close[0]}'?"
+    tail = ", or any transformers.TrainingArguments field" if more else ""
+    return f"the valid fields are {', '.join(names)}{tail}"
+
+
 def _build(cls: type, data: Any, prefix: str, source: str) -> Any:
     if data is None:
         data = {}
@@ -186,23 +248,44 @@ def _build(cls: type, data: Any, prefix: str, source: str) -> Any:
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = [key for key in data if key not in names]
+    passthrough, more = {}, ()
+    if cls is TrainingConfig and unknown:  # any other TrainingArguments field
+        types_ = _trainer_argument_types()
+        passthrough = {key: data[key] for key in unknown if key in types_}
+        unknown = [key for key in unknown if key not in types_]
+        more = tuple(name for name in types_ if name not in names)
     if unknown:
-        key = unknown[0]
-        close = difflib.get_close_matches(str(key), names, n=1)
-        hint = f"did you mean '{prefix}{close[0]}'?" if close else f"the valid fields are {', '.join(names)}"
+        key = str(unknown[0])
+        if cls is TrainingConfig:
+            from badit.training.arguments import MANAGED
+
+            if key in MANAGED:
+                raise ConfigError(f"{source}: training.{key} is set by badit: {MANAGED[key]}")
+        hint = _suggestion(prefix, key, [n for n in names if n != "trainer_args"], more)
         raise ConfigError(f"{source}: unknown field '{prefix}{key}'; {hint}")
     kwargs = {}
     for name, value in data.items():
+        if name in passthrough:
+            continue
         kind = hints[name]
         if dataclasses.is_dataclass(kind):
             kwargs[name] = _build(kind, value, f"{prefix}{name}.", source)
         else:
             kwargs[name] = _coerce(value, kind, f"{prefix}{name}", source)
+    if passthrough:
+        types_ = _trainer_argument_types()
+        coerced = {
+            key: _coerce(value, types_[key], f"{prefix}{key}", source) for key, value in passthrough.items()
+        }
+        kwargs["trainer_args"] = {**kwargs.get("trainer_args", {}), **coerced}
     return cls(**kwargs)
 
 
 def _coerce(value: Any, kind: Any, name: str, source: str) -> Any:
-    """``value`` converted to ``kind`` where that is lossless (``"2e-4"`` -> 0.0002, 3 -> 3.0), else an error."""
+    """``value`` converted to ``kind`` where that is lossless (``"2e-4"`` -> 0.0002, 3 -> 3.0), else an error.
+    Enumerations (TrainingArguments' ``optim`` ...) keep the value, checked against their members."""
+    if kind is Any:
+        return value
     origin = typing.get_origin(kind)
     args = typing.get_args(kind)
     if origin in (Union, types.UnionType):
@@ -258,6 +341,11 @@ def _coerce(value: Any, kind: Any, name: str, source: str) -> Any:
     elif kind is str:
         if isinstance(value, str):
             return value
+    elif isinstance(kind, type) and issubclass(kind, enum.Enum):
+        if value in {member.value for member in kind}:
+            return value
+    elif isinstance(kind, type) and isinstance(value, kind):
+        return value
     raise ConfigError(f"{source}: {name} must be {_describe(kind)}, got {value!r}")
 
 
@@ -271,6 +359,8 @@ def _describe(kind: Any) -> str:
         return f"a list of {_describe(typing.get_args(kind)[0])}"
     if kind is type(None):
         return "null"
+    if isinstance(kind, type) and issubclass(kind, enum.Enum):
+        return "one of " + ", ".join(str(member.value) for member in kind)
     return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(kind, str(kind))
 
 
@@ -299,6 +389,20 @@ def validate(config: RunConfig, source: str = "config") -> None:
         fail(f"training.learning_rate must be positive, got {t.learning_rate}")
     if not 0.0 <= t.warmup_ratio < 1.0:
         fail(f"training.warmup_ratio must be in [0, 1), got {t.warmup_ratio}")
+    if t.trainer_args:
+        from badit.training.arguments import ArgumentError, check_arguments
+
+        try:
+            check_arguments(t.trainer_args)
+        except ArgumentError as error:
+            fail(f"training.{error.field} {error}" if error.field else f"training: {error}")
+    if t.report_to:
+        from badit.training.arguments import ArgumentError, check_reporting
+
+        try:
+            check_reporting(t.report_to)
+        except ArgumentError as error:
+            fail(f"training.report_to: {error}")
     if t.max_steps <= 0 and t.num_train_epochs <= 0:
         fail("set training.num_train_epochs > 0 or training.max_steps > 0")
     for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "logging_steps", "save_steps"):
@@ -314,6 +418,16 @@ def validate(config: RunConfig, source: str = "config") -> None:
     unknown = sorted(set(sizes) - {"train", "dev", "test", "seed"})
     if unknown:
         fail(f"data.split_sizes: unknown key(s) {', '.join(unknown)}; use train, dev, test, seed")
+    for key, value in sizes.items():
+        if value < 0 or (key in ("train", "seed") and not isinstance(value, int)):
+            kind = "a count" if key != "seed" else "an integer"
+            fail(f"data.split_sizes.{key} must be {kind} >= 0, got {value}")
+        if isinstance(value, float) and value >= 1 and not value.is_integer():
+            fail(
+                f"data.split_sizes.{key}: give a count (e.g. 20) or a fraction below 1 (e.g. 0.1), got {value}"
+            )
+    if config.data.format not in DATA_FORMATS:
+        fail(f"data.format {config.data.format!r} is unknown; use one of {', '.join(DATA_FORMATS)}")
     if config.data.task_order is not None and config.data.tasks is not None:
         missing = sorted(set(config.data.task_order) - set(config.data.tasks))
         if missing:

@@ -21,7 +21,7 @@ from badit.experiments.folder import (
     require_adapter,
     write_results,
 )
-from badit.experiments.stage import evaluate_model, load_base_model, load_run_tasks, task_names
+from badit.experiments.stage import data_source, evaluate_model, load_base_model, load_run_tasks, task_names
 
 
 def reevaluate(
@@ -41,7 +41,8 @@ def reevaluate(
     config = from_dict(saved, source=str(run_dir / CONFIG_FILE))
     out = Path(output_dir) if output_dir else run_dir
     out.mkdir(parents=True, exist_ok=True)
-    _, eval_tasks = load_run_tasks(config, task_names(config))
+    source = data_source(config)
+    _, eval_tasks = load_run_tasks(config, task_names(config, source), source)
 
     def trained_model(adapter_dir: Path):
         require_adapter(adapter_dir, run_dir)

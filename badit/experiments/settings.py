@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from accelerate import PartialState
 from transformers import TrainerCallback
@@ -35,6 +36,7 @@ from badit.experiments.folder import (
 from badit.experiments.stage import (
     RunContext,
     adapter_model,
+    data_source,
     evaluate_model,
     load_run_tasks,
     run_stage,
@@ -53,17 +55,31 @@ def run(
     """Train and evaluate as ``config.setting`` says; returns the run's metrics (also in RUN/metrics.json).
 
     Under a distributed launcher every process trains; the main process alone checks and writes the
-    run folder and evaluates, and the others return {}.
+    run folder and evaluates, and the others return {}. The data is read before anything is written;
+    a run that fails before its first training step (model not found, out of memory while loading...)
+    removes the folder it created, so the corrected command runs without ``--overwrite``.
     """
     config = resolve_paths(config)
     state = PartialState()
+    source = data_source(config)
+    names = task_names(config, source)
+    train_tasks, eval_tasks = load_run_tasks(config, names, source)
+    fresh = overwrite or not Path(config.output_dir).exists()  # --overwrite replaces the old run anyway
     prepare_run_dir(config, state.is_main_process, resume=resume, overwrite=overwrite)
     state.wait_for_everyone()
-    names = task_names(config)
-    train_tasks, eval_tasks = load_run_tasks(config, names)
     ctx = RunContext.create(config, names, state.is_main_process, resume, extra_callbacks)
-    metrics = SETTINGS[config.setting](ctx, train_tasks, eval_tasks)
+    try:
+        metrics = SETTINGS[config.setting](ctx, train_tasks, eval_tasks)
+    except BaseException:
+        if fresh and ctx.is_main and not training_started(ctx.run_dir):
+            shutil.rmtree(ctx.run_dir, ignore_errors=True)
+        raise
     return metrics if ctx.is_main else {}
+
+
+def training_started(run_dir: Path) -> bool:
+    """Whether a training step of the run in ``run_dir`` has been logged or checkpointed."""
+    return any(run_dir.rglob("train_log.jsonl")) or any(run_dir.rglob("checkpoint-*"))
 
 
 def run_multitask(ctx: RunContext, train_tasks: list[Task], eval_tasks: list[Task]) -> dict:

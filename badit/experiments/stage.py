@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback, TrainingArguments
 
-from badit.data import PromptTemplate, SplitSizes, Task, list_tasks, load_tasks, tokenize_tasks
+from badit.data import Columns, PromptTemplate, Task, TaskSource, open_source, tokenize_tasks
 from badit.data.files import atomic_write_json
 from badit.evaluation import evaluate
 from badit.experiments.config import DataConfig, RunConfig, TrainingConfig
@@ -76,8 +76,24 @@ def load_base_model(config: RunConfig):
     return load_model_and_tokenizer(m.name_or_path, m.dtype, m.trust_remote_code, m.attn_implementation)
 
 
-def task_names(config: RunConfig) -> list[str]:
-    return sorted(config.data.tasks) if config.data.tasks else list_tasks(config.data.path)
+def data_source(config: RunConfig) -> TaskSource:
+    """The run's tasks: ``data.path`` in ``data.format`` with the configured columns; tasks without a
+    given split are split with ``data.split_sizes`` (seed: the run's unless the sizes name one)."""
+    d = config.data
+    columns = Columns(
+        task=d.task_column,
+        prompt=d.prompt_column,
+        answer=d.answer_column,
+        messages=d.messages_column,
+        split=d.split_column,
+    )
+    return open_source(d.path, d.format, columns, {"seed": config.seed, **(d.split_sizes or {})})
+
+
+def task_names(config: RunConfig, source: TaskSource | None = None) -> list[str]:
+    if config.data.tasks:
+        return sorted(config.data.tasks)
+    return (source or data_source(config)).task_names()
 
 
 def _subsample(task: Task, limit: int | None, seed: int | None) -> Task:
@@ -91,11 +107,13 @@ def _subsample(task: Task, limit: int | None, seed: int | None) -> Task:
     return dataclasses.replace(task, instances=[task.instances[i] for i in keep])
 
 
-def load_run_tasks(config: RunConfig, names: Sequence[str]) -> tuple[list[Task], list[Task]]:
+def load_run_tasks(
+    config: RunConfig, names: Sequence[str], source: TaskSource | None = None
+) -> tuple[list[Task], list[Task]]:
     """(training tasks, evaluation tasks) with the configured caps on examples per task."""
-    sizes = SplitSizes(**config.data.split_sizes) if config.data.split_sizes else None
-    train = load_tasks(config.data.path, "train", list(names), sizes)
-    test = load_tasks(config.data.path, config.evaluation.split, list(names), sizes)
+    source = source or data_source(config)
+    train = source.load("train", list(names))
+    test = source.load(config.evaluation.split, list(names))
     train = [_subsample(t, config.data.max_train_examples_per_task, config.seed) for t in train]
     test = [_subsample(t, config.evaluation.max_examples_per_task, None) for t in test]
     return train, test
@@ -115,7 +133,7 @@ def training_arguments(training: TrainingConfig, seed: int, checkpoint_dir: Path
         }
     else:
         extra = {}
-    return TrainingArguments(
+    defaults = dict(
         **extra,
         output_dir=str(checkpoint_dir),
         learning_rate=t.learning_rate,
@@ -145,6 +163,8 @@ def training_arguments(training: TrainingConfig, seed: int, checkpoint_dir: Path
         ddp_find_unused_parameters=False,
         disable_tqdm=False,
     )
+    # Any other TrainingArguments field from `training:` (checked when the config was read) wins.
+    return TrainingArguments(**{**defaults, **t.trainer_args})
 
 
 def adapter_model(config: RunConfig, init_adapter: Path | None = None):

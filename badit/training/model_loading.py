@@ -131,15 +131,31 @@ def load_model(
     return AutoModelForCausalLM.from_pretrained(resolve_model_path(name_or_path), **kwargs)
 
 
+class ModelNotFoundError(FileNotFoundError):
+    """The model (or its tokenizer) cannot be loaded from the folder or hub name given."""
+
+
 def load_model_and_tokenizer(
     name_or_path: str,
     dtype: str = "auto",
     trust_remote_code: bool = False,
     attn_implementation: str | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """``load_model`` and ``load_tokenizer`` together; the model's pad token id follows the tokenizer's."""
-    tokenizer = load_tokenizer(name_or_path, trust_remote_code)
-    model = load_model(name_or_path, dtype, trust_remote_code, attn_implementation)
+    """``load_model`` and ``load_tokenizer`` together; the model's pad token id follows the tokenizer's.
+    A folder that does not exist or a hub name that cannot be loaded raises ``ModelNotFoundError``
+    with a one-line message."""
+    fix = f"give a model folder, a hub name reachable from here, or {EMBEDDED_MODEL}"
+    looks_local = name_or_path.startswith(("/", ".", "~")) or name_or_path.count("/") > 1  # hub: owner/name
+    if looks_local and not Path(name_or_path).expanduser().exists():
+        raise ModelNotFoundError(f"model.name_or_path {name_or_path!r}: no such folder; {fix}")
+    try:
+        tokenizer = load_tokenizer(name_or_path, trust_remote_code)
+        model = load_model(name_or_path, dtype, trust_remote_code, attn_implementation)
+    except (OSError, ValueError) as error:  # transformers' errors for missing / unreadable model files
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ModelNotFoundError(
+            f"model.name_or_path {name_or_path!r}: cannot load it ({first}); {fix}"
+        ) from None
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     if getattr(model, "generation_config", None) is not None and model.generation_config.pad_token_id is None:
