@@ -115,140 +115,146 @@ def _chat(value: Any) -> tuple[list[dict[str, str]], str] | str:
     return [{"role": m["role"], "content": m["content"]} for m in value[:-1]], value[-1]["content"]
 
 
+class _RowProblem(Exception):
+    """What is wrong with one column of a row, and the fix."""
+
+    def __init__(self, column: str, problem: str, fix: str):
+        super().__init__(f"column {column!r}: {problem}; {fix}")
+
+
+def _table_problem(table: Table, columns: Columns, default_task: str | None) -> str | None:
+    """A problem of the whole table (no rows, a missing column), or None."""
+    if not table.rows:
+        return f"{table.source}: no rows; add examples (one JSON object per line, or one CSV row each)"
+    keys = table_columns(table)
+    if columns.prompt not in keys and columns.messages not in keys:
+        return (
+            f"{table.source}: missing column {columns.prompt!r} (or {columns.messages!r} for chat rows); "
+            + _column_hint(table, columns.prompt, "prompt")
+        )
+    if columns.messages not in keys and columns.answer not in keys:
+        return f"{table.source}: missing column {columns.answer!r}; " + _column_hint(
+            table, columns.answer, "answer"
+        )
+    if columns.task not in keys and default_task is None:
+        return f"{table.source}: missing column {columns.task!r}; " + _column_hint(
+            table, columns.task, "task"
+        )
+    return None
+
+
+def _row_task(row: dict, column: str) -> str:
+    task = row.get(column)
+    if not _filled(task):
+        raise _RowProblem(
+            column,
+            "empty: every row needs its task's name",
+            "fill it in (or drop the column for a one-task file)",
+        )
+    try:
+        return check_task_name(str(task).strip())
+    except DataError as error:
+        raise _RowProblem(
+            column, str(error).split(";")[0], "use letters, digits, '_', '-' and '.' only"
+        ) from None
+
+
+def _row_split(row: dict, column: str) -> Split:
+    value = row.get(column)
+    if not _filled(value):
+        raise _RowProblem(
+            column,
+            "empty: with a split column every row needs its split",
+            "fill it in (train, dev or test), or drop the column to split off test examples with the seed",
+        )
+    split = SPLIT_NAMES.get(str(value).strip().lower())
+    if split is None:
+        raise _RowProblem(column, f"{value!r} is not a split", f"use one of {', '.join(SPLIT_NAMES)}")
+    return split
+
+
+def _row_content(
+    row: dict, chat: bool, columns: Columns
+) -> tuple[str, list[str], list[dict[str, str]] | None]:
+    """(input, answers, prompt messages or None) of a chat or prompt/completion row."""
+    if chat:
+        parsed = _chat(row[columns.messages])
+        if isinstance(parsed, str):
+            example = '[{"role": "user", "content": "..."}, {"role": "assistant", "content": "..."}]'
+            raise _RowProblem(columns.messages, parsed, f"e.g. {example}")
+        messages, answer = parsed
+        return messages[-1]["content"], [answer], messages
+    prompt = row[columns.prompt]
+    if not isinstance(prompt, str):
+        raise _RowProblem(
+            columns.prompt, f"must be a string, got {type(prompt).__name__}", "write the prompt as text"
+        )
+    outputs = _answers(row.get(columns.answer))
+    if outputs is None:
+        missing = not _filled(row.get(columns.answer))
+        raise _RowProblem(
+            columns.answer,
+            "empty or missing: the answer is missing"
+            if missing
+            else "must be a non-empty string or a list of non-empty strings",
+            "fill in the answer (several acceptable answers: a list of strings) or drop the row",
+        )
+    return prompt, outputs, None
+
+
+def _row_format(row: dict, columns: Columns, table_format: tuple[str, str] | None) -> bool:
+    """Whether the row is a chat row; _RowProblem when it has neither or both formats, or not the table's
+    format (`table_format`: the format of the first valid row and where that row is)."""
+    chat, plain = _filled(row.get(columns.messages)), _filled(row.get(columns.prompt))
+    if chat and plain:
+        raise _RowProblem(
+            columns.messages,
+            f"the row also has {columns.prompt!r}",
+            "give each row either prompt/completion or messages",
+        )
+    if not (chat or plain):
+        column = columns.messages if table_format and table_format[0] == "chat" else columns.prompt
+        raise _RowProblem(column, "empty or missing: the prompt is missing", "fill it in or drop the row")
+    row_format = "chat" if chat else "prompt/completion"
+    if table_format is not None and row_format != table_format[0]:
+        raise _RowProblem(
+            columns.messages if chat else columns.prompt,
+            f"a {row_format} row, but {table_format[1]} is a {table_format[0]} row (mixed formats)",
+            "keep one format per file: put chat rows and prompt/completion rows in separate files",
+        )
+    return chat
+
+
 def parse_table(table: Table, columns: Columns, default_task: str | None) -> tuple[list[Example], list[str]]:
     """The valid rows of `table` as examples, and one message per problem found (all rows are read).
 
     `default_task` names the task of a table without a task column (None: the column is required).
     A table holds one format: the first valid row's (prompt/completion or chat) decides.
     """
-    problems: list[str] = []
-    if not table.rows:
-        return [], [f"{table.source}: no rows; add examples (one JSON object per line, or one CSV row each)"]
+    problem = _table_problem(table, columns, default_task)
+    if problem:
+        return [], [problem]
     keys = table_columns(table)
-    if columns.prompt not in keys and columns.messages not in keys:
-        return [], [
-            f"{table.source}: missing column {columns.prompt!r} (or {columns.messages!r} for chat rows); "
-            + _column_hint(table, columns.prompt, "prompt")
-        ]
-    if columns.messages not in keys and columns.answer not in keys:
-        return [], [
-            f"{table.source}: missing column {columns.answer!r}; "
-            + _column_hint(table, columns.answer, "answer")
-        ]
-    has_task = columns.task in keys
-    if not has_task and default_task is None:
-        return [], [
-            f"{table.source}: missing column {columns.task!r}; " + _column_hint(table, columns.task, "task")
-        ]
-    has_split = columns.split in keys and table.split is None
-
+    has_task, has_split = columns.task in keys, columns.split in keys and table.split is None
     examples: list[Example] = []
-    table_format: tuple[str, str] | None = None  # (format, where it was first seen)
+    problems: list[str] = []
+    table_format: tuple[str, str] | None = None  # (format, where its first row is)
     for number, row in table.rows:
         where = f"{table.unit} {number}"
-        at = f"{table.source} {where}"
         if not isinstance(row, dict):
             problems.append(
-                f"{at}: expected an object with {columns.prompt!r} and {columns.answer!r}, got {type(row).__name__}"
+                f"{table.source} {where}: expected an object with columns, got {type(row).__name__}"
             )
             continue
-
-        def bad(column: str, problem: str, fix: str, at: str = at) -> None:
-            problems.append(f"{at}, column {column!r}: {problem}; {fix}")
-
-        chat, plain = _filled(row.get(columns.messages)), _filled(row.get(columns.prompt))
-        if chat and plain:
-            bad(
-                columns.messages,
-                f"the row also has {columns.prompt!r}",
-                "give each row either prompt/completion or messages",
-            )
+        try:
+            chat = _row_format(row, columns, table_format)
+            table_format = table_format or ("chat" if chat else "prompt/completion", where)
+            task = _row_task(row, columns.task) if has_task else default_task
+            split = _row_split(row, columns.split) if has_split else table.split
+            prompt, outputs, messages = _row_content(row, chat, columns)
+        except _RowProblem as error:
+            problems.append(f"{table.source} {where}, {error}")
             continue
-        if not (chat or plain):
-            column = (
-                columns.prompt
-                if table_format is None or table_format[0] == "prompt/completion"
-                else columns.messages
-            )
-            bad(column, "empty or missing: the prompt is missing", "fill it in or drop the row")
-            continue
-        row_format = "chat" if chat else "prompt/completion"
-        if table_format is None:
-            table_format = (row_format, where)
-        elif row_format != table_format[0]:
-            bad(
-                columns.messages if chat else columns.prompt,
-                f"a {row_format} row, but {table_format[1]} is a {table_format[0]} row (mixed formats)",
-                "keep one format per file: put chat rows and prompt/completion rows in separate files",
-            )
-            continue
-
-        if has_task:
-            task = row.get(columns.task)
-            if not _filled(task):
-                bad(
-                    columns.task,
-                    "empty: every row needs its task's name",
-                    "fill it in (or drop the column for a one-task file)",
-                )
-                continue
-            try:
-                task = check_task_name(str(task).strip())
-            except DataError as error:
-                bad(columns.task, str(error).split(";")[0], "use letters, digits, '_', '-' and '.' only")
-                continue
-        else:
-            task = default_task
-
-        split = table.split
-        if has_split:
-            value = row.get(columns.split)
-            if not _filled(value):
-                bad(
-                    columns.split,
-                    "empty: with a split column every row needs its split",
-                    "fill it in (train, dev or test), or drop the column to split off test examples with the seed",
-                )
-                continue
-            split = SPLIT_NAMES.get(str(value).strip().lower())
-            if split is None:
-                bad(columns.split, f"{value!r} is not a split", f"use one of {', '.join(SPLIT_NAMES)}")
-                continue
-
-        messages = None
-        if chat:
-            parsed = _chat(row[columns.messages])
-            if isinstance(parsed, str):
-                bad(
-                    columns.messages,
-                    parsed,
-                    'e.g. [{"role": "user", "content": "..."}, {"role": "assistant", "content": "..."}]',
-                )
-                continue
-            messages, answer = parsed
-            prompt, outputs = messages[-1]["content"], [answer]
-        else:
-            prompt = row[columns.prompt]
-            if not isinstance(prompt, str):
-                bad(
-                    columns.prompt,
-                    f"must be a string, got {type(prompt).__name__}",
-                    "write the prompt as text",
-                )
-                continue
-            outputs = _answers(row.get(columns.answer))
-            if outputs is None:
-                problem = (
-                    "empty or missing: the answer is missing"
-                    if not _filled(row.get(columns.answer))
-                    else "must be a non-empty string or a list of non-empty strings"
-                )
-                bad(
-                    columns.answer,
-                    problem,
-                    "fill in the answer (several acceptable answers: a list of strings) or drop the row",
-                )
-                continue
         row_id = row.get(columns.id)
         if not _filled(row_id):
             row_id = f"{task}-{table.split}-{number}" if table.split else f"{task}-{number}"
