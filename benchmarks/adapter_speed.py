@@ -4,8 +4,8 @@ Usage:
     python benchmarks/adapter_speed.py [--batch 4] [--seq 256] [--repeats 5] [--shapes 576x1536 4096x11008]
 
 Both wrap the same frozen nn.Linear (in -> out), use dropout 0.05 and train mode; the input requires grad,
-as it does inside a model. BADIT routes on the first half of each sequence (a prompt mask). Target: the
-BADIT/LoRA ratio <= 1.2.
+as it does inside a model. BADIT routes on the first half of each sequence (a prompt mask) and has
+regrouping's gradient tracking attached, as training runs it. Target: the BADIT/LoRA ratio <= 1.2.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from torch import nn
 from badit.adapter.config import BaditConfig
 from badit.adapter.layer import BaditLinear
 from badit.adapter.routing import RoutingState
+from badit.regrouping import attach_gradient_tracking
 
 
 def frozen_linear(in_features: int, out_features: int) -> nn.Linear:
@@ -37,9 +38,10 @@ def step_time(layer: nn.Module, x: torch.Tensor) -> float:
 
 
 def compare(in_features: int, out_features: int, batch: int, seq: int, repeats: int) -> tuple[float, float]:
-    config = BaditConfig(r=4, num_experts=6, lora_alpha=32, lora_dropout=0.05, init="random", regroup=False)
+    config = BaditConfig(r=4, num_experts=6, lora_alpha=32, lora_dropout=0.05, init="random", regroup=True)
     rank = config.r * config.num_experts
     badit_layer = BaditLinear(frozen_linear(in_features, out_features), "default", config, layer_name="bench")
+    assert attach_gradient_tracking(badit_layer) == 1  # gradient windows on, as in training
     state = RoutingState()
     state.prompt_mask = torch.arange(seq).expand(batch, seq) < seq // 2
     badit_layer.routing_state = state

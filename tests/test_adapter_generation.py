@@ -14,7 +14,9 @@ ROUTED_LAYERS = 2  # the default target gate_proj in each of the tiny models' 2 
 
 @pytest.fixture
 def trained_model(family):
-    model = get_peft_model(make_tiny_model(family), badit.BaditConfig(regroup=False)).eval()
+    model = get_peft_model(
+        make_tiny_model(family), badit.BaditConfig(regroup=False, task_type="CAUSAL_LM")
+    ).eval()
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for name, p in model.named_parameters():

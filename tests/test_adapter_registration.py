@@ -4,7 +4,7 @@ import inspect
 from importlib.metadata import requires, version
 
 from packaging.specifiers import SpecifierSet
-from peft import PeftConfig, get_peft_model
+from peft import LoraConfig, PeftConfig, get_peft_model
 from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING, PEFT_TYPE_TO_PREFIX_MAPPING, PEFT_TYPE_TO_TUNER_MAPPING
 from peft.utils.peft_types import PeftType, register_peft_method
 
@@ -47,6 +47,12 @@ def test_config_round_trips_through_peft(tmp_path):
 
 
 def test_get_peft_model_builds_a_badit_tuner():
-    model = get_peft_model(make_tiny_model("llama"), badit.BaditConfig(regroup=False))
+    config = badit.BaditConfig(regroup=False, task_type="CAUSAL_LM")
+    model = get_peft_model(make_tiny_model("llama"), config)
     assert isinstance(model.base_model, badit.BaditModel)
     assert type(model).__name__ == "PeftModelForCausalLM"
+
+
+def test_task_type_defaults_to_none_like_lora():
+    assert badit.BaditConfig().task_type is None
+    assert badit.BaditConfig().task_type == LoraConfig().task_type

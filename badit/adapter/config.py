@@ -73,7 +73,10 @@ class BaditConfig(PeftConfig):
     modules_to_save: list[str] | None = field(
         default=None, metadata={"help": "Extra modules trained and saved."}
     )
-    task_type: str | None = field(default="CAUSAL_LM", metadata={"help": "PEFT task type."})
+    task_type: str | None = field(
+        default=None,
+        metadata={"help": "PEFT task type, as in LoraConfig: None (any nn.Module) or e.g. 'CAUSAL_LM'."},
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -40,12 +40,18 @@ class BaditLinear(nn.Module, BaditLayer):
     Per adapter name n: `badit_A[n]` (K*r, in) and `badit_B[n]` (out, K*r) pack the K experts (expert e owns
     rows / columns e*r:(e+1)*r), `badit_router[n]` maps the mean of the prompt tokens' inputs to K logits,
     `badit_A0[n]` / `badit_B0[n]` keep the initial factors. The wrapped base layer holds the residual
-    W - scaling * B0 @ A0, so
+    W - sum over adapters n of scaling_n * B0_n @ A0_n, so with one adapter
 
         output = base(x) + scaling * ((dropout(x) @ A.T) * gate.repeat_interleave(r)) @ B.T
 
     with gate (batch, K) one weight vector per sequence. A disabled or inactive adapter contributes its
-    initial components instead (scaling * B0 @ A0), which gives back the pretrained layer.
+    initial components instead (scaling * B0 @ A0), which gives back the pretrained layer; so each adapter
+    computes what it computes alone, whatever other adapters the layer holds. (PEFT's PiSSA instead takes
+    its components out of whatever the base weight is when the adapter is added, which makes a second
+    adapter depend on the first; BADIT always decomposes the pretrained weight.)
+
+    Mixed batches (`adapter_names`, one name per sequence, "__base__" for the pretrained layer) arrive
+    through `routing_state.adapter_names`; see `_mixed_batch_forward`.
     """
 
     def __init__(
@@ -73,6 +79,7 @@ class BaditLinear(nn.Module, BaditLayer):
         self.merged_routing: dict[str, torch.Tensor] = {}
         self.merged_adapters = []
         self.routing_state: RoutingState | None = None
+        self.quantization: str | None = None  # "4bit" / "8bit" for a bitsandbytes base, else None
 
         base = self.get_base_layer()
         if not isinstance(base, nn.Linear):
@@ -124,7 +131,10 @@ class BaditLinear(nn.Module, BaditLayer):
                 nn.init.zeros_(self.badit_router[adapter_name].weight)
             self.badit_A0[adapter_name] = a.detach().clone()
             self.badit_B0[adapter_name] = b.detach().clone()
-            self._set_residual(pretrained - self._initial_delta_weight(adapter_name))
+            # The base weight keeps every adapter's residual: W - sum_n s_n B0_n A0_n. Only this adapter's
+            # initial components leave it, so the earlier adapters (and disable_adapter) stay exact.
+            current = self.get_base_layer().weight.detach().float()
+            self._set_residual(current - self._initial_delta_weight(adapter_name))
         self.set_adapter(self.active_adapters, inference_mode=inference_mode)
 
     def _initial_factors(
@@ -202,6 +212,9 @@ class BaditLinear(nn.Module, BaditLayer):
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         if self.disable_adapters and self.merged:
             self.unmerge()
+        mixed = self.routing_state.adapter_names if self.routing_state is not None else None
+        if mixed is not None and not self.disable_adapters:
+            return self._mixed_batch_forward(x, mixed, *args, **kwargs)
         result = self.base_layer(x, *args, **kwargs)
         for name in self.badit_A:
             if name in self.merged_adapters:
@@ -217,26 +230,72 @@ class BaditLinear(nn.Module, BaditLayer):
                 result = result + self._adapter_output(name, x).to(result.dtype)
         return result
 
+    def _mixed_batch_forward(
+        self, x: torch.Tensor, adapter_names: list[str], *args: Any, **kwargs: Any
+    ) -> torch.Tensor:
+        """Each sequence of x (batch, seq, in) through its own adapter (`adapter_names[i]`, or "__base__").
+
+        The same contract as PEFT LoRA's mixed batches: the pretrained output for every row (residual plus
+        every adapter's initial components), then, for the rows of adapter n, n's output minus its initial
+        components. One pass per adapter present in the batch, on its rows only (inference only).
+        """
+        if self.merged:
+            raise ValueError(
+                f"BADIT layer '{self.layer_name}': adapter_names cannot be used while adapters are merged; "
+                "call unmerge() first"
+            )
+        if x.dim() != 3 or len(adapter_names) != x.shape[0]:
+            raise ValueError(
+                f"BADIT layer '{self.layer_name}': adapter_names has {len(adapter_names)} names for an input of "
+                f"shape {tuple(x.shape)}; give one name per sequence"
+            )
+        result = self.base_layer(x, *args, **kwargs)
+        for name in self.badit_A:
+            result = result + self._initial_output(name, x).to(result.dtype)
+        for name in sorted(set(adapter_names) & set(self.badit_A)):
+            rows = torch.tensor([i for i, n in enumerate(adapter_names) if n == name], device=x.device)
+            sub = x.index_select(0, rows)
+            change = self._adapter_output(name, sub, rows) - self._initial_output(name, sub)
+            result = result.index_add(0, rows, change.to(result.dtype))
+        return result
+
     def _initial_output(self, name: str, x: torch.Tensor) -> torch.Tensor:
         """scaling * x @ A0.T @ B0.T: the pretrained components this adapter took out of the base weight."""
         a0, b0 = self.badit_A0[name], self.badit_B0[name]
         return F.linear(F.linear(self._cast_input_dtype(x, a0.dtype), a0), b0) * self.scaling[name]
 
-    def _adapter_output(self, name: str, x: torch.Tensor) -> torch.Tensor:
+    def _adapter_output(self, name: str, x: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Adapter `name`'s output on x; `rows` (mixed batches): which sequences of the full batch x holds."""
         a, b = self.badit_A[name], self.badit_B[name]
         x = self._cast_input_dtype(x, a.dtype)
-        sequences = x if x.dim() == 3 else x.reshape(1, -1, x.shape[-1])
-        gate = self._gate(name, sequences)  # (batch, K)
+        if x.dim() == 3:  # (batch, seq, in): language models
+            sequences = x
+        elif x.dim() == 2:  # (batch, in): plain modules; each row is its own sequence
+            sequences = x[:, None, :]
+        else:
+            sequences = x.reshape(1, -1, x.shape[-1])
+        gate = self._gate(name, sequences, rows, use_prompt_mask=x.dim() == 3)  # (batch, K)
         # One weight per rank-1 component, scaling folded in: (batch, 1, ..., K*r).
         component_gate = (gate * self.scaling[name]).repeat_interleave(self.r[name], dim=-1)
-        component_gate = component_gate.view(gate.shape[0], *([1] * (x.dim() - 2)), -1)
-        if x.dim() != 3:
+        if x.dim() == 3:
+            component_gate = component_gate[:, None, :]
+        elif x.dim() != 2:
             component_gate = component_gate.reshape(-1)
         hidden = F.linear(self.badit_dropout[name](x), a) * component_gate
         return F.linear(hidden, b)
 
-    def _gate(self, name: str, sequences: torch.Tensor) -> torch.Tensor:
-        """Mixing weights (batch, K) of adapter `name` for sequences (batch, seq, in); stored in routing_weights."""
+    def _gate(
+        self,
+        name: str,
+        sequences: torch.Tensor,
+        rows: torch.Tensor | None = None,
+        use_prompt_mask: bool = True,
+    ) -> torch.Tensor:
+        """Mixing weights (batch, K) of adapter `name` for sequences (batch, seq, in); stored in routing_weights.
+
+        `rows`: the sequences' indices in the model's batch when they are a subset (mixed batches).
+        `use_prompt_mask`: False for inputs that are not (batch, seq, in) token sequences; they pool all rows.
+        """
         batch = sequences.shape[0]
         if name in self.fixed_routing:
             gate = self.fixed_routing[name].to(sequences).expand(batch, -1)
@@ -250,6 +309,9 @@ class BaditLinear(nn.Module, BaditLayer):
             return gate.to(sequences)
         else:
             mask = self.routing_state.prompt_mask if self.routing_state is not None else None
+            mask = mask if use_prompt_mask else None
+            if mask is not None and rows is not None:
+                mask = mask.index_select(0, rows)
             if mask is not None and mask.shape != sequences.shape[:2]:
                 raise RuntimeError(
                     f"BADIT layer '{self.layer_name}' got input of shape {tuple(sequences.shape)} but the prompt "

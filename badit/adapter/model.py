@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -66,6 +67,35 @@ class BaditModel(BaseTuner):
         if adapter_name not in self.active_adapters:
             new_module.requires_grad_(False)  # an additional adapter is not trainable until activated
         self._replace_module(parent, target_name, new_module, target)
+
+    # ------------------------------------------------------------------ mixed batches
+
+    @contextmanager
+    def _enable_peft_forward_hooks(self, *args: Any, **kwargs: Any) -> Iterator[None]:
+        """`adapter_names=[...]` in forward / generate: each sequence through its adapter (PEFT LoRA's contract).
+
+        PeftModel calls this around forward and generate and drops `adapter_names` from the kwargs itself.
+        "__base__" selects the pretrained model; unknown names raise; training mode raises.
+        """
+        adapter_names = kwargs.pop("adapter_names", None)
+        if adapter_names is None:
+            yield
+            return
+        if self.training:
+            raise ValueError(
+                "Cannot pass `adapter_names` when the model is in training mode; call model.eval()"
+            )
+        if isinstance(adapter_names, str) or not all(isinstance(n, str) for n in adapter_names):
+            raise TypeError(f"adapter_names must be a list of str (one per sequence), got {adapter_names!r}")
+        known = set(self.peft_config)
+        unknown = sorted(set(adapter_names) - known - {"__base__"})
+        if unknown:
+            raise ValueError(
+                f"Trying to infer with non-existing adapter(s): {', '.join(unknown)}; known: {sorted(known)} "
+                "and '__base__'"
+            )
+        with self.routing_state.mixed_batch(adapter_names):
+            yield
 
     # ------------------------------------------------------------------ routing
 

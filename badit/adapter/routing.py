@@ -7,12 +7,19 @@ input tensor. A forward pre-hook on the model (installed by `BaditModel`) stores
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+NO_PROMPT_WARNING = (
+    "BADIT routing: some sequences have no prompt token marked (e.g. labels without -100, as in plain-text "
+    "training); their routers pool over all attended tokens instead. Pass prompt_mask=(batch, seq) bool to "
+    "the model (or labels with -100 on the prompt) to route on the prompt only."
+)
 
 
 def mixing_weights(logits: torch.Tensor, top_k: int, scale: float) -> torch.Tensor:
@@ -63,12 +70,31 @@ class RoutingState:
         reuse: True on cached decoding steps: layers reuse the mixing weights computed at prefill.
         generation_prompt: while `BaditModel.generate` runs, the (batch, prompt_len) mask of prompt tokens, so
             that generation without a KV cache routes on the prompt only, like generation with one.
+        requested_adapter_names: the `adapter_names` of the current model call (one per input sequence), set
+            by `BaditModel._enable_peft_forward_hooks`; None outside mixed-batch calls.
+        adapter_names: the same, expanded to the batch of the current forward (beams / several sequences
+            per prompt repeat each name, as Hugging Face repeats the inputs).
+        warned_no_prompt: whether the "no prompt token" warning was given (once per model).
     """
 
     def __init__(self) -> None:
         self.prompt_mask: torch.Tensor | None = None
         self.reuse: bool = False
         self.generation_prompt: torch.Tensor | None = None
+        self.requested_adapter_names: list[str] | None = None
+        self.adapter_names: list[str] | None = None
+        self.warned_no_prompt: bool = False
+
+    @contextmanager
+    def mixed_batch(self, adapter_names: list[str]) -> Iterator[None]:
+        """Within this context, sequence i of each model call goes through adapter `adapter_names[i]`."""
+        previous = self.requested_adapter_names
+        self.requested_adapter_names = list(adapter_names)
+        try:
+            yield
+        finally:
+            self.requested_adapter_names = previous
+            self.adapter_names = None
 
     @contextmanager
     def generating(self, prompt_mask: torch.Tensor) -> Iterator[None]:
@@ -88,16 +114,17 @@ class RoutingState:
         the KV cache already holds tokens, the layers reuse the routing of the prefill instead.
         """
         prompt_mask = kwargs.pop("prompt_mask", None)
+        tokens = kwargs.get("input_ids", args[0] if args else None)
+        if tokens is None:
+            tokens = kwargs["inputs_embeds"]
+        batch, length = tokens.shape[:2]
+        self.adapter_names = _expand_names(self.requested_adapter_names, batch)
         cache = kwargs.get("cache", kwargs.get("past_key_values"))  # renamed in transformers 5
         self.reuse = prompt_mask is None and _cached_length(cache) > 0
         if self.reuse:
             self.prompt_mask = None
             return args, kwargs
 
-        tokens = kwargs.get("input_ids", args[0] if args else None)
-        if tokens is None:
-            tokens = kwargs["inputs_embeds"]
-        batch, length = tokens.shape[:2]
         attention_mask = kwargs.get("attention_mask")
         if attention_mask is None or attention_mask.dim() != 2:  # absent, or a prepared 4-D mask
             attention_mask = torch.ones(batch, length, dtype=torch.bool, device=tokens.device)
@@ -117,5 +144,31 @@ class RoutingState:
                 f"prompt_mask has shape {tuple(prompt_mask.shape)} but the input has shape {(batch, length)}: "
                 "give one bool per input token (True on prompt tokens)"
             )
-        self.prompt_mask = prompt_mask.bool() & attention_mask
+        self.prompt_mask = self._with_fallback(prompt_mask.bool() & attention_mask, attention_mask)
         return args, kwargs
+
+    def _with_fallback(self, prompt_mask: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Rows of `prompt_mask` with no token marked pool over their attended tokens instead; warn once.
+
+        Without this, such a sequence's pooled router input would be zero: the router gets no gradient and
+        never moves (labels without -100, e.g. TRL's SFTTrainer on a plain text field).
+        """
+        empty = ~prompt_mask.any(dim=1)
+        if not bool(empty.any()):
+            return prompt_mask
+        if not self.warned_no_prompt:
+            self.warned_no_prompt = True
+            warnings.warn(NO_PROMPT_WARNING, stacklevel=2)
+        return torch.where(empty[:, None], attention_mask, prompt_mask)
+
+
+def _expand_names(names: list[str] | None, batch: int) -> list[str] | None:
+    """`names` (one per prompt) repeated to `batch` rows, as generation repeats prompts for beams / samples."""
+    if names is None or len(names) == batch:
+        return names
+    if batch % len(names) != 0:
+        raise ValueError(
+            f"adapter_names has {len(names)} names but the batch has {batch} sequences; give one name per "
+            "input sequence"
+        )
+    return [name for name in names for _ in range(batch // len(names))]

@@ -1,0 +1,202 @@
+"""Take a BADIT adapter out of badit: with a fixed routing it is a plain LoRA, or a merged model.
+
+With fixed mixing weights g (K,) per layer (post-softmax, post-scale: what `set_fixed_routing` takes), a BADIT
+layer computes residual(x) + s * B diag(g_c) A x, with residual = W - s * B0 A0 and g_c = g repeated r
+times. Its change to the pretrained weight W is therefore
+
+    delta W = s * (B diag(g_c) A - B0 A0) = s * [B diag(g_c), -B0] @ [A; A0],
+
+a LoRA of rank 2*K*r with lora_A = [A; A0] (2Kr, in), lora_B = [B diag(g_c), -B0] (out, 2Kr) and
+scaling s = lora_alpha / r_lora, i.e. lora_alpha = s * 2Kr. The export is exact up to float32 rounding.
+Serving stacks that load PEFT LoRA folders (PEFT itself, vLLM `--enable-lora`, TGI) need nothing from badit.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from peft import LoraConfig
+from safetensors.torch import save_file
+from torch import nn
+
+from badit.adapter.layer import BaditLinear
+
+Routing = torch.Tensor | Mapping[str, torch.Tensor] | None
+"""A (K,) vector for every layer, a dict layer name -> (K,), or None for uniform routing."""
+
+
+class ExportError(ValueError):
+    """The adapter cannot be exported as asked (the message says why and what to do)."""
+
+
+def badit_layers(model: nn.Module) -> dict[str, BaditLinear]:
+    """Adapted layers by name (as in the base model, e.g. "model.layers.0.mlp.gate_proj")."""
+    return {m.layer_name: m for m in model.modules() if isinstance(m, BaditLinear)}
+
+
+def uniform_routing(layer: BaditLinear, adapter_name: str) -> torch.Tensor:
+    """Every expert weighted equally, in `set_fixed_routing`'s scale: router_scale / K each (1 with "preserve")."""
+    k = layer.num_experts[adapter_name]
+    return torch.full((k,), layer.router_scale[adapter_name] / k)
+
+
+def layer_routing(routing: Routing, layer: BaditLinear, adapter_name: str) -> torch.Tensor:
+    """The (K,) mixing weights `routing` gives `layer` (float32); raises ExportError on a missing layer / size."""
+    if routing is None:
+        weights = uniform_routing(layer, adapter_name)
+    elif isinstance(routing, Mapping):
+        if layer.layer_name not in routing:
+            raise ExportError(f"export: the routing gives no weights for layer '{layer.layer_name}'")
+        weights = torch.as_tensor(routing[layer.layer_name])
+    else:
+        weights = torch.as_tensor(routing)
+    k = layer.num_experts[adapter_name]
+    if weights.shape != (k,):
+        raise ExportError(
+            f"export: layer '{layer.layer_name}' has {k} experts but the routing has shape {tuple(weights.shape)}; "
+            f"give {k} mixing weights"
+        )
+    return weights.detach().float().cpu()
+
+
+def lora_factors(
+    layer: BaditLinear, adapter_name: str, routing: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """lora_A (2Kr, in) and lora_B (out, 2Kr) whose product times the layer's scaling is its weight change."""
+    if adapter_name in layer._residual_pending:
+        raise ExportError(f"export: adapter '{adapter_name}' of layer '{layer.layer_name}' was never loaded")
+    a, b = (
+        layer.badit_A[adapter_name].detach().float().cpu(),
+        layer.badit_B[adapter_name].detach().float().cpu(),
+    )
+    a0, b0 = layer.badit_A0[adapter_name].float().cpu(), layer.badit_B0[adapter_name].float().cpu()
+    component_gate = routing.repeat_interleave(layer.r[adapter_name])
+    return torch.cat([a, a0], dim=0), torch.cat([b * component_gate[None, :], -b0], dim=1)
+
+
+def _check_exportable(model: nn.Module, adapter_name: str) -> dict[str, BaditLinear]:
+    layers = badit_layers(model)
+    if not layers:
+        raise ExportError(
+            "export: the model has no BADIT layers; pass the PeftModel returned by get_peft_model"
+        )
+    for layer in layers.values():
+        if adapter_name not in layer.badit_A:
+            raise ExportError(
+                f"export: layer '{layer.layer_name}' has no adapter '{adapter_name}'; known: {sorted(layer.badit_A)}"
+            )
+        if layer.merged:
+            raise ExportError(f"export: layer '{layer.layer_name}' has merged adapters; call unmerge() first")
+    return layers
+
+
+def _replace_directory(staging: Path, output: Path) -> None:
+    """Move a finished staging folder to `output` (replacing an earlier export), never half-written."""
+    if output.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{output.name}-old-", dir=output.parent))
+        os.replace(output, old / output.name)
+        os.replace(staging, output)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(staging, output)
+
+
+def _staging_dir(output: Path) -> Path:
+    output.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{output.name}-", dir=output.parent))
+
+
+def export_lora(
+    model: nn.Module,
+    output: str | os.PathLike,
+    routing: Routing = None,
+    adapter_name: str = "default",
+    base_model_name_or_path: str | None = None,
+) -> Path:
+    """Write adapter `adapter_name` under a fixed `routing` as a plain PEFT LoRA folder (rank 2*K*r, exact).
+
+    Args:
+        model: the PeftModel (or BaditModel) holding the adapter.
+        output: the folder to write (replaced if it exists).
+        routing: (K,) for every layer, a dict layer name -> (K,), or None (uniform); mixing weights in the
+            scale of `set_fixed_routing` (post-softmax, times K with router_scale="preserve").
+        base_model_name_or_path: recorded in adapter_config.json; default: the adapter config's.
+    Returns the folder. It loads with `PeftModel.from_pretrained(base, folder)` without badit.
+    """
+    layers = _check_exportable(model, adapter_name)
+    first = next(iter(layers.values()))
+    rank = 2 * first.num_experts[adapter_name] * first.r[adapter_name]
+    state = {}
+    for name, layer in layers.items():
+        if (
+            2 * layer.num_experts[adapter_name] * layer.r[adapter_name] != rank
+            or layer.scaling[adapter_name] != first.scaling[adapter_name]
+        ):
+            raise ExportError(f"export: layer '{name}' has another rank or scaling than the others")
+        lora_a, lora_b = lora_factors(layer, adapter_name, layer_routing(routing, layer, adapter_name))
+        # PEFT's saved key layout: base_model.model.<module>.lora_A.weight (the adapter name is dropped).
+        state[f"base_model.model.{name}.lora_A.weight"] = lora_a.contiguous()
+        state[f"base_model.model.{name}.lora_B.weight"] = lora_b.contiguous()
+    badit_config = getattr(model, "peft_config", {}).get(adapter_name)
+    if base_model_name_or_path is None and badit_config is not None:
+        base_model_name_or_path = badit_config.base_model_name_or_path
+    config = LoraConfig(
+        r=rank,
+        lora_alpha=first.scaling[adapter_name] * rank,  # scaling = lora_alpha / r = BADIT's s
+        lora_dropout=0.0,
+        target_modules=sorted(layers),
+        bias="none",
+        task_type=getattr(badit_config, "task_type", None),
+        base_model_name_or_path=base_model_name_or_path,
+    )
+    output = Path(output)
+    staging = _staging_dir(output)
+    try:
+        config.save_pretrained(staging)
+        save_file(state, staging / "adapter_model.safetensors", metadata={"format": "pt"})
+        _replace_directory(staging, output)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return output
+
+
+def export_merged(
+    model: nn.Module,
+    output: str | os.PathLike,
+    routing: Routing = None,
+    adapter_name: str = "default",
+    tokenizer=None,
+) -> Path:
+    """Write the base model with adapter `adapter_name` merged under a fixed `routing` (plain transformers).
+
+    Works on a copy (the model in memory is left as it is; needs memory for a second model). Quantised
+    bases cannot be merged into a full-precision folder here: export a LoRA instead.
+    """
+    layers = _check_exportable(model, adapter_name)
+    for layer in layers.values():
+        if layer.quantization is not None:
+            raise ExportError(
+                f"export: layer '{layer.layer_name}' has a quantised base ({layer.quantization}); "
+                "--format merged needs a full-precision base: export --format lora instead"
+            )
+    routing_per_layer = {name: layer_routing(routing, layer, adapter_name) for name, layer in layers.items()}
+    copied = copy.deepcopy(model)
+    tuner = copied.base_model if hasattr(copied, "base_model") else copied
+    tuner.set_fixed_routing(routing_per_layer, adapter_name=adapter_name)
+    merged = tuner.merge_and_unload(adapter_names=[adapter_name])
+    output = Path(output)
+    staging = _staging_dir(output)
+    try:
+        merged.save_pretrained(staging)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(staging)
+        _replace_directory(staging, output)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return output
