@@ -13,6 +13,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
 from torch import nn
 
 from badit.adapter.config import BaditConfig
+from badit.adapter.quantized import dequantized_weight, quantization_kind, store_quantized
 from badit.adapter.routing import RoutingState, masked_mean, mixing_weights
 from badit.adapter.svd import expert_factors, top_singular_triplets
 
@@ -79,9 +80,10 @@ class BaditLinear(nn.Module, BaditLayer):
         self.merged_routing: dict[str, torch.Tensor] = {}
         self.merged_adapters = []
         self.routing_state: RoutingState | None = None
-        self.quantization: str | None = None  # "4bit" / "8bit" for a bitsandbytes base, else None
+        self.quantization: str | None = None  # "4bit" / "8bit" for a bitsandbytes base (quantized.py)
 
         base = self.get_base_layer()
+        self.quantization = quantization_kind(base)
         if not isinstance(base, nn.Linear):
             raise TypeError(
                 f"BADIT cannot adapt module '{layer_name}' of type {type(base).__name__}: only torch.nn.Linear "
@@ -133,7 +135,7 @@ class BaditLinear(nn.Module, BaditLayer):
             self.badit_B0[adapter_name] = b.detach().clone()
             # The base weight keeps every adapter's residual: W - sum_n s_n B0_n A0_n. Only this adapter's
             # initial components leave it, so the earlier adapters (and disable_adapter) stay exact.
-            current = self.get_base_layer().weight.detach().float()
+            current = self._base_weight()
             self._set_residual(current - self._initial_delta_weight(adapter_name))
         self.set_adapter(self.active_adapters, inference_mode=inference_mode)
 
@@ -160,7 +162,7 @@ class BaditLinear(nn.Module, BaditLayer):
 
     def pretrained_weight(self) -> torch.Tensor:
         """The original weight (float32): the residual plus every adapter's initial components."""
-        weight = self.get_base_layer().weight.detach().float()
+        weight = self._base_weight()
         for name in self.badit_A0:
             if name in self.merged_adapters:
                 weight = weight - self._delta_weight(name, self.merged_routing[name])
@@ -168,7 +170,14 @@ class BaditLinear(nn.Module, BaditLayer):
                 weight = weight + self._initial_delta_weight(name)
         return weight
 
+    def _base_weight(self) -> torch.Tensor:
+        """The base layer's weight (the residual) as float32; dequantised for a bitsandbytes base."""
+        return dequantized_weight(self.get_base_layer())
+
     def _set_residual(self, weight: torch.Tensor) -> None:
+        if self.quantization is not None:  # stored quantised again, as PiSSA does for QLoRA
+            store_quantized(self.get_base_layer(), weight)
+            return
         base_weight = self.get_base_layer().weight
         with torch.no_grad():
             base_weight.copy_(weight.to(base_weight.dtype))
@@ -185,7 +194,7 @@ class BaditLinear(nn.Module, BaditLayer):
                 continue  # nothing to rebuild; PyTorch reports missing keys itself
             if a0.shape != self.badit_A0[name].shape or b0.shape != self.badit_B0[name].shape:
                 continue  # PyTorch reports the size mismatch itself
-            residual = self.get_base_layer().weight.detach().float()
+            residual = self._base_weight()
             if name not in self._residual_pending:
                 residual = residual + self._initial_delta_weight(name)
             loaded = self.scaling[name] * (b0.to(residual) @ a0.to(residual))
@@ -358,7 +367,7 @@ class BaditLinear(nn.Module, BaditLayer):
                     "badit.get_routing_weights(model) over a task), then merge."
                 )
             routing = self.fixed_routing[name].clone()
-            merged = self.get_base_layer().weight.detach().float() + self._delta_weight(name, routing)
+            merged = self._base_weight() + self._delta_weight(name, routing)
             if safe_merge and not torch.isfinite(merged).all():
                 raise ValueError(
                     f"merging BADIT adapter '{name}' into '{self.layer_name}' gives non-finite weights"
@@ -375,9 +384,7 @@ class BaditLinear(nn.Module, BaditLayer):
         while self.merged_adapters:
             name = self.merged_adapters.pop()
             routing = self.merged_routing.pop(name)
-            self._set_residual(
-                self.get_base_layer().weight.detach().float() - self._delta_weight(name, routing)
-            )
+            self._set_residual(self._base_weight() - self._delta_weight(name, routing))
 
     def unload_and_optionally_merge_module(
         self, merge: bool, safe_merge: bool, adapter_names: list[str] | None
@@ -389,7 +396,7 @@ class BaditLinear(nn.Module, BaditLayer):
         """
         if merge:
             self.merge(safe_merge=safe_merge, adapter_names=adapter_names)
-        weight = self.get_base_layer().weight.detach().float()
+        weight = self._base_weight()
         for name in self.badit_A0:
             if name not in self.merged_adapters and name not in self._residual_pending:
                 weight = weight + self._initial_delta_weight(name)
@@ -400,9 +407,7 @@ class BaditLinear(nn.Module, BaditLayer):
     def delete_adapter(self, adapter_name: str) -> None:
         """Remove an adapter, giving its initial components back to the base weight."""
         if adapter_name in self.badit_A0 and adapter_name not in self._residual_pending:
-            self._set_residual(
-                self.get_base_layer().weight.detach().float() + self._initial_delta_weight(adapter_name)
-            )
+            self._set_residual(self._base_weight() + self._initial_delta_weight(adapter_name))
         self._residual_pending.discard(adapter_name)
         self.routing_weights.pop(adapter_name, None)
         super().delete_adapter(adapter_name)
