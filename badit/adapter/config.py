@@ -137,6 +137,13 @@ class BaditConfig(PeftConfig):
         if not is_int(self.regroup_kmeans_iters) or self.regroup_kmeans_iters < 1:
             fail("regroup_kmeans_iters", "is not a positive integer", "use e.g. 20")
 
+    def save_pretrained(self, save_directory: str, **kwargs) -> None:
+        """PEFT's adapter_config.json, then the BADIT section of the model card (badit/adapter/card.py)."""
+        super().save_pretrained(save_directory, **kwargs)
+        from badit.adapter.card import write_model_card
+
+        write_model_card(save_directory, self)
+
     @property
     def scaling(self) -> float:
         """Multiplier of the adapter output: lora_alpha / r."""
