@@ -10,7 +10,7 @@ from peft import PeftModel, get_peft_model
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
-from badit.adapter.export import ExportError, badit_layers, export_lora, export_merged
+from badit.adapter.export import ExportError, badit_layers, export_lora, export_merged, mean_routing
 from tests.conftest import make_tiny_model
 from tests.test_adapter_multi import batch, config, logits, perturb
 
@@ -108,3 +108,24 @@ def test_export_rejects_a_wrong_routing_size(trained, tmp_path):
     with pytest.raises(ExportError, match="has 3 experts but the routing has shape \\(4,\\)"):
         export_lora(trained, tmp_path / "lora", torch.ones(4))
     assert not (tmp_path / "lora").exists()
+
+
+def test_mean_routing_averages_every_sequence(trained):
+    inputs = batch()
+    halves = [{k: v[:2] for k, v in inputs.items()}, {k: v[2:] for k, v in inputs.items()}]
+    logits(trained, inputs)
+    per_sequence = {
+        k: v.clone() for k, v in badit_layers(trained)["model.layers.0.mlp.gate_proj"].routing_weights.items()
+    }
+    means = mean_routing(trained, halves)
+    assert sorted(means) == ["model.layers.0.mlp.gate_proj", "model.layers.1.mlp.gate_proj"]
+    # 3 sequences in two batches (2 + 1): the mean over all 3 rows, whatever the batching.
+    torch.testing.assert_close(means["model.layers.0.mlp.gate_proj"], per_sequence["default"].mean(dim=0))
+    assert means["model.layers.0.mlp.gate_proj"].sum().item() == pytest.approx(3.0)  # "preserve": sums to K
+
+
+def test_mean_routing_of_a_zero_router_is_uniform():
+    model = get_peft_model(make_tiny_model("llama"), config()).eval()
+    # Zero router: softmax of equal logits = 1/3 each, times K = 3 ("preserve") = 1 per expert.
+    for weights in mean_routing(model, [batch()]).values():
+        torch.testing.assert_close(weights, torch.ones(3))

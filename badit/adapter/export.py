@@ -17,7 +17,7 @@ import copy
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import torch
@@ -63,6 +63,35 @@ def layer_routing(routing: Routing, layer: BaditLinear, adapter_name: str) -> to
             f"give {k} mixing weights"
         )
     return weights.detach().float().cpu()
+
+
+@torch.no_grad()
+def mean_routing(
+    model: nn.Module, batches: Iterable[Mapping[str, torch.Tensor]], adapter_name: str = "default"
+) -> dict[str, torch.Tensor]:
+    """Each layer's mixing weights (K,) averaged over every sequence of `batches` (e.g. one task's prompts).
+
+    The batches are model inputs (input_ids, attention_mask, and labels with -100 on the prompt or a
+    prompt_mask, so the routers pool what they pool in training). The result is in the scale that
+    `set_fixed_routing` and the exports take: a task's mean routing.
+    """
+    layers = _check_exportable(model, adapter_name)
+    sums: dict[str, torch.Tensor] = {}
+    count = 0
+    was_training = model.training
+    model.eval()
+    try:
+        for batch in batches:
+            model(**batch)
+            for name, layer in layers.items():
+                weights = layer.routing_weights[adapter_name].float().cpu()
+                sums[name] = sums.get(name, 0) + weights.sum(dim=0)
+            count += next(iter(batch.values())).shape[0]
+    finally:
+        model.train(was_training)
+    if count == 0:
+        raise ExportError("mean_routing: no sequences given")
+    return {name: total / count for name, total in sums.items()}
 
 
 def lora_factors(
