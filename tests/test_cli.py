@@ -7,6 +7,7 @@ import io
 import json
 
 import pytest
+import torch
 import yaml
 
 from badit.cli.main import build_parser, main
@@ -102,8 +103,48 @@ def test_analyze_measures_the_trained_badit_adapter(trained_runs, capsys):
     assert "single-task run" in capsys.readouterr().err
 
 
+@pytest.mark.slow
+def test_export_of_a_trained_badit_run(trained_runs, tmp_path, capsys):
+    from peft import PeftModel
+
+    from badit.experiments.export import task_routing
+    from badit.experiments.folder import load_run_config
+    from badit.experiments.stage import load_base_model
+
+    runs, _ = trained_runs
+    card = (runs["badit"] / "adapter" / "README.md").read_text()
+    assert "## BADIT adapter" in card and "| demo_copy_words |" in card  # tasks and scores of the run
+    assert (
+        main(["export", str(runs["badit"]), "--task", "demo_copy_words", "--output", str(tmp_path / "lora")])
+        == 0
+    )
+    config = load_run_config(runs["badit"])
+    base, tokenizer = load_base_model(config)
+    model = PeftModel.from_pretrained(base, str(runs["badit"] / "adapter")).eval()
+    routing = task_routing(config, model, tokenizer, ["demo_copy_words"])["demo_copy_words"]
+    assert all(
+        w.shape == (3,) and abs(float(w.sum()) - 3.0) < 1e-4 for w in routing.values()
+    )  # K=3, preserve
+    inputs = tokenizer(["copy: a b c", "reverse: x y"], return_tensors="pt", padding=True)
+    model.base_model.set_fixed_routing(routing)
+    with torch.no_grad():
+        expected = model(**inputs).logits
+        base, _ = load_base_model(config)
+        exported = PeftModel.from_pretrained(base, str(tmp_path / "lora")).eval()
+        assert (exported(**inputs).logits - expected).abs().max() <= 1e-5
+
+    assert main(["export", str(runs["badit"]), "--weights", "1,2", "--output", str(tmp_path / "x")]) == 2
+    assert "has 3 experts but the routing has shape (2,)" in capsys.readouterr().err
+    assert main(["export", str(runs["lora"]), "--output", str(tmp_path / "x")]) == 2
+    assert "not a BADIT adapter" in capsys.readouterr().err
+    args = ["export", str(runs["badit"] / "adapter"), "--weights", "1,1,1", "--format", "merged"]
+    assert main([*args, "--output", str(tmp_path / "merged")]) == 0
+    assert (tmp_path / "merged" / "config.json").is_file()
+
+
 @pytest.mark.parametrize(
-    "command", [[], ["train"], ["eval"], ["compare"], ["analyze"], ["report"], ["data", "check"], ["demo"]]
+    "command",
+    [[], ["train"], ["eval"], ["compare"], ["analyze"], ["report"], ["export"], ["data", "check"], ["demo"]],
 )
 def test_help_of_each_command(command, capsys):
     with pytest.raises(SystemExit) as exit_:
@@ -119,6 +160,7 @@ def test_help_of_each_command(command, capsys):
         "report": ["router health", "--output", "sweep"],
         "check": ["Exit status 0"],
         "demo": ["--output", "SmolLM2"],
+        "export": ["--task", "--weights", "--format", "2*K*r"],
     }.get(command[-1] if command else "", ["train", "eval", "compare", "report", "analyze", "data", "demo"])
     for word in expected:
         assert word in text, word

@@ -136,6 +136,26 @@ def build_parser() -> argparse.ArgumentParser:
         "--examples-per-task", type=int, default=8, help="training examples per task in the batch (default 8)"
     )
 
+    export = commands.add_parser(
+        "export",
+        help="a BADIT adapter as a plain LoRA folder (vLLM, TGI, PEFT) or a merged model",
+        description="With a fixed routing (a task's mean routing over its training prompts, given weights,\n"
+        "or uniform) a BADIT adapter is exactly a LoRA of rank 2*K*r. Writes a PEFT LoRA folder that\n"
+        "loads without badit (--format lora) or the merged full model (--format merged).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    export.add_argument("source", metavar="RUN|ADAPTER", help="a run folder or a saved BADIT adapter folder")
+    routing = export.add_mutually_exclusive_group()
+    routing.add_argument("--task", metavar="NAME", help="the task's mean routing (run folders only)")
+    routing.add_argument(
+        "--weights",
+        metavar="w1,..,wK",
+        help="mixing weights (times K with router_scale=preserve: 1 each = uniform)",
+    )
+    routing.add_argument("--uniform", action="store_true", help="every expert weighted equally (the default)")
+    export.add_argument("--format", choices=("lora", "merged"), default="lora", help="default lora")
+    export.add_argument("--output", metavar="DIR", required=True, help="the folder to write")
+
     report = commands.add_parser(
         "report",
         help="one self-contained HTML page: scores, interference, training curves, regrouping, router health",
@@ -257,6 +277,19 @@ def _warn_router(run_dir) -> None:
     warning = router_warning(run_dir)
     if warning:
         print(f"badit train: warning: {warning}", file=sys.stderr)
+
+
+def _export(args) -> int:
+    from badit.adapter.export import ExportError
+    from badit.experiments.export import export
+    from badit.experiments.folder import RunError
+
+    try:
+        path = export(args.source, args.output, task=args.task, weights=args.weights, fmt=args.format)
+    except ExportError as error:
+        raise RunError(str(error)) from error
+    print(f"export ({args.format}): {Path(path).resolve()}")
+    return 0
 
 
 def _report(args) -> int:
@@ -390,6 +423,7 @@ def main(argv: list[str] | None = None) -> int:
         "data": _data_check,
         "demo": _demo,
         "report": _report,
+        "export": _export,
     }
     from badit.data.files import DataError
     from badit.experiments.config import ConfigError

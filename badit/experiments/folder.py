@@ -182,11 +182,34 @@ def write_results(run_dir: Path, config: RunConfig, metrics: dict, info: dict) -
     """metrics.json (with the run's information) and summary.md; returns the metrics written."""
     metrics = {**metrics, "run": {**info, **_run_info(config)}}
     atomic_write_json(run_dir / METRICS_FILE, metrics)
+    _card_with_scores(run_dir, config, metrics)
     atomic_write_text(
         run_dir / SUMMARY_FILE,
         summary_table(metrics, f"{config.name}: {config.method.name}, {config.setting}"),
     )
     return metrics
+
+
+def _card_with_scores(run_dir: Path, config: RunConfig, metrics: dict) -> None:
+    """Put the tasks trained and their ROUGE-L into the model card of the run's BADIT adapter(s)."""
+    from peft import PeftConfig
+
+    from badit.adapter import BaditConfig
+    from badit.adapter.card import write_model_card
+
+    scores = {task: values.get("rougeL") for task, values in metrics.get("tasks", {}).items()}
+    if config.setting == "single":
+        adapters = {run_dir / "tasks" / task / "adapter": {task: score} for task, score in scores.items()}
+    else:
+        stages = run_dir / "stages"
+        if config.setting == "continual" and not (stages.is_dir() and any(stages.iterdir())):
+            return
+        adapters = {final_adapter_dir(run_dir, config): scores}
+    for adapter_dir, tasks in adapters.items():
+        if (adapter_dir / ADAPTER_CONFIG_FILE).is_file():
+            adapter_config = PeftConfig.from_pretrained(str(adapter_dir))
+            if isinstance(adapter_config, BaditConfig):
+                write_model_card(adapter_dir, adapter_config, tasks=tasks)
 
 
 def _run_info(config: RunConfig) -> dict:
