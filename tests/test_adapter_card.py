@@ -41,3 +41,10 @@ def test_tasks_and_scores_when_the_run_knows_them(tmp_path):
     card = (tmp_path / "README.md").read_text()
     assert "| task_a |  |\n| task_b | 41.50 |" in card
     assert card.count(BEGIN) == 1
+
+
+def test_the_embedded_default_has_a_public_name():
+    from badit.adapter.card import PUBLIC_NAMES
+    from badit.training import model_loading
+
+    assert PUBLIC_NAMES[model_loading._EMBEDDED_CACHE_NAME] == "HuggingFaceTB/SmolLM2-135M-Instruct"
