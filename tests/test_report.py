@@ -98,10 +98,19 @@ def test_page_from_trained_runs_shows_their_numbers_and_files(trained):
     assert len(re.findall(r'<img src="data:image/png;base64,', page)) == page.count("<img ")
 
 
-def _hand_run(folder: Path, method: str, setting: str, seed: int, scores: dict[str, float]) -> Path:
+def _hand_run(
+    folder: Path,
+    method: str,
+    setting: str,
+    seed: int,
+    scores: dict[str, float],
+    lr: float = 1e-4,
+    split: str = "test",
+) -> Path:
     """A minimal run folder: config.yaml and a metrics.json with the given ROUGE-L (EM = ROUGE-L / 2)."""
     folder.mkdir(parents=True)
-    (folder / "config.yaml").write_text(f"name: {folder.name}\n")
+    config = {"name": folder.name, "training": {"learning_rate": lr}, "evaluation": {"split": split}}
+    (folder / "config.yaml").write_text(json.dumps(config))  # JSON is YAML
     tasks = {t: {"rougeL": v, "exact_match": v / 2, "num_examples": 10} for t, v in scores.items()}
     average = {m: sum(s[m] for s in tasks.values()) / len(tasks) for m in ("rougeL", "exact_match")}
     run = {"name": folder.name, "method": method, "setting": setting, "model": "m", "seed": seed}
@@ -130,6 +139,26 @@ def test_seed_spread_and_interference_by_hand(tmp_path):
     page = build_report([tmp_path / "sweep", tmp_path / "single"])
     assert "45.00 ± 7.07" in page and "57.50 ± 10.61" in page
     assert ["interference score (mean)", "-2.50"] in _cells(page)
+
+
+def test_sweep_folder_gives_its_test_and_single_runs(tmp_path):
+    sweep = tmp_path / "sweep"
+    (sweep / "sweep.json").parent.mkdir()
+    (sweep / "sweep.json").write_text('{"schema": "badit-sweep/1"}')
+    _hand_run(sweep / "select" / "badit-lr0.001", "badit", "multitask", 1, {"t1": 99.0}, lr=1e-3, split="dev")
+    _hand_run(sweep / "test" / "badit-seed1", "badit", "multitask", 1, {"t1": 30.0}, lr=5e-4)
+    _hand_run(sweep / "test" / "badit-seed2", "badit", "multitask", 2, {"t1": 34.0}, lr=5e-4)
+    _hand_run(sweep / "single" / "badit", "badit", "single", 1, {"t1": 40.0}, lr=5e-4)
+    collection = collect([sweep])
+    assert [r.path.name for r in collection.runs] == ["badit-seed1", "badit-seed2", "badit"]  # no select/ run
+    groups = group_runs(collection)
+    assert [(g.label, len(g.runs)) for g in groups] == [("badit (multitask)", 2), ("badit (single)", 1)]
+    # (30 + 34) / 2 = 32; 32 - 40 = -8
+    assert interference(groups, ["t1"])[0].average["rougeL"] == pytest.approx(-8.0)
+    # learning rates tell two groups of one method apart in their labels
+    _hand_run(tmp_path / "lr2", "badit", "multitask", 1, {"t1": 20.0}, lr=2e-4)
+    labels = [g.label for g in group_runs(collect([sweep, tmp_path / "lr2"]))]
+    assert labels == ["badit (multitask) lr 0.0005", "badit (single)", "badit (multitask) lr 0.0002"]
 
 
 def test_runs_on_different_task_sets_keep_the_shared_tasks(tmp_path):

@@ -1,7 +1,10 @@
 """Read run folders into typed records for the report; every value keeps the file it came from.
 
-A report input is a run folder (it has ``config.yaml``) or a folder of run folders (a sweep, or the
-demo's output folder): the run folders found up to two levels below it are used, in name order.
+A report input is a run folder (it has ``config.yaml``) or a folder of run folders (the demo's
+output folder, any folder of runs): the run folders found up to two levels below it are used, in
+name order. A ``badit sweep`` folder (it has ``sweep.json``) contributes its ``test/`` runs (the
+chosen learning rate, every seed) and ``single/`` runs; its ``select/`` runs are scored on the dev
+split at other learning rates and are left out.
 
 Files read per run (formats: badit/experiments/folder.py, badit/training/callbacks.py, badit/analysis/report.py):
 
@@ -22,7 +25,9 @@ CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.json"
 ANALYSIS_FILE = Path("analysis") / "analysis.json"
 LOG_FILES = {"train": "train_log.jsonl", "regroup": "regroup.jsonl", "router": "router_health.jsonl"}
-SWEEP_DEPTH = 2  # a sweep folder holds runs (depth 1) or groups of runs (depth 2)
+SWEEP_DEPTH = 2  # a folder of runs holds runs (depth 1) or groups of runs (depth 2)
+SWEEP_FILE = "sweep.json"
+SWEEP_REPORTED = ("test", "single")  # the sweep's sub-folders with test-split runs
 
 
 class ReportError(RuntimeError):
@@ -52,6 +57,8 @@ class Run:
     setting: str
     model: str
     seed: int | None
+    learning_rate: float | None
+    split: str
     tasks: dict[str, dict[str, float]]
     average: dict[str, float]
     continual: dict | None
@@ -79,6 +86,16 @@ def find_runs(inputs: list[str | Path]) -> list[Path]:
             raise ReportError(f"{path}: no such folder; give run folders written by `badit train`")
         if (path / CONFIG_FILE).is_file():
             found.append(path)
+            continue
+        if (path / SWEEP_FILE).is_file():
+            below = [
+                p.parent for part in SWEEP_REPORTED for p in sorted(path.glob(f"{part}/*/{CONFIG_FILE}"))
+            ]
+            if not below:
+                raise ReportError(
+                    f"{path}: a sweep without test runs yet; finish it with `badit sweep` first"
+                )
+            found += below
             continue
         below = sorted(
             {
@@ -154,6 +171,16 @@ def _segments(path: Path, setting: str) -> list[LogSegment]:
     return [_segment("", path)]
 
 
+def _read_config(path: Path) -> dict:
+    import yaml
+
+    try:
+        config = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        raise ReportError(f"{path}: not a readable YAML run config ({error})") from None
+    return config if isinstance(config, dict) else {}
+
+
 def _check_scores(path: Path, metrics: dict) -> None:
     tasks = metrics.get("tasks")
     if not isinstance(tasks, dict) or not tasks or not isinstance(metrics.get("average"), dict):
@@ -185,6 +212,7 @@ def load_run(path: str | Path) -> Run:
     _check_scores(metrics_path, metrics)
     info = metrics.get("run") or {}
     setting = info.get("setting", "multitask")
+    config = _read_config(path / CONFIG_FILE)
     analysis_path = path / ANALYSIS_FILE
     return Run(
         path=path,
@@ -193,6 +221,8 @@ def load_run(path: str | Path) -> Run:
         setting=setting,
         model=str(info.get("model", "?")),
         seed=info.get("seed"),
+        learning_rate=(config.get("training") or {}).get("learning_rate"),
+        split=str((config.get("evaluation") or {}).get("split", "test")),
         tasks={
             t: {k: float(v) for k, v in s.items() if isinstance(v, (int, float))}
             for t, s in metrics["tasks"].items()

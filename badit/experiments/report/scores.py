@@ -18,7 +18,7 @@ METRICS = {"rougeL": "ROUGE-L", "exact_match": "EM"}
 
 @dataclass
 class Group:
-    """The runs of one method, setting and model (several seeds, or one run).
+    """The runs of one method, setting, model, learning rate and evaluation split (several seeds, or one run).
 
     ``mean``/``std``: task -> metric -> value over the runs (std: sample standard deviation over
     seeds, None with one run); the ``"average"`` entry is the mean over the shared tasks.
@@ -41,18 +41,38 @@ def _spread(values: list[float]) -> tuple[float, float | None]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
 
 
+DETAILS = (
+    lambda key: Path(key[2]).name,  # model
+    lambda key: f"lr {key[3]:g}" if isinstance(key[3], (int, float)) else "lr ?",
+    lambda key: f"{key[4]} split",
+)
+
+
+def _labels(keys: list[tuple]) -> dict[tuple, str]:
+    """``method (setting)``, then the model, learning rate and split added where they tell groups apart."""
+    labels = {key: f"{key[0]} ({key[1]})" for key in keys}
+    for detail in DETAILS:
+        values: dict[str, set[str]] = {}
+        for key, label in labels.items():
+            values.setdefault(label, set()).add(detail(key))
+        labels = {
+            key: f"{label} {detail(key)}" if len(values[label]) > 1 else label
+            for key, label in labels.items()
+        }
+    return labels
+
+
 def group_runs(collection: Collection) -> list[Group]:
-    """One group per (method, setting, model), in the order runs were given."""
-    groups: dict[tuple[str, str, str], Group] = {}
+    """One group per (method, setting, model, learning rate, split), in the order runs were given;
+    labels ``method (setting)`` get the model, then the learning rate and split, where two would be equal."""
+    groups: dict[tuple, Group] = {}
     for run in collection.runs:
-        key = (run.method, run.setting, run.model)
+        key = (run.method, run.setting, run.model, run.learning_rate, run.split)
         if key not in groups:
-            groups[key] = Group(f"{run.method} ({run.setting})", *key, runs=[])
+            groups[key] = Group(f"{run.method} ({run.setting})", *key[:3], runs=[])
         groups[key].runs.append(run)
-    labels = [g.label for g in groups.values()]
-    for group in groups.values():
-        if labels.count(group.label) > 1:
-            group.label = f"{group.label} {Path(group.model).name}"
+    for key, label in _labels(list(groups)).items():
+        groups[key].label = label
     tasks = collection.shared_tasks
     for group in groups.values():
         for metric in METRICS:
@@ -83,7 +103,10 @@ def interference(groups: list[Group], tasks: list[str]) -> list[Interference]:
     for group in groups:
         if group.setting != "multitask":
             continue
-        candidates = [g for g in groups if g.setting == "single" and g.model == group.model]
+        split = group.runs[0].split
+        candidates = [
+            g for g in groups if g.setting == "single" and g.model == group.model and g.runs[0].split == split
+        ]
         candidates.sort(key=lambda g: g.method != group.method)
         if not candidates:
             continue
