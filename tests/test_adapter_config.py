@@ -70,3 +70,23 @@ def test_fixed_routing_of_the_wrong_shape_is_rejected():
         model.set_fixed_routing(torch.ones(4))
     with pytest.raises(KeyError, match="no BADIT layer named"):
         model.set_fixed_routing({"model.layers.9.mlp.gate_proj": torch.ones(6)})
+
+
+class QuantLinear(torch.nn.Module):
+    """Stands in for a GPTQ / AWQ layer: not an nn.Linear, packed integer weights."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("qweight", torch.zeros(8, 96, dtype=torch.int32))
+
+    def forward(self, x):
+        return x.new_zeros(*x.shape[:-1], 96)
+
+
+def test_other_quantised_layers_get_a_clear_error():
+    model = make_tiny_model("llama")
+    model.model.layers[0].mlp.gate_proj = QuantLinear()
+    with pytest.raises(
+        TypeError, match="'model.layers.0.mlp.gate_proj' of type QuantLinear.*bitsandbytes 4-bit"
+    ):
+        get_peft_model(model, badit.BaditConfig(regroup=False))

@@ -58,9 +58,16 @@ class BaditModel(BaseTuner):
             target.update_layer(adapter_name, config)
             return
         if isinstance(target, BaseTunerLayer) or not isinstance(target, nn.Linear):
+            quantised = "quant" in type(target).__name__.lower() or "quant" in type(target).__module__.lower()
+            hint = (
+                " Of quantised layers, BADIT supports bitsandbytes 4-bit and 8-bit ones (Linear4bit, "
+                "Linear8bitLt): load the model with BitsAndBytesConfig, or in full precision."
+                if quantised
+                else ""
+            )
             raise TypeError(
                 f"BADIT cannot adapt module '{current_key}' of type {type(target).__name__}: only torch.nn.Linear "
-                "layers are supported; remove it from target_modules (or list it in exclude_modules)."
+                f"layers are supported; remove it from target_modules (or list it in exclude_modules).{hint}"
             )
         new_module = BaditLinear(target, adapter_name, config, layer_name=current_key)
         new_module.routing_state = self.__dict__["routing_state"]
