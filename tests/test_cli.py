@@ -85,6 +85,11 @@ def test_compare_reports_the_interference_score(trained_runs, tmp_path, capsys):
         assert numbers[label]["interference_reference"] == "lora (single)"
     rows = {line.split("|")[1].strip(): line for line in table.splitlines() if line.startswith("|")}
     assert set(rows) >= {"demo_copy_words", "demo_reverse_words", "**average**", "interference vs single"}
+    # Step sizes: lr 5e-3 everywhere; per-component scale 32 / r = 32 / 2 = 16 for badit, and for
+    # lora (rank K*r = 6) its default alpha 32 * 3 = 96 gives 96 / 6 = 16 too.
+    assert [c.strip() for c in rows["learning rate"].split("|")[2:5]] == ["0.005"] * 3
+    assert [c.strip() for c in rows["effective scale"].split("|")[2:5]] == ["16"] * 3
+    assert numbers["lora (multitask)"]["effective_scale"] == 16.0
 
 
 @pytest.mark.slow

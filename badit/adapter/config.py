@@ -13,6 +13,8 @@ from badit.regrouping.core import DEFAULT_KMEANS_ITERS
 INITS = ("svd", "random")
 SVD_METHODS = ("randomized", "exact")
 ROUTER_SCALES = ("preserve", "paper")
+ROUTER_INITS = ("zero", "random")
+REGROUP_SIGNALS = ("sum", "last_batch")
 
 
 @dataclass
@@ -35,10 +37,16 @@ class BaditConfig(PeftConfig):
         svd_niter: power iterations of the randomized SVD.
         router_scale: "preserve" multiplies the softmax mixing weights by K, so a zero-initialised dense router
             reproduces the pretrained layer exactly; "paper" keeps the plain softmax of the public code.
+        router_init: "zero" (default: every expert starts with the same weight) or "random" (PyTorch's
+            nn.Linear init, as the public code leaves it).
+        train_router: False freezes the router (the public code's gate is never trained: its parameter
+            name lacks PEFT's trainable prefix).
         regroup: gather gradient statistics and regroup rank-1 components between experts during training.
         regroup_every: "epoch" or a number of optimizer steps between regroups.
         regroup_until: fraction of training during which regrouping happens.
         regroup_ema: None (sum of gradients since the last regroup) or an EMA decay in (0, 1).
+        regroup_signal: "sum" (default: the gradients of every backward pass since the last regroup, or
+            their EMA) or "last_batch" (only the last backward pass's, as the public code keeps it).
         regroup_kmeans_iters: iterations of the balanced spherical k-means.
     """
 
@@ -63,10 +71,17 @@ class BaditConfig(PeftConfig):
     router_scale: Literal["preserve", "paper"] = field(
         default="preserve", metadata={"help": "'preserve' (K * softmax) or 'paper' (softmax)."}
     )
+    router_init: Literal["zero", "random"] = field(
+        default="zero", metadata={"help": "'zero' (uniform start) or 'random' (nn.Linear's init)."}
+    )
+    train_router: bool = field(default=True, metadata={"help": "False: the router stays at its init."})
     regroup: bool = field(default=True, metadata={"help": "Regroup rank-1 components during training."})
     regroup_every: str | int = field(default="epoch", metadata={"help": "'epoch' or a number of steps."})
     regroup_until: float = field(default=0.5, metadata={"help": "Fraction of training with regrouping."})
     regroup_ema: float | None = field(default=None, metadata={"help": "None (sum) or an EMA decay."})
+    regroup_signal: Literal["sum", "last_batch"] = field(
+        default="sum", metadata={"help": "'sum' (since the last regroup) or 'last_batch'."}
+    )
     regroup_kmeans_iters: int = field(
         default=DEFAULT_KMEANS_ITERS, metadata={"help": "Balanced spherical k-means iterations."}
     )
@@ -134,6 +149,14 @@ class BaditConfig(PeftConfig):
             not isinstance(self.regroup_ema, (int, float)) or not 0 < self.regroup_ema < 1
         ):
             fail("regroup_ema", "is not None or a decay in (0, 1)", "use None (plain sum) or e.g. 0.9")
+        if self.router_init not in ROUTER_INITS:
+            fail("router_init", f"is not one of {ROUTER_INITS}", "use 'zero' (default) or 'random'")
+        if not isinstance(self.train_router, bool):
+            fail("train_router", "is not true or false", "use true (default) or false")
+        if self.regroup_signal not in REGROUP_SIGNALS:
+            fail("regroup_signal", f"is not one of {REGROUP_SIGNALS}", "use 'sum' (default) or 'last_batch'")
+        if self.regroup_signal == "last_batch" and self.regroup_ema is not None:
+            fail("regroup_ema", "is set with regroup_signal 'last_batch'", "set one of the two")
         if not is_int(self.regroup_kmeans_iters) or self.regroup_kmeans_iters < 1:
             fail("regroup_kmeans_iters", "is not a positive integer", "use e.g. 20")
 

@@ -72,6 +72,7 @@ class BaditLinear(nn.Module, BaditLayer):
         self.top_k: dict[str, int] = {}
         self.scaling: dict[str, float] = {}
         self.router_scale: dict[str, float] = {}
+        self.frozen_routers: set[str] = set()  # adapters whose router is not trained (train_router=False)
         self.fixed_routing: dict[str, torch.Tensor] = {}
         self.routing_weights: dict[str, torch.Tensor] = {}
         # Adapters created on the meta device (PEFT's low_cpu_mem_usage): the base weight is still the
@@ -130,14 +131,24 @@ class BaditLinear(nn.Module, BaditLayer):
             with torch.no_grad():
                 self.badit_A[adapter_name].copy_(a)
                 self.badit_B[adapter_name].copy_(b)
-                nn.init.zeros_(self.badit_router[adapter_name].weight)
+                if config.router_init == "zero":  # else: nn.Linear's own init (the public code's)
+                    nn.init.zeros_(self.badit_router[adapter_name].weight)
             self.badit_A0[adapter_name] = a.detach().clone()
             self.badit_B0[adapter_name] = b.detach().clone()
             # The base weight keeps every adapter's residual: W - sum_n s_n B0_n A0_n. Only this adapter's
             # initial components leave it, so the earlier adapters (and disable_adapter) stay exact.
             current = self._base_weight()
             self._set_residual(current - self._initial_delta_weight(adapter_name))
+        self.frozen_routers.discard(adapter_name)
+        if not config.train_router:
+            self.frozen_routers.add(adapter_name)
         self.set_adapter(self.active_adapters, inference_mode=inference_mode)
+
+    def set_adapter(self, adapter_names, inference_mode: bool = False) -> None:
+        """PEFT's ``set_adapter``, then the routers of ``train_router=False`` adapters stay frozen."""
+        super().set_adapter(adapter_names, inference_mode=inference_mode)
+        for name in self.frozen_routers & set(self.badit_router):
+            self.badit_router[name].requires_grad_(False)
 
     def _initial_factors(
         self, pretrained: torch.Tensor, config: BaditConfig, rank: int

@@ -22,6 +22,10 @@ examples:
   badit train configs/superni_multitask.yaml setting=single output_dir=runs/badit-single
   badit train runs/lora --resume            # continue a killed run from its last checkpoint
 
+Methods (method.name): badit; svd-moe (no regrouping); loramoe (random experts: the LoRAMoE variant
+of the BADIT code, per-sequence dense routing without balancing loss, not Dou et al.'s token-level
+LoRAMoE); lora, pissa, olora (PEFT LoRA of rank K*r, alpha matched to BADIT's per-component scale).
+
 Any field of the config can be overridden as section.field=value (values are YAML: 3, 1e-4, true,
 [a, b], null). Multi-GPU: `accelerate launch -m badit.cli.main train CONFIG` or
 `torchrun --nproc-per-node N -m badit.cli.main train CONFIG`; DeepSpeed ZeRO-2 with
@@ -42,6 +46,11 @@ single-task run(s) among RUN... to get it.
 
 example:
   badit compare runs/lora runs/badit runs/badit-single
+"""
+
+EPILOG_SWEEP = """\
+example:
+  badit sweep configs/sweeps/smollm2_cpu.yaml --output /tmp/sweep
 """
 
 
@@ -221,6 +230,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("--seed", type=int, help="seed of the split (default 42)")
 
+    sweep = commands.add_parser(
+        "sweep",
+        help="methods x learning rates x seeds: lr chosen on dev, mean ± std on test, bootstrap CI, cost",
+        description="Run a sweep file: every method at every learning rate with the first seed, scored on\n"
+        "dev; the best learning rate per method with every seed, scored on test; one adapter per task\n"
+        "for the interference methods. Writes ordinary run folders, sweep.json, sweep.md and plots.\n"
+        "Rerunning resumes (finished runs are skipped). The file format: badit/experiments/sweep.py.",
+        epilog=EPILOG_SWEEP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sweep.add_argument("sweep_file", metavar="SWEEP.yaml", help="the sweep file")
+    sweep.add_argument("--output", metavar="DIR", help="output folder (default: the file's output_dir)")
+    sweep.add_argument(
+        "--dry-run", action="store_true", help="check the file and print the runs; train nothing"
+    )
+
     demo = commands.add_parser(
         "demo",
         help="LoRA vs BADIT on the embedded SmolLM2-135M and generated tasks (a few minutes on a CPU)",
@@ -320,6 +345,19 @@ def _compare(args) -> int:
         atomic_write_text(args.output, table)
     if args.json:
         atomic_write_json(args.json, comparison_json(runs))
+    return 0
+
+
+def _sweep(args) -> int:
+    from badit.experiments.sweep import load_sweep, plan_final, plan_selection, run_sweep
+
+    sweep = load_sweep(args.sweep_file, args.output)
+    if args.dry_run:
+        final = plan_final(sweep, {m: "<chosen lr>" for m in sweep.methods})
+        for job in plan_selection(sweep) + final:
+            print(f"{job.name}: method {job.method}, lr {job.learning_rate}, seed {job.seed}")
+        return 0
+    run_sweep(sweep)
     return 0
 
 
@@ -424,6 +462,7 @@ def main(argv: list[str] | None = None) -> int:
         "demo": _demo,
         "report": _report,
         "export": _export,
+        "sweep": _sweep,
     }
     from badit.data.files import DataError
     from badit.experiments.config import ConfigError

@@ -31,6 +31,9 @@ class RunScores:
     label: str = ""
     interference: dict[str, float | None] = field(default_factory=dict)
     reference: str | None = None
+    learning_rate: float | None = None
+    effective_scale: float | None = None
+    """Multiplier of one rank-1 component's output at init (``badit.training.methods.effective_scale``)."""
 
 
 def load_run_scores(run_dir: str | Path) -> RunScores:
@@ -51,6 +54,8 @@ def load_run_scores(run_dir: str | Path) -> RunScores:
             tasks=metrics["tasks"],
             average=metrics["average"],
             continual=metrics.get("continual"),
+            learning_rate=info.get("learning_rate"),
+            effective_scale=info.get("effective_scale"),
         )
     except (json.JSONDecodeError, KeyError, TypeError) as error:
         raise RunError(f"{path}: not a badit metrics file ({error})") from None
@@ -91,6 +96,10 @@ def compare(run_dirs: list[str | Path]) -> list[RunScores]:
     return runs
 
 
+def _num(value: float | None, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
+
+
 def format_table(runs: list[RunScores], metric: str = "rougeL") -> str:
     """Markdown: one row per task, one column per run; average, interference and continual rows."""
     if metric not in METRIC_NAMES:
@@ -105,6 +114,11 @@ def format_table(runs: list[RunScores], metric: str = "rougeL") -> str:
         rows.append(
             ["interference vs single", *(format_score(r.interference.get(metric), "-") for r in runs)]
         )
+    # The step size of each run: a learning rate or scale mismatch between columns is visible here.
+    if any(r.learning_rate is not None for r in runs):
+        rows.append(["learning rate", *(_num(r.learning_rate, "g") for r in runs)])
+    if any(r.effective_scale is not None for r in runs):
+        rows.append(["effective scale", *(_num(r.effective_scale, ".3g") for r in runs)])
     if any(r.continual for r in runs):
         for key in ("AP", "forgetting", "BWT", "FWT"):
             rows.append(
@@ -155,6 +169,8 @@ def comparison_json(runs: list[RunScores]) -> dict:
             "average": r.average,
             "interference": r.interference or None,
             "interference_reference": r.reference,
+            "learning_rate": r.learning_rate,
+            "effective_scale": r.effective_scale,
             "continual": r.continual,
         }
         for r in runs

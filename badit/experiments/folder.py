@@ -21,6 +21,7 @@ from pathlib import Path
 
 from badit.data.files import atomic_write_json, atomic_write_text
 from badit.experiments.config import RunConfig, load_config
+from badit.training.methods import effective_scale
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.json"
@@ -220,4 +221,6 @@ def _run_info(config: RunConfig) -> dict:
         "model": config.model.name_or_path,
         "seed": config.seed,
         "data": config.data.path,
+        "learning_rate": config.training.learning_rate,
+        "effective_scale": effective_scale(config.method),
     }

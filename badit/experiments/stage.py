@@ -220,10 +220,30 @@ def evaluate_model(config: RunConfig, model, tokenizer, tasks: Sequence[Task], o
     )
 
 
+def peak_memory_mb() -> float:
+    """Peak GPU memory allocated by this process (CUDA), else its peak resident memory (CPU), in MiB."""
+    if torch.cuda.is_available():
+        return round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux: KiB
+
+
+def folder_bytes(folder: Path) -> int:
+    """Total size of the files in ``folder`` (the saved adapter: weights, config, tokenizer)."""
+    folder = Path(folder)
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else 0
+
+
 def _stage_info(result: StageResult, eval_seconds: float) -> dict:
     losses = [r["loss"] for r in result.log_history if "loss" in r]
+    tokens = max((r.get("num_input_tokens_seen", 0) for r in result.log_history), default=0)
     return {
         "train_seconds": round(result.seconds, 2),
+        "tokens_seen": int(tokens),
+        "tokens_per_second": round(tokens / result.seconds, 2) if tokens and result.seconds > 0 else None,
+        "peak_memory_mb": peak_memory_mb(),
+        "adapter_bytes": folder_bytes(result.adapter_dir),
         "eval_seconds": round(eval_seconds, 2),
         "global_step": result.global_step,
         "train_loss": result.train_loss,

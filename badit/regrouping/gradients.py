@@ -9,8 +9,9 @@ The hooks are `Tensor.register_hook` hooks on the parameters: they see the gradi
 pass exactly once, before it is accumulated into `.grad`, so gradient accumulation does not count a
 micro-batch twice (a hook reading `.grad` after every micro-batch would), and under
 DistributedDataParallel they see the local gradient (ranks are combined when regrouping).
-Non-finite gradients (a step that fp16 loss scaling will skip) are ignored; the loss scale itself
-does not matter because only directions are used.
+Non-finite gradients (a step that fp16 loss scaling will skip) are ignored; a constant loss scale
+does not matter because only directions are used, but the hooks run before unscaling, so a scale that
+changes within a regroup window weights the steps by it (docs/method.md, "fp16 and the regroup signal").
 """
 
 from __future__ import annotations
@@ -32,13 +33,18 @@ class GradientWindow:
     badit_A (K*r, in) and badit_B (out, K*r) are the layer's packed factors. ema=None sums the
     gradients; a decay d in (0, 1) keeps buffer <- d * buffer + (1 - d) * grad at every backward pass
     (one update per micro-batch under gradient accumulation). d=0 is refused as `BaditConfig` refuses
-    it: it would keep only the last micro-batch's gradient.
+    it: last_batch=True is the way to keep only the latest backward pass's gradient (the public code's
+    signal, overwritten each time).
     """
 
-    def __init__(self, badit_A: nn.Parameter, badit_B: nn.Parameter, ema: float | None = None):
+    def __init__(
+        self, badit_A: nn.Parameter, badit_B: nn.Parameter, ema: float | None = None, last_batch: bool = False
+    ):
         if ema is not None and not 0.0 < ema < 1.0:
             raise ValueError(f"regroup_ema must be None or a decay in (0, 1), got {ema!r}")
-        self.badit_A, self.badit_B, self.ema = badit_A, badit_B, ema
+        if ema is not None and last_batch:
+            raise ValueError("regroup_ema and last_batch exclude each other")
+        self.badit_A, self.badit_B, self.ema, self.last_batch = badit_A, badit_B, ema, last_batch
         self.in_features = badit_A.shape[1]
         self.buffer: torch.Tensor | None = None  # (K*r, in + out) float32, allocated on first backward
         self.backward_passes = 0
@@ -56,7 +62,9 @@ class GradientWindow:
         finite = torch.isfinite(grad).all()  # stays on the device: no synchronisation
         grad = grad.float()
         with torch.no_grad():
-            if self.ema is None:
+            if self.last_batch:  # a skipped (non-finite) step keeps the previous batch's gradient
+                target.copy_(torch.where(finite, grad, target))
+            elif self.ema is None:
                 target.add_(torch.where(finite, grad, 0.0))
             else:
                 target.lerp_(torch.where(finite, grad, target), 1.0 - self.ema)
@@ -93,7 +101,9 @@ class GradientWindow:
 
     def __deepcopy__(self, memo: dict) -> GradientWindow:
         # Parameter.__deepcopy__ drops tensor hooks: re-register them on the copied parameters.
-        clone = GradientWindow(copy.deepcopy(self.badit_A, memo), copy.deepcopy(self.badit_B, memo), self.ema)
+        clone = GradientWindow(
+            copy.deepcopy(self.badit_A, memo), copy.deepcopy(self.badit_B, memo), self.ema, self.last_batch
+        )
         clone.buffer = None if self.buffer is None else self.buffer.clone()
         clone.backward_passes = self.backward_passes
         return clone
@@ -151,8 +161,9 @@ def attach_gradient_tracking(model: nn.Module, ema: float | None = None) -> int:
             if not (badit_A.requires_grad and badit_B.requires_grad):
                 continue  # frozen (e.g. loaded for inference): nothing to track, no hook possible
             if adapter_name not in windows:
+                last = config is not None and config.regroup_signal == "last_batch"
                 decay = ema if ema is not None or config is None else config.regroup_ema
-                windows[adapter_name] = GradientWindow(badit_A, badit_B, decay)
+                windows[adapter_name] = GradientWindow(badit_A, badit_B, None if last else decay, last)
             tracked += 1
     return tracked
 

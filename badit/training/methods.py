@@ -3,7 +3,8 @@ configuration each one becomes, so that every method is trained by the same loop
 
 BADIT and its ablations use ``badit.BaditConfig``; the LoRA family uses PEFT's own ``LoraConfig``
 with rank K*r (the same number of adapter components as BADIT's K experts of rank r), the same
-target modules, alpha and dropout. The LoRA baselines have no router, so they have slightly fewer
+target modules and dropout, and by default the alpha that gives each component BADIT's scale
+(``baseline_alpha``; docs/method.md, "Step sizes"). The LoRA baselines have no router, so they have slightly fewer
 trainable parameters (K * in_features per layer fewer).
 
 Defaults and checks of the shared fields live in one place, ``BaditConfig``: ``MethodConfig`` takes
@@ -22,7 +23,8 @@ from badit.adapter import BaditConfig
 
 MIXTURE_METHODS = {"badit": "svd", "svd-moe": "svd", "loramoe": "random"}
 """method name -> ``BaditConfig.init`` (``badit``: SVD experts + regrouping; ``svd-moe``: without
-regrouping; ``loramoe``: random experts, no regrouping)."""
+regrouping; ``loramoe``: random experts, no regrouping: the LoRAMoE variant of the BADIT code,
+per-sequence dense routing without balancing loss, not Dou et al.'s token-level LoRAMoE)."""
 LORA_METHODS = {"lora": True, "pissa": "pissa", "olora": "olora"}
 """method name -> ``LoraConfig.init_lora_weights`` (PEFT's LoRA with rank K*r)."""
 METHODS = (*MIXTURE_METHODS, *LORA_METHODS)
@@ -49,16 +51,28 @@ class MethodConfig:
     top_k: int = _BADIT_FIELDS["num_experts"].default
     """Experts per sequence; the default is all of them (BaditConfig's dense routing)."""
     lora_alpha: float = _badit_default("lora_alpha")
+    """Scaling numerator: each rank-1 component of an expert is scaled by ``lora_alpha / r``."""
+    lora_baseline_alpha: float | None = None
+    """``lora``/``pissa``/``olora`` (rank K*r): their alpha. None: ``lora_alpha * num_experts``, which gives
+    every component the same scale ``lora_alpha / r`` as BADIT's (docs/method.md, "Step sizes")."""
     lora_dropout: float = _badit_default("lora_dropout")
     target_modules: list[str] | str = _badit_default("target_modules")
     """Module names, a regular expression, or ``all-linear``."""
     router_scale: Literal["preserve", "paper"] = _badit_default("router_scale")
+    """``preserve``: K * softmax (each expert's weight starts at 1); ``paper``: softmax (1/K), K times
+    smaller updates in output at the same learning rate (docs/method.md, "Step sizes")."""
+    router_init: Literal["zero", "random"] = _badit_default("router_init")
+    """``random``: nn.Linear's init, as in the public code (docs/method.md, "The published variant")."""
+    train_router: bool = _badit_default("train_router")
+    """``false``: the router is never trained, as in the public code."""
     svd_method: Literal["randomized", "exact"] = _badit_default("svd_method")
     regroup_every: int | str = _badit_default("regroup_every")
     """``epoch`` or a number of optimizer steps."""
     regroup_until: float = _badit_default("regroup_until")
     """Fraction of training during which regrouping happens."""
     regroup_ema: float | None = _badit_default("regroup_ema")
+    regroup_signal: Literal["sum", "last_batch"] = _badit_default("regroup_signal")
+    """``sum``: gradients since the last regroup; ``last_batch``: only the last backward pass's (public code)."""
 
 
 def mixture_config(method: MethodConfig) -> BaditConfig:
@@ -80,6 +94,10 @@ def check_method(method: MethodConfig) -> None:
     (checked for the LoRA methods too, since they read r, num_experts, alpha, dropout and targets)."""
     if method.name not in METHODS:
         raise ValueError(f"method.name {method.name!r} is unknown; use one of {', '.join(METHODS)}")
+    if method.lora_baseline_alpha is not None and not method.lora_baseline_alpha > 0:
+        raise ValueError(
+            f"method.lora_baseline_alpha must be positive or null (matched scale), got {method.lora_baseline_alpha}"
+        )
     mixture_config(method)
 
 
@@ -99,11 +117,32 @@ def _lora_config(method: MethodConfig) -> LoraConfig:
     return LoraConfig(
         task_type=TaskType.CAUSAL_LM,
         r=method.num_experts * method.r,
-        lora_alpha=method.lora_alpha,
+        lora_alpha=baseline_alpha(method),
         lora_dropout=method.lora_dropout,
         target_modules=method.target_modules,
         init_lora_weights=init,
     )
+
+
+def baseline_alpha(method: MethodConfig) -> float:
+    """The LoRA family's alpha: ``lora_baseline_alpha``, or by default ``lora_alpha * num_experts`` so that
+    its per-component scale ``alpha / (K r)`` equals BADIT's ``lora_alpha / r``."""
+    if method.lora_baseline_alpha is not None:
+        return method.lora_baseline_alpha
+    return method.lora_alpha * method.num_experts
+
+
+def effective_scale(method: MethodConfig) -> float:
+    """The multiplier of one rank-1 component's contribution to a layer's output at initialisation.
+
+    LoRA family: ``alpha / (K r)``. Mixtures: ``lora_alpha / r`` times the expert's initial router
+    weight: about 1 with ``router_scale: preserve``, 1/K with ``paper`` (a uniform softmax). Formulas
+    and numbers at the defaults: docs/method.md, "Step sizes".
+    """
+    if method.name in LORA_METHODS:
+        return baseline_alpha(method) / (method.num_experts * method.r)
+    weight = 1.0 if method.router_scale == "preserve" else 1.0 / method.num_experts
+    return method.lora_alpha / method.r * weight
 
 
 def uses_regrouping(method: MethodConfig) -> bool:
