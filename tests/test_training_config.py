@@ -180,3 +180,13 @@ def test_method_defaults_are_the_adapters():
         assert getattr(built, name) == getattr(default, name), name
     assert (built.regroup_every, built.regroup_until, built.regroup_ema) == ("epoch", 0.5, None)
     assert set(built.target_modules) == set(default.target_modules) == {"gate_proj"}
+
+
+@pytest.mark.parametrize("path", sorted((CONFIGS / "paper").glob("*.yaml")), ids=lambda p: p.name)
+def test_paper_scale_configs(path):
+    config = load_config(path)
+    tasks = config.data.tasks if config.setting == "multitask" else config.data.task_order
+    assert len(tasks) == len(set(tasks)) == 15
+    assert tasks[1] == "task363_sst2_polarity_classification" and tasks[-1] == "task875_emotion_classification"
+    assert (config.training.num_train_epochs, config.training.mixed_precision) == (10, "bf16")
+    assert config.method == RunConfig().method and config.training.learning_rate == 2e-4
