@@ -187,6 +187,8 @@ def test_paper_scale_configs(path):
     config = load_config(path)
     tasks = config.data.tasks if config.setting == "multitask" else config.data.task_order
     assert len(tasks) == len(set(tasks)) == 15
-    assert tasks[1] == "task363_sst2_polarity_classification" and tasks[-1] == "task875_emotion_classification"
+    assert (
+        tasks[1] == "task363_sst2_polarity_classification" and tasks[-1] == "task875_emotion_classification"
+    )
     assert (config.training.num_train_epochs, config.training.mixed_precision) == (10, "bf16")
     assert config.method == RunConfig().method and config.training.learning_rate == 2e-4
