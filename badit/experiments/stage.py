@@ -200,6 +200,7 @@ def train(ctx: RunContext, model, tokenizer, tasks: Sequence[Task], stage_dir: P
         tensorboard=report_to is None or "tensorboard" in report_to,
         resume=ctx.resume,
         extra_callbacks=ctx.extra_callbacks,
+        router_lr_multiplier=config.method.router_lr_multiplier,
     )
 
 

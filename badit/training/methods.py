@@ -73,6 +73,9 @@ class MethodConfig:
     regroup_ema: float | None = _badit_default("regroup_ema")
     regroup_signal: Literal["sum", "last_batch"] = _badit_default("regroup_signal")
     """``sum``: gradients since the last regroup; ``last_batch``: only the last backward pass's (public code)."""
+    router_lr_multiplier: float = 1.0
+    """The routers' learning rate is ``training.learning_rate`` times this (mixtures only; 1: the same).
+    A zero-initialised router moves slowly at an adapter's learning rate (docs/benchmarks.md)."""
 
 
 def mixture_config(method: MethodConfig) -> BaditConfig:
@@ -94,6 +97,13 @@ def check_method(method: MethodConfig) -> None:
     (checked for the LoRA methods too, since they read r, num_experts, alpha, dropout and targets)."""
     if method.name not in METHODS:
         raise ValueError(f"method.name {method.name!r} is unknown; use one of {', '.join(METHODS)}")
+    if not (
+        isinstance(method.router_lr_multiplier, (int, float))
+        and 0 < method.router_lr_multiplier < float("inf")
+    ):
+        raise ValueError(
+            f"method.router_lr_multiplier must be a positive finite number, got {method.router_lr_multiplier!r}"
+        )
     if method.lora_baseline_alpha is not None and not method.lora_baseline_alpha > 0:
         raise ValueError(
             f"method.lora_baseline_alpha must be positive or null (matched scale), got {method.lora_baseline_alpha}"

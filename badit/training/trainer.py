@@ -38,10 +38,18 @@ class BaditTrainer(Trainer):
     take them (BADIT routes from the prompt), so they are removed before the forward pass.
     """
 
-    def __init__(self, *args, balanced_sampling: bool = False, sampling_temperature: float = 1.0, **kwargs):
+    def __init__(
+        self,
+        *args,
+        balanced_sampling: bool = False,
+        sampling_temperature: float = 1.0,
+        router_lr_multiplier: float = 1.0,
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
         self.balanced_sampling = balanced_sampling
         self.sampling_temperature = sampling_temperature
+        self.router_lr_multiplier = router_lr_multiplier
         self._queued_logs: dict[str, float] = {}
 
     def queue_logs(self, values: dict[str, float]) -> None:
@@ -55,6 +63,13 @@ class BaditTrainer(Trainer):
             self._queued_logs = {}
         super().log(logs, start_time)
 
+    def create_optimizer(self, model=None):
+        created = self.optimizer is None
+        optimizer = super().create_optimizer(model)
+        if created and self.router_lr_multiplier != 1.0:
+            scale_router_lr(optimizer, self.model if model is None else model, self.router_lr_multiplier)
+        return optimizer
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         inputs = {key: value for key, value in inputs.items() if key != "task_ids"}
         return super().compute_loss(
@@ -67,6 +82,23 @@ class BaditTrainer(Trainer):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
         task_ids = [example["task_id"] for example in dataset]
         return TaskBalancedSampler(task_ids, self.sampling_temperature, seed=self.args.seed)
+
+
+def scale_router_lr(optimizer: torch.optim.Optimizer, model: torch.nn.Module, multiplier: float) -> int:
+    """Move the routers' parameters of each param group into a copy of that group whose ``lr`` is
+    ``multiplier`` times larger (before the scheduler is built, which then scales both alike).
+    Returns the number of router tensors moved."""
+    routers = {id(p) for name, p in model.named_parameters() if ".badit_router." in name and p.requires_grad}
+    moved = 0
+    for group in list(optimizer.param_groups):
+        own = [p for p in group["params"] if id(p) in routers]
+        if not own:
+            continue
+        group["params"] = [p for p in group["params"] if id(p) not in routers]
+        optimizer.add_param_group({**group, "params": own, "lr": group["lr"] * multiplier})
+        moved += len(own)
+    optimizer.param_groups[:] = [g for g in optimizer.param_groups if g["params"]]
+    return moved
 
 
 def resolve_mixed_precision(setting: str) -> str:
@@ -154,6 +186,7 @@ def train_stage(
     tensorboard: bool = True,
     resume: bool = False,
     extra_callbacks: Sequence[TrainerCallback] = (),
+    router_lr_multiplier: float = 1.0,
 ) -> StageResult:
     """Train ``model`` (a PEFT model) on tokenised ``examples`` and save the adapter to ``stage_dir/adapter``.
 
@@ -174,6 +207,7 @@ def train_stage(
         processing_class=tokenizer,
         balanced_sampling=balanced_sampling,
         sampling_temperature=sampling_temperature,
+        router_lr_multiplier=router_lr_multiplier,
     )
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(ProgressBar())
