@@ -65,7 +65,9 @@ def grouped_bars(
     ax.set_title(title)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    ax.legend(fontsize=8)
+    ax.legend(
+        fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False
+    )  # beside, not on, the bars
     ax.grid(axis="y", alpha=0.3)
     return _uri(fig)
 
