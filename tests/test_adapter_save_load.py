@@ -6,7 +6,7 @@ from peft import PeftModel, get_peft_model
 from safetensors.torch import load_file
 
 import badit
-from badit.adapter.layer import BaditLinear
+from badit.adapter.layer import BaditLinear, same_components
 from tests.helpers import make_tiny_model
 
 
@@ -117,3 +117,26 @@ def test_merge_needs_a_fixed_routing(family, trained):
     merged = model.merge_and_unload()
     assert not any(isinstance(m, BaditLinear) for m in merged.modules())
     assert (logits(merged, batch) - fixed).abs().max() <= 1e-4
+
+
+def test_same_components_ignores_order_but_not_pairing():
+    # Components of A0 (2, 2) and B0 (1, 2): (row [1, 2], column [5]) and (row [3, 4], column [6]).
+    a0, b0 = torch.tensor([[1.0, 2.0], [3.0, 4.0]]), torch.tensor([[5.0, 6.0]])
+    assert same_components((a0, b0), (a0.flip(0), b0.flip(1)))  # both components swapped: the same set
+    assert not same_components((a0, b0), (a0, b0.flip(1)))  # [1, 2] now pairs with [6]: another set
+    assert not same_components((a0, b0), (a0 + 1e-7, b0))  # exact comparison, no tolerance
+
+
+def test_loading_regrouped_factors_keeps_the_residual_bitwise(family, trained):
+    # Resuming after a regroup loads A0 / B0 permuted: rebuilding the residual from them would sum the
+    # components in another order (within 3e-8, not bitwise); the same set keeps the residual as it is.
+    model, directory = trained
+    loaded = PeftModel.from_pretrained(make_tiny_model(family), directory)  # the same SVD as `trained`
+    pairs = zip(
+        (m for m in model.modules() if isinstance(m, BaditLinear)),
+        (m for m in loaded.modules() if isinstance(m, BaditLinear)),
+        strict=True,
+    )
+    for before, after in pairs:
+        assert torch.equal(after.get_base_layer().weight, before.get_base_layer().weight)
+        assert torch.equal(after.badit_A0["default"], before.badit_A0["default"])

@@ -18,6 +18,23 @@ from badit.adapter.routing import RoutingState, masked_mean, mixing_weights
 from badit.adapter.svd import expert_factors, top_singular_triplets
 
 
+def same_components(
+    current: tuple[torch.Tensor, torch.Tensor], loaded: tuple[torch.Tensor, torch.Tensor]
+) -> bool:
+    """Whether two (A0 (K*r, in), B0 (out, K*r)) pairs hold exactly the same rank-1 components, in any order.
+
+    Component j is row j of A0 with column j of B0; a regroup permutes them. Rows of [A0 | B0.T] are
+    compared after `torch.unique`'s lexicographic sort, so the test is exact (no tolerance) and costs one
+    sort of K*r rows.
+    """
+    rows = [torch.cat([a.float(), b.float().T.to(a.device)], dim=1) for a, b in (current, loaded)]
+    rows[1] = rows[1].to(rows[0].device)
+    if rows[0].shape != rows[1].shape:
+        return False
+    unique = [torch.unique(r, dim=0) for r in rows]
+    return unique[0].shape[0] == rows[0].shape[0] and torch.equal(unique[0], unique[1])
+
+
 class BaditLayer(BaseTunerLayer):
     """PEFT bookkeeping shared by BADIT layers (one per adapter name in every dict)."""
 
@@ -205,6 +222,10 @@ class BaditLinear(nn.Module, BaditLayer):
                 continue  # nothing to rebuild; PyTorch reports missing keys itself
             if a0.shape != self.badit_A0[name].shape or b0.shape != self.badit_B0[name].shape:
                 continue  # PyTorch reports the size mismatch itself
+            if name not in self._residual_pending and same_components(
+                (self.badit_A0[name], self.badit_B0[name]), (a0, b0)
+            ):
+                continue  # e.g. resuming after a regroup: the residual is already exact, keep it
             residual = self._base_weight()
             if name not in self._residual_pending:
                 residual = residual + self._initial_delta_weight(name)
