@@ -468,10 +468,11 @@ def main(argv: list[str] | None = None) -> int:
     from badit.experiments.config import ConfigError
     from badit.experiments.folder import RunError
     from badit.experiments.report.collect import ReportError
+    from badit.training.nonfinite import NonFiniteError
 
     try:
         return handlers[args.command](args)
-    except (ConfigError, DataError, RunError, ReportError, FileNotFoundError) as error:
+    except (ConfigError, DataError, RunError, ReportError, NonFiniteError, FileNotFoundError) as error:
         if args.verbose:
             raise
         print(f"badit {args.command}: error: {error}", file=sys.stderr)

@@ -106,6 +106,9 @@ class TrainingConfig:
     dataloader_num_workers: int = 0
     deepspeed: str | None = None
     """A DeepSpeed JSON config (ZeRO stage 0-2) passed to the Trainer."""
+    on_nonfinite: Literal["stop", "skip"] = "stop"
+    """A NaN/inf loss or gradient: stop with an error naming the step, or skip that optimizer step
+    (badit.training.nonfinite; not with DeepSpeed, whose engine applies the step inside backward)."""
     report_to: list[str] | None = None
     """Trainer integrations (tensorboard, wandb, mlflow, ... where installed); default: tensorboard when
     installed."""
@@ -403,6 +406,8 @@ def validate(config: RunConfig, source: str = "config") -> None:
             check_reporting(t.report_to)
         except ArgumentError as error:
             fail(f"training.report_to: {error}")
+    if t.on_nonfinite == "skip" and t.deepspeed:
+        fail("training.on_nonfinite=skip does not work with training.deepspeed (use stop)")
     if t.max_steps <= 0 and t.num_train_epochs <= 0:
         fail("set training.num_train_epochs > 0 or training.max_steps > 0")
     for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "logging_steps", "save_steps"):

@@ -201,6 +201,10 @@ class ProgressBar(TrainerCallback):
         self.bar.set_postfix(self.postfix, refresh=False)
 
     def on_train_end(self, args, state, control, **kwargs):
+        self.close()
+
+    def close(self) -> None:
+        """End the bar's line (also when training stopped with an error, so the message starts a line)."""
         if self.bar is not None:
             self.bar.close()
             self.bar = None

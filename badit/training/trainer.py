@@ -26,6 +26,7 @@ from badit.data import DataCollator, TaskBalancedSampler
 from badit.regrouping import attach_gradient_tracking
 from badit.training.callbacks import JsonlLogger, ProgressBar, RegroupCallback
 from badit.training.model_loading import gpu_half_dtype
+from badit.training.nonfinite import NonFiniteGuard
 from badit.training.router_logging import ROUTER_LOG_FILE, RouterHealthCallback
 
 logger = logging.getLogger(__name__)
@@ -36,6 +37,7 @@ class BaditTrainer(Trainer):
 
     ``task_ids`` identify each example's task for the sampler and for analysis; the model does not
     take them (BADIT routes from the prompt), so they are removed before the forward pass.
+    ``nonfinite_guard`` sees every backward pass (badit.training.nonfinite).
     """
 
     def __init__(
@@ -44,12 +46,14 @@ class BaditTrainer(Trainer):
         balanced_sampling: bool = False,
         sampling_temperature: float = 1.0,
         router_lr_multiplier: float = 1.0,
+        nonfinite_guard: NonFiniteGuard | None = None,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
         self.balanced_sampling = balanced_sampling
         self.sampling_temperature = sampling_temperature
         self.router_lr_multiplier = router_lr_multiplier
+        self.nonfinite_guard = nonfinite_guard
         self._queued_logs: dict[str, float] = {}
 
     def queue_logs(self, values: dict[str, float]) -> None:
@@ -75,6 +79,13 @@ class BaditTrainer(Trainer):
         return super().compute_loss(
             model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
         )
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if self.nonfinite_guard is not None:  # the step being made is global_step + 1
+            sync = self.accelerator.sync_gradients
+            self.nonfinite_guard.check(model, loss, self.state.global_step + 1, sync_step=sync)
+        return loss
 
     def _get_train_sampler(self, train_dataset=None):
         if not self.balanced_sampling:
@@ -187,13 +198,15 @@ def train_stage(
     resume: bool = False,
     extra_callbacks: Sequence[TrainerCallback] = (),
     router_lr_multiplier: float = 1.0,
+    on_nonfinite: str = "stop",
 ) -> StageResult:
     """Train ``model`` (a PEFT model) on tokenised ``examples`` and save the adapter to ``stage_dir/adapter``.
 
     ``args.output_dir`` is ``stage_dir/checkpoints``; ``stage_dir`` also receives ``logs/``
     (train_log.jsonl, regroup.jsonl, router_health.jsonl, tensorboard/ when ``tensorboard``). A model whose adapter
     regroups gets the regroup callback, scheduled by its BaditConfig. With ``resume``, training
-    continues from the last checkpoint, if any.
+    continues from the last checkpoint, if any. ``on_nonfinite`` (stop | skip): what a NaN/inf loss or
+    gradient does (badit.training.nonfinite); ``stop`` raises ``NonFiniteError`` and writes no adapter.
     """
     stage_dir = Path(stage_dir)
     checkpoint_dir, log_dir = Path(args.output_dir), stage_dir / "logs"
@@ -209,8 +222,12 @@ def train_stage(
         sampling_temperature=sampling_temperature,
         router_lr_multiplier=router_lr_multiplier,
     )
+    trainer.nonfinite_guard = NonFiniteGuard(
+        on_nonfinite, where=str(stage_dir), log_fn=trainer.queue_logs, loss_scaling=args.fp16
+    )
     trainer.remove_callback(ProgressCallback)
-    trainer.add_callback(ProgressBar())
+    progress = ProgressBar()
+    trainer.add_callback(progress)
     trainer.add_callback(JsonlLogger(log_dir / "train_log.jsonl"))
     if tensorboard:
         tensorboard_callback = _tensorboard_callback(log_dir / "tensorboard")
@@ -232,7 +249,10 @@ def train_stage(
     if regroup is not None:
         regroup.resume_from = checkpoint
     start = time.perf_counter()
-    output = trainer.train(resume_from_checkpoint=checkpoint)
+    try:
+        output = trainer.train(resume_from_checkpoint=checkpoint)
+    finally:
+        progress.close()
     seconds = time.perf_counter() - start
 
     adapter_dir = stage_dir / "adapter"
