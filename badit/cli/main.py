@@ -469,10 +469,19 @@ def main(argv: list[str] | None = None) -> int:
     from badit.experiments.folder import RunError
     from badit.experiments.report.collect import ReportError
     from badit.training.nonfinite import NonFiniteError
+    from badit.training.replicas import ReplicaMismatchError
 
     try:
         return handlers[args.command](args)
-    except (ConfigError, DataError, RunError, ReportError, NonFiniteError, FileNotFoundError) as error:
+    except (
+        ConfigError,
+        DataError,
+        RunError,
+        ReportError,
+        NonFiniteError,
+        ReplicaMismatchError,
+        FileNotFoundError,
+    ) as error:
         if args.verbose:
             raise
         print(f"badit {args.command}: error: {error}", file=sys.stderr)

@@ -15,6 +15,7 @@ import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import torch
 from accelerate import PartialState
 from transformers import TrainerCallback
 
@@ -60,7 +61,9 @@ def run(
     removes the folder it created, so the corrected command runs without ``--overwrite``.
     """
     config = resolve_paths(config)
-    state = PartialState()
+    # On CPU, accelerate joins a torchrun/mpirun launch (gloo) only when told cpu=True; otherwise every
+    # process would think it is the main one (as the Trainer's arguments, which set it, find out later).
+    state = PartialState(cpu=not torch.cuda.is_available())
     source = data_source(config)
     names = task_names(config, source)
     train_tasks, eval_tasks = load_run_tasks(config, names, source)

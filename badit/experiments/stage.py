@@ -248,6 +248,7 @@ def _stage_info(result: StageResult, eval_seconds: float) -> dict:
         "adapter_bytes": folder_bytes(result.adapter_dir),
         "eval_seconds": round(eval_seconds, 2),
         "global_step": result.global_step,
+        "processes": result.processes,
         "train_loss": result.train_loss,
         "first_logged_loss": losses[0] if losses else None,
         "last_logged_loss": losses[-1] if losses else None,

@@ -27,6 +27,7 @@ from badit.regrouping import attach_gradient_tracking
 from badit.training.callbacks import JsonlLogger, ProgressBar, RegroupCallback
 from badit.training.model_loading import gpu_half_dtype
 from badit.training.nonfinite import NonFiniteGuard
+from badit.training.replicas import check_replicas, world_size
 from badit.training.router_logging import ROUTER_LOG_FILE, RouterHealthCallback
 
 logger = logging.getLogger(__name__)
@@ -183,6 +184,8 @@ class StageResult:
     train_loss: float | None
     seconds: float
     log_history: list[dict] = field(default_factory=list)
+    processes: int = 1
+    """Data-parallel processes that trained it (all checked to hold the same adapter)."""
 
 
 def train_stage(
@@ -254,6 +257,7 @@ def train_stage(
     finally:
         progress.close()
     seconds = time.perf_counter() - start
+    check_replicas(model, str(stage_dir))  # under DDP: every rank holds rank 0's adapter, or an error
 
     adapter_dir = stage_dir / "adapter"
     if trainer.args.should_save:
@@ -264,4 +268,5 @@ def train_stage(
         train_loss=output.training_loss,
         seconds=seconds,
         log_history=list(trainer.state.log_history),
+        processes=world_size(),
     )
