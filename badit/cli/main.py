@@ -7,6 +7,8 @@ imported by the command's handler), so that ``badit --help`` answers at once.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import errno
 import logging
 import os
 import sys
@@ -274,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _train(args) -> int:
     from badit.experiments.config import load_config
-    from badit.experiments.folder import CONFIG_FILE, summary_table
+    from badit.experiments.folder import CONFIG_FILE, RunError, is_run_dir, summary_table
     from badit.experiments.settings import run
 
     path = Path(args.config)
@@ -283,9 +285,15 @@ def _train(args) -> int:
         overrides.append(f"output_dir={args.output}")
     if path.is_dir():
         if not (path / CONFIG_FILE).is_file():
-            raise FileNotFoundError(f"{path} is a folder without {CONFIG_FILE}: give a YAML config file")
+            raise RunError(
+                f"{path} is a folder without {CONFIG_FILE}: give a YAML config file or a run folder"
+            )
         path = path / CONFIG_FILE
     config = load_config(path, overrides)
+    given = any(o.split("=", 1)[0].strip() == "output_dir" for o in overrides)
+    if path.name == CONFIG_FILE and is_run_dir(path.parent) and not given:
+        # A run's own config: the run is the folder where it is now (it may have been moved or copied).
+        config = dataclasses.replace(config, output_dir=str(path.parent.resolve()))
     metrics = run(config, resume=args.resume, overwrite=args.overwrite)
     if metrics:
         print()
@@ -428,6 +436,27 @@ def _demo(args) -> int:
     return 0
 
 
+def _one_line(message: str) -> str:
+    """An error message on one line (YAML and JSON parsers report over several)."""
+    return " ".join(part.strip() for part in message.splitlines() if part.strip())
+
+
+def os_error_message(error: OSError) -> str:
+    """One line for an operating-system error: what failed, on which file, and the fix."""
+    where = error.filename or "a file"
+    if error.errno == errno.ENOSPC or error.errno == errno.EDQUOT:
+        return f"disk full while writing {where}; free some space (the last complete checkpoint is kept) and rerun"
+    if error.errno in (errno.EACCES, errno.EPERM):
+        return f"permission denied on {where}; choose a folder you can write (output_dir, --output) or fix its permissions"
+    if error.errno == errno.EROFS:
+        return f"{where} is on a read-only file system; choose a folder you can write (output_dir, --output)"
+    if error.errno == errno.EISDIR:
+        return f"{where} is a folder; give a file name"
+    if error.errno == errno.ENOTDIR:
+        return f"{where}: a part of this path is a file, not a folder; choose another path"
+    return _one_line(f"{where}: {error.strerror or error}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     # Overrides may follow options (`train CONFIG --resume a.b=1`): argparse leaves those unparsed.
@@ -484,7 +513,12 @@ def main(argv: list[str] | None = None) -> int:
     ) as error:
         if args.verbose:
             raise
-        print(f"badit {args.command}: error: {error}", file=sys.stderr)
+        print(f"badit {args.command}: error: {_one_line(str(error))}", file=sys.stderr)
+        return 2
+    except OSError as error:  # disk full, permissions, read-only file system...: the file and the fix
+        if args.verbose:
+            raise
+        print(f"badit {args.command}: error: {os_error_message(error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("\ninterrupted; `badit train RUN --resume` continues from the last checkpoint", file=sys.stderr)

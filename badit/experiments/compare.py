@@ -16,6 +16,7 @@ from badit.evaluation import interference_score
 from badit.experiments.folder import METRICS_FILE, RunError, format_score
 
 METRIC_NAMES = {"rougeL": "ROUGE-L", "exact_match": "EM"}
+CONTINUAL_KEYS = ("AP", "forgetting", "BWT", "FWT")
 
 
 @dataclass
@@ -44,21 +45,57 @@ def load_run_scores(run_dir: str | Path) -> RunScores:
         )
     try:
         metrics = json.loads(path.read_text(encoding="utf-8"))
-        info = metrics.get("run", {})
-        return RunScores(
-            path=Path(run_dir),
-            name=info.get("name", Path(run_dir).name),
-            method=info.get("method", "?"),
-            setting=info.get("setting", "?"),
-            model=info.get("model", "?"),
-            tasks=metrics["tasks"],
-            average=metrics["average"],
-            continual=metrics.get("continual"),
-            learning_rate=info.get("learning_rate"),
-            effective_scale=info.get("effective_scale"),
-        )
-    except (json.JSONDecodeError, KeyError, TypeError) as error:
-        raise RunError(f"{path}: not a badit metrics file ({error})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise RunError(
+            f"{path}: not a badit metrics file ({error}); `badit eval {run_dir}` rewrites it"
+        ) from None
+    problem = _shape_problem(metrics)
+    if problem:
+        raise RunError(f"{path}: not a badit metrics file ({problem}); `badit eval {run_dir}` rewrites it")
+    info = metrics.get("run") if isinstance(metrics.get("run"), dict) else {}
+    return RunScores(
+        path=Path(run_dir),
+        name=str(info.get("name", Path(run_dir).name)),
+        method=str(info.get("method", "?")),
+        setting=str(info.get("setting", "?")),
+        model=str(info.get("model", "?")),
+        tasks=metrics["tasks"],
+        average=metrics["average"],
+        continual=metrics.get("continual"),
+        learning_rate=info.get("learning_rate") if _is_number(info.get("learning_rate")) else None,
+        effective_scale=info.get("effective_scale") if _is_number(info.get("effective_scale")) else None,
+    )
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _shape_problem(metrics) -> str | None:
+    """What keeps ``metrics`` from being a metrics.json as ``write_results`` writes it, None if nothing."""
+    if not isinstance(metrics, dict):
+        return f"the top level is a {type(metrics).__name__}, not an object"
+    for key in ("tasks", "average"):
+        if not isinstance(metrics.get(key), dict):
+            return f"'{key}' is missing or not an object"
+    scores = {f"tasks.{t}": s for t, s in metrics["tasks"].items()} | {"average": metrics["average"]}
+    for where, values in scores.items():
+        if not isinstance(values, dict):
+            return f"'{where}' is not an object"
+        for metric in METRIC_NAMES:
+            if not _is_number(values.get(metric)):
+                return f"'{where}.{metric}' is missing or not a number"
+    continual = metrics.get("continual")
+    if continual is not None:
+        for metric in METRIC_NAMES:
+            values = continual.get(metric) if isinstance(continual, dict) else None
+            if not isinstance(values, dict) or not all(
+                values.get(key) is None or _is_number(values[key]) for key in CONTINUAL_KEYS
+            ):
+                return (
+                    f"'continual.{metric}' does not hold the continual metrics ({', '.join(CONTINUAL_KEYS)})"
+                )
+    return None
 
 
 def _label(runs: list[RunScores]) -> None:
@@ -120,7 +157,7 @@ def format_table(runs: list[RunScores], metric: str = "rougeL") -> str:
     if any(r.effective_scale is not None for r in runs):
         rows.append(["effective scale", *(_num(r.effective_scale, ".3g") for r in runs)])
     if any(r.continual for r in runs):
-        for key in ("AP", "forgetting", "BWT", "FWT"):
+        for key in CONTINUAL_KEYS:
             rows.append(
                 [
                     key,

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import enum
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -177,7 +178,12 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: invalid YAML: {error}") from None
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or "not YAML"
+        raise ConfigError(
+            f"{path}: invalid YAML{where}: {problem}; fix the file or give another config file"
+        ) from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections (model:, data:, ...)")
     for override in overrides:
@@ -378,6 +384,9 @@ def validate(config: RunConfig, source: str = "config") -> None:
         raise ConfigError(f"{source}: {message}")
 
     m, t = config.method, config.training
+    for name, value in _numbers(config.to_dict()):
+        if not math.isfinite(value):  # YAML reads .nan and .inf as floats: they would train NaN adapters
+            fail(f"{name} must be a finite number, got {value}")
     if m.name not in METHODS:
         close = difflib.get_close_matches(m.name, METHODS, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
@@ -413,6 +422,20 @@ def validate(config: RunConfig, source: str = "config") -> None:
     for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "logging_steps", "save_steps"):
         if getattr(t, name) < 1:
             fail(f"training.{name} must be at least 1, got {getattr(t, name)}")
+    for name, limit in (
+        ("data.max_train_examples_per_task", config.data.max_train_examples_per_task),
+        ("evaluation.max_examples_per_task", config.evaluation.max_examples_per_task),
+    ):
+        if limit is not None and limit < 1:
+            fail(f"{name} must be at least 1, or null for every example, got {limit}")
+    schedulers = _scheduler_types()
+    if t.lr_scheduler_type not in schedulers:
+        close = difflib.get_close_matches(t.lr_scheduler_type, schedulers, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        fail(
+            f"training.lr_scheduler_type {t.lr_scheduler_type!r} is unknown; {hint}"
+            f"use one of {', '.join(schedulers)}"
+        )
     if config.data.max_target_length < 1 or config.data.max_source_length < 1:
         fail("data.max_source_length and data.max_target_length must be at least 1")
     if config.data.sampling_temperature <= 0:
@@ -437,3 +460,27 @@ def validate(config: RunConfig, source: str = "config") -> None:
         missing = sorted(set(config.data.task_order) - set(config.data.tasks))
         if missing:
             fail(f"data.task_order names tasks that are not in data.tasks: {', '.join(missing)}")
+
+
+def _numbers(data: Any, prefix: str = "") -> list[tuple[str, float]]:
+    """(dotted name, value) of every float in nested config data (lists and mappings included)."""
+    if isinstance(data, float):
+        return [(prefix, data)]
+    if isinstance(data, dict):
+        items = data.items()
+    elif isinstance(data, list):
+        items = ((f"[{i}]", v) for i, v in enumerate(data))
+    else:
+        return []
+    out = []
+    for key, value in items:
+        name = f"{prefix}{key}" if str(key).startswith("[") or not prefix else f"{prefix}.{key}"
+        out += _numbers(value, name)
+    return out
+
+
+def _scheduler_types() -> list[str]:
+    """The learning-rate schedules transformers' Trainer knows (``lr_scheduler_type``)."""
+    from transformers.trainer_utils import SchedulerType  # imports torch: only when a config is checked
+
+    return [member.value for member in SchedulerType]

@@ -2,7 +2,9 @@
 
 Run folder::
 
-    RUN/config.yaml            the configuration as resolved
+    RUN/.badit-run             the marker: badit created this folder (the only kind --overwrite deletes)
+    RUN/config.yaml            the configuration as resolved (output_dir: where the run was created;
+                               a run folder is read from where it is now, so it can be moved or copied)
     RUN/metrics.json           per-task scores, averages, run information (+ continual metrics)
     RUN/predictions.jsonl      one line per evaluated example
     RUN/summary.md             the scores as a table
@@ -16,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import shutil
 from pathlib import Path
 
@@ -29,6 +32,8 @@ PREDICTIONS_FILE = "predictions.jsonl"
 SUMMARY_FILE = "summary.md"
 DONE_FILE = "done.json"  # written in a stage folder once its adapter and evaluation are complete
 ADAPTER_CONFIG_FILE = "adapter_config.json"  # PEFT's: present once an adapter has been saved
+MARKER_FILE = ".badit-run"  # written first when badit creates a run folder: {"badit_run": MARKER_VERSION}
+MARKER_VERSION = 1
 
 
 class RunError(RuntimeError):
@@ -36,11 +41,54 @@ class RunError(RuntimeError):
 
 
 def load_run_config(run_dir: str | Path) -> RunConfig:
-    """The config.yaml of a run folder, read by ``load_config`` (with its errors)."""
+    """The config.yaml of a run folder, read by ``load_config`` (with its errors), with ``output_dir``
+    the folder where it is now: a moved or copied run works in its new place and never writes to the old
+    one."""
     path = Path(run_dir) / CONFIG_FILE
     if not path.is_file():
         raise RunError(f"{run_dir}: not a run folder (no {CONFIG_FILE}); run `badit train CONFIG` first")
-    return load_config(path)
+    return dataclasses.replace(load_config(path), output_dir=str(Path(run_dir).resolve()))
+
+
+def is_run_dir(folder: str | Path) -> bool:
+    """Whether badit created ``folder`` as a run folder (it holds a valid marker file)."""
+    marker = Path(folder) / MARKER_FILE
+    try:
+        data = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and isinstance(data.get("badit_run"), int)
+
+
+def mark_run_dir(folder: Path) -> None:
+    """Write the marker that makes ``folder`` a badit run folder (and so one ``--overwrite`` may delete)."""
+    atomic_write_json(folder / MARKER_FILE, {"badit_run": MARKER_VERSION})
+
+
+def remove_run_dir(folder: str | Path) -> None:
+    """Delete a run folder, only if badit marked it as one: no code path removes a user's files."""
+    folder = Path(folder)
+    if folder.is_symlink() or not is_run_dir(folder):
+        raise RunError(
+            f"{folder}: not marked as a badit run (no valid {MARKER_FILE}); badit deletes only folders it "
+            "created: delete it yourself or choose another output_dir"
+        )
+    shutil.rmtree(folder)
+
+
+def check_output_dir(run_dir: Path) -> None:
+    """A ``RunError`` naming the fix when ``run_dir`` cannot hold a run folder: it is a file, lies under a
+    file, or its nearest existing folder is not writable. Cheap: called before data or model is loaded."""
+    fix = "set output_dir (or --output) to a folder you can write"
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunError(f"output_dir {run_dir} is a file, not a folder; {fix}")
+    existing = run_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise RunError(f"output_dir {run_dir} lies under {existing}, which is a file; {fix}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise RunError(f"output_dir {run_dir}: {existing} is not writable (permissions); {fix}")
 
 
 def read_json(path: Path) -> dict:
@@ -81,6 +129,8 @@ def prepare_run_dir(config: RunConfig, is_main: bool, resume: bool = False, over
     run_dir = Path(config.output_dir)
     _check_run_dir(run_dir, config, resume, overwrite)
     run_dir.mkdir(parents=True, exist_ok=True)
+    if not is_run_dir(run_dir):  # a new run, or one resumed with the same config (badit wrote it)
+        mark_run_dir(run_dir)
     atomic_write_text(run_dir / CONFIG_FILE, config.to_yaml())
 
 
@@ -96,14 +146,24 @@ def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
 
 
 def _check_run_dir(run_dir: Path, config: RunConfig, resume: bool, overwrite: bool) -> None:
+    check_output_dir(run_dir)
     saved = run_dir / CONFIG_FILE
-    if saved.is_file():
-        if overwrite:
-            shutil.rmtree(run_dir)
-        elif resume:
+    if overwrite and run_dir.is_dir() and any(run_dir.iterdir()):
+        if not is_run_dir(run_dir):
+            raise RunError(
+                f"{run_dir} is not a folder badit created (no {MARKER_FILE}), so --overwrite will not delete "
+                "it; choose another output_dir (or delete the folder yourself)"
+            )
+        remove_run_dir(run_dir)
+    elif saved.is_file():
+        if resume:
             before = load_run_config(run_dir).to_dict()
             now = config.to_dict()
-            before.pop("evaluation"), now.pop("evaluation")  # evaluation settings may change on resume
+            for section in (
+                "evaluation",
+                "output_dir",
+            ):  # evaluation settings may change; the folder may move
+                before.pop(section), now.pop(section)
             diff = _differences(before, now)
             if diff:
                 raise RunError(
@@ -115,7 +175,7 @@ def _check_run_dir(run_dir: Path, config: RunConfig, resume: bool, overwrite: bo
                 f"{run_dir} already holds a run; pass --resume to continue it, --overwrite to replace it, "
                 "or set output_dir to another folder"
             )
-    elif run_dir.exists() and any(run_dir.iterdir()) and not resume:
+    elif run_dir.exists() and any(run_dir.iterdir()) and not is_run_dir(run_dir):
         raise RunError(
             f"{run_dir} exists and is not empty (and is not a badit run): choose another output_dir"
         )

@@ -27,9 +27,12 @@ from badit.experiments.folder import (
     DONE_FILE,
     METRICS_FILE,
     PREDICTIONS_FILE,
+    check_output_dir,
+    is_run_dir,
     prepare_run_dir,
     read_json,
     read_jsonl,
+    remove_run_dir,
     resolve_paths,
     stage_done,
     write_results,
@@ -64,6 +67,8 @@ def run(
     # On CPU, accelerate joins a torchrun/mpirun launch (gloo) only when told cpu=True; otherwise every
     # process would think it is the main one (as the Trainer's arguments, which set it, find out later).
     state = PartialState(cpu=not torch.cuda.is_available())
+    if state.is_main_process:
+        check_output_dir(Path(config.output_dir))  # before the data and the model are loaded
     source = data_source(config)
     names = task_names(config, source)
     train_tasks, eval_tasks = load_run_tasks(config, names, source)
@@ -74,8 +79,8 @@ def run(
     try:
         metrics = SETTINGS[config.setting](ctx, train_tasks, eval_tasks)
     except BaseException:
-        if fresh and ctx.is_main and not training_started(ctx.run_dir):
-            shutil.rmtree(ctx.run_dir, ignore_errors=True)
+        if fresh and ctx.is_main and not training_started(ctx.run_dir) and is_run_dir(ctx.run_dir):
+            remove_run_dir(ctx.run_dir)
         raise
     return metrics if ctx.is_main else {}
 

@@ -16,12 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from peft import NoMatchingPeftModuleError
 from transformers import TrainerCallback, TrainingArguments
 
 from badit.data import Columns, PromptTemplate, Task, TaskSource, open_source, tokenize_tasks
 from badit.data.files import atomic_write_json
 from badit.evaluation import evaluate
-from badit.experiments.config import DataConfig, RunConfig, TrainingConfig
+from badit.experiments.config import ConfigError, DataConfig, RunConfig, TrainingConfig
 from badit.experiments.folder import DONE_FILE, stage_done
 from badit.training.methods import build_peft_config
 from badit.training.model_loading import load_model_and_tokenizer
@@ -171,7 +172,24 @@ def adapter_model(config: RunConfig, init_adapter: Path | None = None):
     """(model with the run's adapter, tokenizer): fresh, or continued from a saved adapter folder."""
     base, tokenizer = load_base_model(config)
     peft_config = None if init_adapter is not None else build_peft_config(config.method)
-    return build_adapter_model(base, peft_config, config.seed, init_adapter), tokenizer
+    try:
+        return build_adapter_model(base, peft_config, config.seed, init_adapter), tokenizer
+    except NoMatchingPeftModuleError:
+        raise ConfigError(
+            f"method.target_modules {config.method.target_modules!r} matches no layer of "
+            f"{config.model.name_or_path}; its linear layers end in {', '.join(linear_layer_names(base))} "
+            "(or use 'all-linear')"
+        ) from None
+
+
+def linear_layer_names(model) -> list[str]:
+    """The distinct last names of the model's ``torch.nn.Linear`` layers (what target_modules matches)."""
+    names = {
+        name.rsplit(".", 1)[-1]
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear)
+    }
+    return sorted(names - {"lm_head"})
 
 
 def train(ctx: RunContext, model, tokenizer, tasks: Sequence[Task], stage_dir: Path) -> StageResult:
