@@ -520,6 +520,16 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"badit {args.command}: error: {os_error_message(error)}", file=sys.stderr)
         return 2
+    except Exception as error:
+        if args.verbose or type(error).__name__ != "SafetensorError":
+            raise
+        # a damaged tensor file where badit did not check it first (e.g. a checkpoint without a manifest)
+        print(
+            f"badit {args.command}: error: a saved tensor file is damaged or truncated ({_one_line(str(error))}); "
+            "restore it, or resume from an earlier checkpoint by deleting the damaged one",
+            file=sys.stderr,
+        )
+        return 2
     except KeyboardInterrupt:
         print("\ninterrupted; `badit train RUN --resume` continues from the last checkpoint", file=sys.stderr)
         return 130

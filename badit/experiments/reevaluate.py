@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from peft import PeftModel
+from safetensors import SafetensorError
 
 from badit.data.files import atomic_write_jsonl
 from badit.evaluation import metrics_from_records
@@ -14,6 +15,7 @@ from badit.experiments.folder import (
     CONFIG_FILE,
     METRICS_FILE,
     PREDICTIONS_FILE,
+    RunError,
     final_adapter_dir,
     load_run_config,
     read_json,
@@ -47,7 +49,13 @@ def reevaluate(
     def trained_model(adapter_dir: Path):
         require_adapter(adapter_dir, run_dir)
         base, tokenizer = load_base_model(config)
-        return PeftModel.from_pretrained(base, str(adapter_dir)).eval(), tokenizer
+        try:
+            return PeftModel.from_pretrained(base, str(adapter_dir)).eval(), tokenizer
+        except SafetensorError as error:
+            raise RunError(
+                f"{adapter_dir}: the adapter's weights are damaged or truncated ({error}); restore the folder "
+                f"or train it again (`badit train {run_dir} --resume`)"
+            ) from None
 
     if config.setting == "single":
         for task in eval_tasks:
