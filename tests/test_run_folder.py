@@ -59,7 +59,9 @@ def test_a_copied_run_resumes_and_evaluates_in_its_new_place(tmp_path):
     assert file_hashes(original) == before  # the old folder: byte for byte unchanged, nothing added
     metrics = json.loads((moved / "metrics.json").read_text())
     assert metrics["run"]["global_step"] == 6  # resumed from step 4 (not from 0) up to the end
-    steps = [json.loads(line)["step"] for line in (moved / "logs" / "train_log.jsonl").read_text().splitlines()]
+    steps = [
+        json.loads(line)["step"] for line in (moved / "logs" / "train_log.jsonl").read_text().splitlines()
+    ]
     assert steps[-1] == 6 and 5 in steps
     assert (moved / "checkpoints" / "checkpoint-6").is_dir() and (moved / "adapter").is_dir()
 

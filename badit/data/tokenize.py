@@ -18,6 +18,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
+from badit.data.long_text import cut_long_fields
 from badit.data.prompts import PromptParts, PromptTemplate
 from badit.data.tasks import Instance, Task
 
@@ -85,6 +86,7 @@ def encode_prompts(
     tokenizer, tasks: Sequence[Task], template: PromptTemplate | None = None, max_source_length: int = 1024
 ) -> list[list[int]]:
     """Prompt token ids (trailing spaces dropped, see module doc) of every instance of every task."""
+    tasks = cut_long_fields(tasks, max_source_length)  # a huge field costs no more than a normal one
     return encode_prompt_parts(tokenizer, prompt_parts(tokenizer, tasks, template), max_source_length)
 
 
@@ -112,6 +114,7 @@ def tokenize_tasks(
     if missing:
         raise ValueError(f"task_ids has no id for tasks {missing}")
     rng = random.Random(seed)
+    tasks = cut_long_fields(tasks, max_source_length, max_target_length)  # see badit.data.long_text
     pairs = _pairs(tasks)
     parts = prompt_parts(tokenizer, tasks, template)
     prompts = encode_prompt_parts(tokenizer, parts, max_source_length)
