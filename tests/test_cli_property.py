@@ -1,0 +1,239 @@
+"""Property-based: random configs, overrides and task files through the CLI entry point in-process end in
+success or in badit's own error (exit 2, one line, no traceback); nothing else (issue 13).
+
+No model is trained: the setting that would train is replaced by one that returns at once, so each example
+checks what happens before training (config reading and validation, data loading, the run folder).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from unittest import mock
+
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import badit.experiments.settings as run_settings
+from badit.cli.main import main
+from tests.helpers import save_tiny_model, tiny_run_config
+
+FIELDS = [
+    "name",
+    "setting",
+    "seed",
+    "output_dir",
+    "model.dtype",
+    "data.format",
+    "data.tasks",
+    "data.task_order",
+    "data.split_sizes",
+    "data.max_source_length",
+    "data.max_target_length",
+    "data.max_train_examples_per_task",
+    "data.num_positive_examples",
+    "data.sampling_temperature",
+    "data.task_column",
+    "method.name",
+    "method.r",
+    "method.num_experts",
+    "method.top_k",
+    "method.lora_alpha",
+    "method.target_modules",
+    "training.learning_rate",
+    "training.lr_scheduler_type",
+    "training.warmup_ratio",
+    "training.num_train_epochs",
+    "training.max_steps",
+    "training.per_device_train_batch_size",
+    "training.save_steps",
+    "training.report_to",
+    "training.optim",
+    "training.adam_beta1",
+    "evaluation.split",
+    "evaluation.batch_size",
+    "evaluation.max_examples_per_task",
+    "evaluation.max_new_tokens",
+]
+VALUES = st.one_of(
+    st.sampled_from(
+        [".nan", ".inf", "-.inf", "-1", "0", "1", "3", "0.5", "1e-4", "2e-4", "1e400", "null", "true", "''"]
+        + ["[a, b]", "[]", "{x: 1}", "{test: 2}", "abc", "[", "{", ": x", "- a", "demo_copy_words", "cosine"]
+        + ["badit", "lora", "single", "continual", "dev", "jsonl", "superni", "all-linear", "[gate_proj]"]
+    ),
+    st.integers(min_value=-(2**70), max_value=2**70).map(str),
+    st.floats(allow_nan=True, allow_infinity=True).map(repr),
+    st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=12),
+)
+KEYS = st.one_of(st.sampled_from(FIELDS), st.from_regex(r"[a-z_]{1,8}(\.[a-z_]{1,8}){0,2}", fullmatch=True))
+OVERRIDES = st.lists(st.tuples(KEYS, VALUES).map(lambda kv: f"{kv[0]}={kv[1]}"), max_size=4)
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=8,
+)
+ROW = st.fixed_dictionaries(
+    {},
+    optional={
+        "task": st.one_of(st.sampled_from(["a", "b", "../x", "", "a/b"]), JSON),
+        "prompt": st.one_of(st.text(max_size=20), JSON),
+        "completion": st.one_of(st.text(max_size=10), st.lists(st.text(max_size=5), max_size=2), JSON),
+        "split": st.one_of(st.sampled_from(["train", "test", "dev", "nope"]), JSON),
+    },
+)
+JSONL = st.one_of(
+    st.lists(ROW, max_size=12).map(lambda rows: "".join(json.dumps(r) + "\n" for r in rows)),
+    st.text(max_size=60),
+)
+INSTANCE = st.fixed_dictionaries(
+    {
+        "input": st.one_of(st.text(max_size=10), JSON),
+        "output": st.one_of(st.lists(st.text(max_size=5)), JSON),
+    },
+    optional={"id": st.one_of(st.text(max_size=5), JSON)},
+)
+SUPERNI = st.fixed_dictionaries(
+    {},
+    optional={
+        "Definition": st.one_of(st.lists(st.text(max_size=10), max_size=2), JSON),
+        "Positive Examples": st.one_of(st.lists(INSTANCE, max_size=2), JSON),
+        "Instances": st.one_of(st.lists(INSTANCE, max_size=6), JSON),
+    },
+).map(json.dumps) | st.text(max_size=30)
+
+SETTINGS = settings(
+    max_examples=40, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
+)
+
+
+@contextlib.contextmanager
+def _chdir(folder: Path):  # contextlib.chdir is Python 3.11+
+    before = os.getcwd()
+    os.chdir(folder)
+    try:
+        yield
+    finally:
+        os.chdir(before)
+
+
+def _run(argv: list[str], cwd: Path) -> tuple[int, str]:
+    """(exit code, stderr) of the CLI in this process, run in ``cwd`` (relative output_dir values land
+    there), with no training (the settings return at once)."""
+    err, out = io.StringIO(), io.StringIO()
+    stub = {name: (lambda ctx, train, evaluate: {}) for name in run_settings.SETTINGS}
+    work = cwd / "cwd"
+    work.mkdir(exist_ok=True)
+    with (
+        mock.patch.dict(run_settings.SETTINGS, stub),
+        _chdir(work),
+        contextlib.redirect_stderr(err),
+        contextlib.redirect_stdout(out),
+    ):
+        code = main(argv)
+    return code, err.getvalue()
+
+
+def _assert_clean(code: int, err: str, command: str, ok: tuple[int, ...] = (0,)) -> None:
+    if code in ok:
+        return
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2, (code, err)
+    assert len(lines) == 1 and lines[0].startswith(f"badit {command}: error: "), err
+    assert "Traceback" not in err
+
+
+_MODEL = tempfile.TemporaryDirectory(prefix="badit-property-model-")  # one tiny model for every example
+
+
+def _config(root: Path) -> dict:
+    """The tiny run config under ``root`` (its own data and output folder, the shared tiny model)."""
+    model = Path(_MODEL.name) / "model"
+    if not model.is_dir():
+        save_tiny_model(model)
+    (root / "model").symlink_to(model)
+    return tiny_run_config(root)
+
+
+@SETTINGS
+@given(overrides=OVERRIDES)
+def test_random_overrides(overrides):
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        path = root / "config.yaml"
+        path.write_text(yaml.safe_dump(_config(root)))
+        _assert_clean(*_run(["train", str(path), *overrides], root), "train")
+
+
+SECTIONS = st.fixed_dictionaries(
+    {},
+    optional={
+        key: JSON
+        for key in (
+            "name",
+            "setting",
+            "seed",
+            "output_dir",
+            "model",
+            "data",
+            "method",
+            "training",
+            "evaluation",
+        )
+    },
+)
+CONFIG_TEXT = st.one_of(st.text(max_size=40), JSON.map(yaml.safe_dump), SECTIONS.map(yaml.safe_dump))
+
+
+@SETTINGS
+@given(text=CONFIG_TEXT, sections=SECTIONS)
+def test_random_config_files(text, sections):
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        path = root / "random.yaml"
+        path.write_text(text)
+        _assert_clean(*_run(["train", str(path)], root), "train")
+        config = _config(root)  # a valid config with some sections replaced by random values
+        for key, value in sections.items():
+            config[key] = (
+                value
+                if not isinstance(config.get(key), dict) or not isinstance(value, dict)
+                else {**config[key], **value}
+            )
+        path.write_text(yaml.safe_dump(config))
+        _assert_clean(*_run(["train", str(path)], root), "train")
+
+
+@SETTINGS
+@given(rows=JSONL, overrides=OVERRIDES)
+def test_random_own_data_files(rows, overrides):
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        config = _config(root)
+        data = root / "rows.jsonl"
+        data.write_text(rows)
+        config["data"] = {**config["data"], "path": str(data), "split_sizes": {"test": 1}}
+        path = root / "config.yaml"
+        path.write_text(yaml.safe_dump(config))
+        _assert_clean(*_run(["data", "check", str(data)], root), "data", ok=(0, 1))
+        _assert_clean(*_run(["train", str(path), *overrides], root), "train")
+
+
+@SETTINGS
+@given(train=SUPERNI, test=SUPERNI)
+def test_random_superni_task_files(train, test):
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        config = _config(root)
+        task = root / "data" / "demo_copy_words"
+        (task / "train.json").write_text(train)
+        (task / "test.json").write_text(test)
+        path = root / "config.yaml"
+        path.write_text(yaml.safe_dump(config))
+        _assert_clean(*_run(["data", "check", str(root / "data")], root), "data", ok=(0, 1))
+        _assert_clean(*_run(["train", str(path)], root), "train")
