@@ -101,6 +101,36 @@ def test_target_modules_matching_nothing(tmp_path, capsys):
     assert not (tmp_path / "run-badit-multitask").exists()  # nothing trained: the new folder is removed again
 
 
+LOADED_CASES = {  # found by tests/test_cli_property.py: problems that show once the model and data are there
+    "prompt end longer than max_source_length": (
+        ["data.max_source_length=3"],
+        "max_source_length=3 is shorter than the fixed end of the prompt (8 tokens); raise data.max_source_length",
+    ),
+    "chat template missing": (
+        ["data.use_chat_template=true"],
+        "need a tokenizer that has a chat template; use an instruct model (model.name_or_path) or "
+        "prompt/completion rows (data.use_chat_template: false)",
+    ),
+    "attention package missing": (
+        ["model.attn_implementation=flash_attention_2"],
+        "a package it needs is missing (FlashAttention2 has been toggled on",
+    ),
+    "deepspeed file missing": (
+        ["training.deepspeed=no-such-ds.json"],
+        "training.deepspeed no-such-ds.json: no such file; give a DeepSpeed JSON config (or null)",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", LOADED_CASES)
+def test_problems_seen_with_the_model_loaded(case, tmp_path, capsys):
+    overrides, expected = LOADED_CASES[case]
+    config = _config_file(tmp_path, method_name="lora")
+    line = _one_error_line(capsys, ["train", str(config), *overrides])
+    assert line.startswith("badit train: error: ") and expected in line
+    assert not (tmp_path / "run-lora-multitask").exists()
+
+
 def _output_dir_file(root: Path) -> tuple[str, str]:
     (root / "a-file").write_text("mine")
     return str(root / "a-file"), f"output_dir {root / 'a-file'} is a file, not a folder"

@@ -1,8 +1,9 @@
 """Property-based: random configs, overrides and task files through the CLI entry point in-process end in
 success or in badit's own error (exit 2, one line, no traceback); nothing else (issue 13).
 
-No model is trained: the setting that would train is replaced by one that returns at once, so each example
-checks what happens before training (config reading and validation, data loading, the run folder).
+No model is trained: the Trainer is replaced by a stub that stops the command where training would start, so
+each example checks everything before (config, data, run folder, tiny model and adapter, tokenisation,
+TrainingArguments).
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import badit.experiments.settings as run_settings
 from badit.cli.main import main
 from tests.helpers import save_tiny_model, tiny_run_config
 
@@ -158,20 +158,32 @@ def _chdir(folder: Path):  # contextlib.chdir is Python 3.11+
         os.chdir(before)
 
 
+class ReachedTraining(Exception):
+    """Raised where the Trainer would start (or the continual setting's first evaluation)."""
+
+
+def _reached(*args, **kwargs):
+    raise ReachedTraining
+
+
 def _run(argv: list[str], cwd: Path) -> tuple[int, str]:
     """(exit code, stderr) of the CLI in this process, run in ``cwd`` (relative output_dir values land
-    there), with no training (the settings return at once)."""
+    there). Everything before training runs (config, data, run folder, model and adapter, tokenisation,
+    TrainingArguments); reaching the Trainer counts as success (exit 0)."""
     err, out = io.StringIO(), io.StringIO()
-    stub = {name: (lambda ctx, train, evaluate: {}) for name in run_settings.SETTINGS}
     work = cwd / "cwd"
     work.mkdir(exist_ok=True)
     with (
-        mock.patch.dict(run_settings.SETTINGS, stub),
+        mock.patch("badit.experiments.stage.train_stage", _reached),
+        mock.patch("badit.experiments.settings.evaluate_model", _reached),
         _chdir(work),
         contextlib.redirect_stderr(err),
         contextlib.redirect_stdout(out),
     ):
-        code = main(argv)
+        try:
+            code = main(argv)
+        except ReachedTraining:
+            code = 0
     return code, err.getvalue()
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import string
 from dataclasses import dataclass
 
+from badit.data.files import DataError
 from badit.data.tasks import Instance, Task
 
 PAPER_TEMPLATE = "{definition}\n\n{examples}Now complete the following example -\nInput: {input}\nOutput: "
@@ -83,9 +84,10 @@ def chat_parts(messages: list[dict[str, str]], tokenizer, input_text: str | None
     """The tokenizer's chat template of `messages` followed by the generation prompt, split around the
     content of the last message (`input_text` where that content holds the input's placeholder)."""
     if tokenizer is None or not getattr(tokenizer, "chat_template", None):
-        raise ValueError(
+        raise DataError(
             "chat prompts (data.use_chat_template or chat rows with 'messages') need a tokenizer that has "
-            "a chat template; use an instruct model or prompt/completion rows"
+            "a chat template; use an instruct model (model.name_or_path) or prompt/completion rows "
+            "(data.use_chat_template: false)"
         )
     last = messages[-1]["content"]
     if input_text is None:
@@ -93,7 +95,10 @@ def chat_parts(messages: list[dict[str, str]], tokenizer, input_text: str | None
     rendered = [*messages[:-1], {**messages[-1], "content": last}]
     text = tokenizer.apply_chat_template(rendered, tokenize=False, add_generation_prompt=True)
     if text.count(_SENTINEL) != 1:
-        raise ValueError("the tokenizer's chat template changes message contents; cannot place the input")
+        raise DataError(
+            "the tokenizer's chat template changes message contents, so the input cannot be placed in it; "
+            "set data.use_chat_template: false or use prompt/completion rows"
+        )
     prefix, suffix = text.split(_SENTINEL)
     return PromptParts(prefix, input_text, suffix, chat=True)
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
+from badit.data.files import DataError
 from badit.data.long_text import cut_long_fields
 from badit.data.prompts import PromptParts, PromptTemplate
 from badit.data.tasks import Instance, Task
@@ -46,9 +47,9 @@ def _fit_prompt(
         return lead + prefix + inp[max(len(inp) - budget, 0) :] + suffix
     keep = max_len - len(lead) - len(suffix)
     if keep < 0:
-        raise ValueError(
+        raise DataError(
             f"max_source_length={max_len} is shorter than the fixed end of the prompt ({len(suffix)} tokens); "
-            "raise max_source_length"
+            "raise data.max_source_length"
         )
     return lead + prefix[len(prefix) - keep :] + suffix
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import enum
+import importlib.util
 import math
 import types
 import typing
@@ -417,6 +418,11 @@ def validate(config: RunConfig, source: str = "config") -> None:
             fail(f"training.report_to: {error}")
     if t.on_nonfinite == "skip" and t.deepspeed:
         fail("training.on_nonfinite=skip does not work with training.deepspeed (use stop)")
+    if t.deepspeed is not None:
+        if not Path(t.deepspeed).is_file():
+            fail(f"training.deepspeed {t.deepspeed}: no such file; give a DeepSpeed JSON config (or null)")
+        if importlib.util.find_spec("deepspeed") is None:
+            fail("training.deepspeed needs the deepspeed package: pip install deepspeed (or set it to null)")
     if t.max_steps <= 0 and t.num_train_epochs <= 0:
         fail("set training.num_train_epochs > 0 or training.max_steps > 0")
     for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "logging_steps", "save_steps"):

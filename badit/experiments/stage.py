@@ -74,7 +74,14 @@ def prompt_template(data: DataConfig) -> PromptTemplate:
 def load_base_model(config: RunConfig):
     """The run's base model and tokenizer."""
     m = config.model
-    return load_model_and_tokenizer(m.name_or_path, m.dtype, m.trust_remote_code, m.attn_implementation)
+    try:
+        return load_model_and_tokenizer(m.name_or_path, m.dtype, m.trust_remote_code, m.attn_implementation)
+    except ImportError as error:  # e.g. attn_implementation=flash_attention_2 without its package
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        other = " or change model.attn_implementation (sdpa, eager)" if m.attn_implementation else ""
+        raise ConfigError(
+            f"model {m.name_or_path}: a package it needs is missing ({first}); install it{other}"
+        ) from None
 
 
 def data_source(config: RunConfig) -> TaskSource:
