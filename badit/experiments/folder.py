@@ -159,11 +159,9 @@ def _check_run_dir(run_dir: Path, config: RunConfig, resume: bool, overwrite: bo
         if resume:
             before = load_run_config(run_dir).to_dict()
             now = config.to_dict()
-            for section in (
-                "evaluation",
-                "output_dir",
-            ):  # evaluation settings may change; the folder may move
-                before.pop(section), now.pop(section)
+            # evaluation settings may change on resume, and the run folder may have been moved or copied
+            for key in ("evaluation", "output_dir"):
+                before.pop(key), now.pop(key)
             diff = _differences(before, now)
             if diff:
                 raise RunError(
