@@ -330,5 +330,10 @@ def test_no_code_removes_unmarked_folders():
         "training/model_loading.py: shutil.rmtree(staging, ignore_errors=True)",  # its own staging folder
         "training/trainer.py: shutil.rmtree(staging, ignore_errors=True)",  # its own staging folder
         "training/trainer.py: shutil.rmtree(adapter_dir, ignore_errors=True)",  # the run's adapter, replaced
+        # part A's crash-safe writes (badit/training/checkpoints.py): its staging folders, the replaced
+        # checkpoint or adapter (".NAME.old"), and the integrity module's temp file
+        "training/checkpoints.py: shutil.rmtree(staging, ignore_errors=True)",
+        "training/checkpoints.py: shutil.rmtree(old, ignore_errors=True)",
+        "adapter/integrity.py: Path(tmp).unlink(missing_ok=True)",
     }
     assert set(found) <= reviewed, set(found) - reviewed
