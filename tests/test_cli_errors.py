@@ -185,6 +185,33 @@ def test_disk_full_names_the_file(tmp_path, capsys, monkeypatch):
     assert not marker.exists() and not list(marker.parent.glob(".*.tmp"))  # no half-written file is left
 
 
+@pytest.mark.parametrize(
+    "message, expected",
+    [
+        (
+            "Error while serializing: I/O error: No space left on device (os error 28)",
+            "disk full while writing a tensor file (Error while serializing: I/O error: No space left on device "
+            "(os error 28)); free some space and rerun",
+        ),
+        (
+            "Error while deserializing header: header too small",
+            "a saved tensor file is damaged or truncated (Error while deserializing header: header too small); "
+            "restore it, or resume from an earlier checkpoint by deleting the damaged one",
+        ),
+    ],
+)
+def test_safetensors_errors_are_one_line(message, expected, tmp_path, capsys, monkeypatch):
+    # as a real 250 KB tmpfs gave when a checkpoint's adapter did not fit (safetensors names no file)
+    from safetensors import SafetensorError
+
+    def fail(*args, **kwargs):
+        raise SafetensorError(message)
+
+    monkeypatch.setattr("badit.experiments.settings.run", fail)
+    line = _one_error_line(capsys, ["train", str(_config_file(tmp_path))])
+    assert line == f"badit train: error: {expected}"
+
+
 def test_permission_denied_while_writing(tmp_path, capsys, monkeypatch):
     config = _config_file(tmp_path)
 

@@ -457,6 +457,19 @@ def os_error_message(error: OSError) -> str:
     return _one_line(f"{where}: {error.strerror or error}")
 
 
+def safetensors_message(message: str) -> str:
+    """One line for an error of the safetensors library, which names no file: a full disk while writing,
+    else a damaged file where badit did not check it first (e.g. a checkpoint without a manifest)."""
+    if f"os error {errno.ENOSPC}" in message:
+        return f"disk full while writing a tensor file ({message}); free some space and rerun"
+    if "serializing" in message and "deserializing" not in message:
+        return f"cannot write a tensor file ({message}); check the output folder's disk and permissions"
+    return (
+        f"a saved tensor file is damaged or truncated ({message}); restore it, or resume from an earlier "
+        "checkpoint by deleting the damaged one"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     # Overrides may follow options (`train CONFIG --resume a.b=1`): argparse leaves those unparsed.
@@ -523,12 +536,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as error:
         if args.verbose or type(error).__name__ != "SafetensorError":
             raise
-        # a damaged tensor file where badit did not check it first (e.g. a checkpoint without a manifest)
-        print(
-            f"badit {args.command}: error: a saved tensor file is damaged or truncated ({_one_line(str(error))}); "
-            "restore it, or resume from an earlier checkpoint by deleting the damaged one",
-            file=sys.stderr,
-        )
+        print(f"badit {args.command}: error: {safetensors_message(_one_line(str(error)))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("\ninterrupted; `badit train RUN --resume` continues from the last checkpoint", file=sys.stderr)
