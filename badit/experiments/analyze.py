@@ -6,6 +6,7 @@ from pathlib import Path
 
 from peft import PeftModel
 
+from badit.adapter.integrity import check_adapter_folder
 from badit.analysis import analyze
 from badit.data import DataCollator, tokenize_tasks
 from badit.experiments.folder import RunError, final_adapter_dir, load_run_config, require_adapter
@@ -26,6 +27,7 @@ def analyze_run(
     run_dir = Path(run_dir)
     config = load_run_config(run_dir)
     adapter_dir = require_adapter(final_adapter_dir(run_dir, config), run_dir)
+    check_adapter_folder(adapter_dir)
     source = data_source(config)
     tasks = source.load("train", task_names(config, source))
     if len(tasks) < 2:

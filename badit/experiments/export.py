@@ -13,6 +13,7 @@ import torch
 from peft import PeftModel
 
 from badit.adapter.export import ExportError, Routing, badit_layers, export_lora, export_merged, mean_routing
+from badit.adapter.integrity import check_adapter_folder
 from badit.data import DataCollator, tokenize_tasks
 from badit.experiments.folder import (
     ADAPTER_CONFIG_FILE,
@@ -100,6 +101,7 @@ def export(
         raise RunError(
             f"{source}: neither a run folder ({CONFIG_FILE}) nor an adapter folder ({ADAPTER_CONFIG_FILE})"
         )
+    check_adapter_folder(adapter_dir)
     model = PeftModel.from_pretrained(base, str(adapter_dir)).eval()
     if not badit_layers(model):
         raise ExportError(

@@ -8,6 +8,7 @@ from pathlib import Path
 from peft import PeftModel
 from safetensors import SafetensorError
 
+from badit.adapter.integrity import check_adapter_folder
 from badit.data.files import atomic_write_jsonl
 from badit.evaluation import metrics_from_records
 from badit.experiments.config import ConfigError, apply_override, from_dict
@@ -48,6 +49,7 @@ def reevaluate(
 
     def trained_model(adapter_dir: Path):
         require_adapter(adapter_dir, run_dir)
+        check_adapter_folder(adapter_dir)
         base, tokenizer = load_base_model(config)
         try:
             return PeftModel.from_pretrained(base, str(adapter_dir)).eval(), tokenizer

@@ -15,6 +15,7 @@ from safetensors.torch import save as safetensors_bytes
 from tqdm.auto import tqdm
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
+from badit.adapter.integrity import has_manifest
 from badit.data.files import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
@@ -94,8 +95,9 @@ class RegroupCallback(TrainerCallback):
     ``config`` is the adapter's BaditConfig (fields regroup, regroup_every, regroup_until): by default at each
     epoch end during the first half of training, as in the paper. Each regroup's per-layer statistics
     go to ``log_file`` (one JSON line per regroup) and their means over layers to the Trainer's next
-    log record (TensorBoard, JSONL) through ``log_fn``. The gradient windows are saved with every checkpoint and
-    restored from ``resume_from`` when training resumes.
+    log record (TensorBoard, JSONL) through ``log_fn``. The gradient windows are saved with every checkpoint
+    (inside it, before it is sealed: `save_checkpoint_state`) and restored from ``resume_from`` when
+    training resumes.
     """
 
     def __init__(
@@ -120,6 +122,18 @@ class RegroupCallback(TrainerCallback):
                 )
             else:
                 self.last_regroup_step = step
+            self._regroup_pending_epoch_end(state, model, kwargs.get("optimizer"))
+
+    def _regroup_pending_epoch_end(self, state: TrainerState, model, optimizer) -> None:
+        """Resuming from a checkpoint saved at the last step of an epoch: Trainer saves it in that step's
+        ``on_step_end``, before ``on_epoch_end`` (and its regroup) runs, and the resumed run starts at the
+        next epoch, so that regroup would be lost. Run it now (the optimizer state is loaded by now).
+
+        ``state.epoch`` is ``epoch + steps / steps_in_epoch``: a whole number exactly at an epoch end.
+        """
+        at_epoch_end = state.epoch is not None and state.epoch > 0 and float(state.epoch).is_integer()
+        if at_epoch_end and self.last_regroup_step < state.global_step:
+            self._maybe_regroup(state, model, optimizer, epoch_end=True)
 
     def on_step_end(self, args, state, control, model=None, optimizer=None, **kwargs):
         self._maybe_regroup(state, model, optimizer, epoch_end=False)
@@ -127,9 +141,17 @@ class RegroupCallback(TrainerCallback):
     def on_epoch_end(self, args, state, control, model=None, optimizer=None, **kwargs):
         self._maybe_regroup(state, model, optimizer, epoch_end=True)
 
+    def save_checkpoint_state(self, folder: Path, args, state, model) -> None:
+        """Called by `BaditTrainer` while the checkpoint is still being written (before it is sealed and
+        becomes visible), so that no visible checkpoint lacks the gradient sums."""
+        save_regroup_state(model, folder, args.process_index, self.last_regroup_step)
+
     def on_save(self, args, state, control, model=None, **kwargs):
+        # Under a plain transformers.Trainer (no `save_checkpoint_state` call): write into the finished
+        # checkpoint, as well as can be done there. BaditTrainer's checkpoints already hold the file.
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        if model is not None and folder.is_dir():
+        path = folder / REGROUP_STATE_FILE.format(rank=args.process_index)
+        if model is not None and folder.is_dir() and not path.exists() and not has_manifest(folder):
             save_regroup_state(model, folder, args.process_index, self.last_regroup_step)
 
     def _maybe_regroup(self, state: TrainerState, model, optimizer, epoch_end: bool) -> None:

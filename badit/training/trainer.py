@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -19,12 +18,21 @@ import torch
 from peft import PeftConfig, PeftModel, get_peft_model
 from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_callback import ProgressCallback
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from badit.adapter import BaditConfig
+from badit.adapter.integrity import check_adapter_folder
 from badit.data import DataCollator, TaskBalancedSampler
 from badit.regrouping import attach_gradient_tracking
 from badit.training.callbacks import JsonlLogger, ProgressBar, RegroupCallback
+from badit.training.checkpoints import (
+    STAGING_DIR,
+    kill_point,
+    remove_staging,
+    resumable_checkpoint,
+    seal,
+    staged_write,
+)
 from badit.training.model_loading import gpu_half_dtype
 from badit.training.nonfinite import NonFiniteGuard
 from badit.training.replicas import check_replicas, world_size
@@ -88,6 +96,52 @@ class BaditTrainer(Trainer):
             self.nonfinite_guard.check(model, loss, self.state.global_step + 1, sync_step=sync)
         return loss
 
+    # ------------------------------------------------------------------ crash-safe checkpoints
+
+    _staging = False  # while True, Trainer's writes go to the staging folder (see _save_checkpoint)
+
+    def _get_output_dir(self, trial) -> str:
+        run_dir = super()._get_output_dir(trial)
+        return os.path.join(run_dir, STAGING_DIR) if self._staging else run_dir
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """Trainer's checkpoint, written into ``.staging/checkpoint-N``, completed with the callbacks'
+        state (the regroup state), sealed by a manifest and renamed to ``checkpoint-N`` (checkpoints.py).
+
+        Trainer writes every file under `_get_output_dir`; pointing it at the staging folder for the
+        duration keeps all of Trainer's write paths (DeepSpeed, FSDP, scaler, RNG) instead of copying
+        them here. Trainer's own rotation then only sees the staging folder, so save_total_limit is
+        applied here, on the real folder, by step number (a rename may change a folder's mtime).
+        """
+        step = self.state.global_step
+        run_dir = Path(super()._get_output_dir(trial))
+        name = f"{PREFIX_CHECKPOINT_DIR}-{step}"
+        staging = run_dir / STAGING_DIR / name
+        with staged_write(staging, fresh=self.args.world_size <= 1):
+            self._staging = True
+            try:
+                super()._save_checkpoint(model, trial)
+            finally:
+                self._staging = False
+            kill_point("after-trainer-state", step)
+            for callback in self.callback_handler.callbacks:
+                if hasattr(callback, "save_checkpoint_state"):
+                    callback.save_checkpoint_state(staging, self.args, self.state, self.model)
+            self.accelerator.wait_for_everyone()  # every process's files are in before the seal
+            if self.args.should_save:
+                seal(staging, run_dir / name, before_rename=lambda: kill_point("before-rename", step))
+        if self.args.should_save:
+            rotate_checkpoints(
+                output_dir=str(run_dir),
+                save_total_limit=self.args.save_total_limit,
+                best_model_checkpoint=self.state.best_model_checkpoint,
+                use_mtime=False,
+            )
+
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        kill_point("checkpoint-write", self.state.global_step)  # the adapter is written, the optimizer not
+        super()._save_optimizer_and_scheduler(output_dir)
+
     def _get_train_sampler(self, train_dataset=None):
         if not self.balanced_sampling:
             return super()._get_train_sampler(train_dataset)
@@ -142,6 +196,7 @@ def build_adapter_model(
     """
     set_seed(seed)
     if init_adapter is not None:
+        check_adapter_folder(init_adapter)
         model = PeftModel.from_pretrained(base_model, str(init_adapter), is_trainable=True)
     elif peft_config is not None:
         model = get_peft_model(base_model, peft_config)
@@ -168,13 +223,14 @@ def _tensorboard_callback(log_dir: Path) -> TrainerCallback | None:
 
 
 def save_adapter(model, tokenizer, adapter_dir: Path) -> None:
-    """Write the adapter (with router and initial factors) and tokenizer; a crash leaves no half folder."""
+    """Write the adapter (with router and initial factors), tokenizer and manifest; a crash leaves no half
+    folder (staged and renamed as checkpoints are), a full disk is `DiskFullError`."""
     staging = adapter_dir.with_name(f".{adapter_dir.name}.tmp")
-    shutil.rmtree(staging, ignore_errors=True)
-    model.save_pretrained(str(staging))
-    tokenizer.save_pretrained(str(staging))
-    shutil.rmtree(adapter_dir, ignore_errors=True)
-    os.replace(staging, adapter_dir)
+    with staged_write(staging):
+        model.save_pretrained(str(staging))
+        tokenizer.save_pretrained(str(staging))
+        kill_point("final-save")
+        seal(staging, adapter_dir)
 
 
 @dataclass
@@ -208,8 +264,9 @@ def train_stage(
     ``args.output_dir`` is ``stage_dir/checkpoints``; ``stage_dir`` also receives ``logs/``
     (train_log.jsonl, regroup.jsonl, router_health.jsonl, tensorboard/ when ``tensorboard``). A model whose adapter
     regroups gets the regroup callback, scheduled by its BaditConfig. With ``resume``, training
-    continues from the last checkpoint, if any. ``on_nonfinite`` (stop | skip): what a NaN/inf loss or
-    gradient does (badit.training.nonfinite); ``stop`` raises ``NonFiniteError`` and writes no adapter.
+    continues from the newest checkpoint that verifies (`resumable_checkpoint`), if any. ``on_nonfinite``
+    (stop | skip): what a NaN/inf loss or gradient does (badit.training.nonfinite); ``stop`` raises
+    ``NonFiniteError`` and writes no adapter.
     """
     stage_dir = Path(stage_dir)
     checkpoint_dir, log_dir = Path(args.output_dir), stage_dir / "logs"
@@ -246,7 +303,14 @@ def train_stage(
     for callback in extra_callbacks:
         trainer.add_callback(callback)
 
-    checkpoint = get_last_checkpoint(str(checkpoint_dir)) if resume and checkpoint_dir.is_dir() else None
+    if trainer.is_world_process_zero():
+        remove_staging(checkpoint_dir)
+    checkpoint = None
+    if resume:
+        checkpoint = resumable_checkpoint(checkpoint_dir, needs_optimizer=not args.save_only_model)
+        if checkpoint is not None:
+            logger.info("resuming from %s", checkpoint)
+            checkpoint = str(checkpoint)
     if resume and checkpoint is None:
         logger.info("no checkpoint in %s: training from the start", checkpoint_dir)
     if regroup is not None:

@@ -1,0 +1,137 @@
+"""Crash safety: a real `badit train` process SIGKILLed at named points (inside a checkpoint write, after
+trainer_state.json but before the regroup state, inside the final save) and resumed ends bitwise equal to
+the uninterrupted run; checkpoints appear only complete; a full disk leaves the last checkpoint usable."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from badit.training.checkpoints import KILL_ENV
+from tests.helpers import tiny_run_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# 2 tasks x 16 examples, batch 4: 8 steps per epoch, 12 steps, checkpoints at 4, 8, 12. BADIT regroups at
+# the end of epoch 1 (step 8, regroup_until=1.0), which Trainer runs after the checkpoint of step 8 is saved.
+SECTIONS = dict(
+    data={"max_train_examples_per_task": 16},
+    method={"regroup_every": "epoch", "regroup_until": 1.0, "lora_dropout": 0.1},
+    training={"max_steps": 12, "save_steps": 4, "save_total_limit": None},
+    evaluation={"max_examples_per_task": 1, "max_new_tokens": 2},
+)
+
+
+def _config(tmp_path: Path, method: str, name: str) -> Path:
+    config = tiny_run_config(tmp_path, method, output_dir=str(tmp_path / name), **SECTIONS)
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _train(config: Path, *options: str, kill: str | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop(KILL_ENV, None)
+    if kill:
+        env[KILL_ENV] = kill
+    return subprocess.run(
+        [sys.executable, "-m", "badit.cli.main", "train", str(config), *options],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def _adapter(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(run_dir / "adapter" / "adapter_model.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """method -> (the shared folder with model and data, the uninterrupted run's adapter tensors)."""
+    root = tmp_path_factory.mktemp("crash")
+    runs = {}
+    for method in ("badit", "lora"):
+        result = _train(_config(root, method, f"whole-{method}"))
+        assert result.returncode == 0, result.stderr[-2000:]
+        runs[method] = _adapter(root / f"whole-{method}")
+    return root, runs
+
+
+# (method, kill point, the checkpoints visible after the kill, the one the resumed run starts from)
+KILLS = [
+    # inside the write of checkpoint 12 (adapter written, optimizer not): resume from 8, whose epoch-end
+    # regroup is still pending (it ran after the checkpoint was saved)
+    ("badit", "checkpoint-write:12", ["checkpoint-4", "checkpoint-8"]),
+    # after trainer_state.json of checkpoint 8, before its regroup state: resume from 4
+    ("badit", "after-trainer-state:8", ["checkpoint-4"]),
+    # inside the final save (adapter files written, not renamed): resume from 12, train nothing, save
+    ("badit", "final-save", ["checkpoint-4", "checkpoint-8", "checkpoint-12"]),
+    ("lora", "after-trainer-state:8", ["checkpoint-4"]),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("method", "kill", "visible"), KILLS, ids=[f"{m}-{k}" for m, k, _ in KILLS])
+def test_killed_run_resumes_bitwise(uninterrupted, method, kill, visible):
+    root, expected = uninterrupted
+    name = f"killed-{method}-{kill.replace(':', '-')}"
+    config = _config(root, method, name)
+    killed = _train(config, kill=kill)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    checkpoints = root / name / "checkpoints"
+    assert sorted((p.name for p in checkpoints.glob("checkpoint-*")), key=lambda n: (len(n), n)) == visible
+    assert not (root / name / "adapter").exists()
+
+    resumed = _train(config, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"resuming from {checkpoints / visible[-1]}" in resumed.stderr  # the newest complete one
+    assert not (checkpoints / ".staging").exists()
+    tensors = _adapter(root / name)
+    assert tensors.keys() == expected[method].keys()
+    different = [key for key in tensors if not torch.equal(tensors[key], expected[method][key])]
+    assert not different, different[:5]
+    if method == "badit":
+        regroups = (root / name / "logs" / "regroup.jsonl").read_text().splitlines()
+        assert [json.loads(line)["step"] for line in regroups][-1:] == [8]
+
+
+@pytest.mark.slow
+def test_disk_full_during_a_checkpoint_leaves_the_last_one_usable(tmp_path, monkeypatch):
+    from transformers import trainer as hf_trainer
+
+    from badit.experiments.config import from_dict
+    from badit.experiments.settings import run
+    from badit.training.checkpoints import DiskFullError, checkpoint_problem, resumable_checkpoint
+
+    config = from_dict(tiny_run_config(tmp_path, "badit", **SECTIONS))
+    real_save = torch.save
+
+    def save(obj, path, *args, **kwargs):  # the optimizer of checkpoint 8 does not fit on the disk
+        if str(path).endswith(f"checkpoint-8{os.sep}optimizer.pt"):
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real_save(obj, path, *args, **kwargs)
+
+    monkeypatch.setattr(hf_trainer.torch, "save", save)
+    with pytest.raises(DiskFullError) as error:
+        run(config)
+    staging = Path(config.output_dir) / "checkpoints" / ".staging"
+    assert str(error.value) == (
+        f"disk full while writing {staging / 'checkpoint-8' / 'optimizer.pt'}: free space and rerun with --resume"
+    )
+    checkpoints = Path(config.output_dir) / "checkpoints"
+    assert [p.name for p in checkpoints.iterdir()] == ["checkpoint-4"]  # the staging folder is gone
+    assert checkpoint_problem(checkpoints / "checkpoint-4") is None
+    assert resumable_checkpoint(checkpoints) == checkpoints / "checkpoint-4"
