@@ -21,6 +21,9 @@ MANIFEST_FILE = "badit-manifest.json"
 MANIFEST_VERSION = 1
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 _CHUNK = 1 << 20  # bytes hashed per read: 1 MiB keeps memory flat for multi-GB optimizer files
+UNLISTED = frozenset({MANIFEST_FILE, "README.md"})
+"""Files a manifest does not list: itself, and the model card, which a run rewrites with its scores after
+evaluation (badit/adapter/card.py) and which nothing loads."""
 
 
 class IntegrityError(ValueError):
@@ -45,7 +48,9 @@ def fsync_path(path: Path) -> None:
 
 
 def _files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST_FILE)
+    return sorted(
+        p for p in folder.rglob("*") if p.is_file() and p.relative_to(folder).as_posix() not in UNLISTED
+    )
 
 
 def write_manifest(folder: str | os.PathLike) -> dict:
