@@ -135,3 +135,28 @@ def test_disk_full_during_a_checkpoint_leaves_the_last_one_usable(tmp_path, monk
     assert [p.name for p in checkpoints.iterdir()] == ["checkpoint-4"]  # the staging folder is gone
     assert checkpoint_problem(checkpoints / "checkpoint-4") is None
     assert resumable_checkpoint(checkpoints) == checkpoints / "checkpoint-4"
+
+
+class _DiskFillsUp:
+    """A model whose save_pretrained fills the disk after writing part of its weights."""
+
+    def save_pretrained(self, folder: str) -> None:
+        path = Path(folder) / "adapter_model.safetensors"
+        path.write_bytes(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+
+def test_disk_full_during_the_final_save_keeps_the_previous_adapter(tmp_path):
+    from badit.training.checkpoints import DiskFullError
+    from badit.training.trainer import save_adapter
+    from tests.helpers import char_tokenizer
+
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_model.safetensors").write_bytes(b"previous")
+    with pytest.raises(DiskFullError) as error:
+        save_adapter(_DiskFillsUp(), char_tokenizer(), adapter)
+    partial = tmp_path / ".adapter.tmp" / "adapter_model.safetensors"
+    assert str(error.value) == f"disk full while writing {partial}: free space and rerun with --resume"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]  # no staging folder left
+    assert (adapter / "adapter_model.safetensors").read_bytes() == b"previous"
