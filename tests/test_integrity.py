@@ -183,3 +183,25 @@ def test_kill_point_reads_the_point_and_step(monkeypatch):
     monkeypatch.setenv(checkpoints.KILL_ENV, "final-save")
     checkpoints.kill_point("final-save")
     assert kills == [signal.SIGKILL, signal.SIGKILL]
+
+
+def test_the_cli_reports_a_damaged_adapter_in_one_line(tmp_path, capsys):
+    from badit.cli.main import main
+    from tests.helpers import save_tiny_model
+
+    base = save_tiny_model(tmp_path / "base")
+    model = get_peft_model(make_tiny_model(), badit.BaditConfig(regroup=False))
+    model.peft_config["default"].base_model_name_or_path = str(base)
+    folder = tmp_path / "adapter"
+    model.save_pretrained(folder)
+    write_manifest(folder)
+    weights = folder / "adapter_model.safetensors"
+    _overwrite(weights, weights.stat().st_size - 4096 - 8, b"\xff" * 4096)
+    capsys.readouterr()  # the progress bars of the saves above
+    assert main(["export", str(folder), "--output", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"badit export: error: {weights} does not match its sha256 in {MANIFEST_FILE} (damaged or overwritten): "
+        "the adapter is damaged; rerun training with --resume (or retrain the run) to write it again"
+    )
+    assert not (tmp_path / "out").exists()

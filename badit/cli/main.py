@@ -506,10 +506,12 @@ def main(argv: list[str] | None = None) -> int:
         "export": _export,
         "sweep": _sweep,
     }
+    from badit.adapter.integrity import IntegrityError
     from badit.data.files import DataError
     from badit.experiments.config import ConfigError
     from badit.experiments.folder import RunError
     from badit.experiments.report.collect import ReportError
+    from badit.training.checkpoints import CheckpointError
     from badit.training.nonfinite import NonFiniteError
     from badit.training.replicas import ReplicaMismatchError
 
@@ -522,6 +524,8 @@ def main(argv: list[str] | None = None) -> int:
         ReportError,
         NonFiniteError,
         ReplicaMismatchError,
+        IntegrityError,
+        CheckpointError,
         FileNotFoundError,
     ) as error:
         if args.verbose:
