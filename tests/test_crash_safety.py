@@ -160,3 +160,39 @@ def test_disk_full_during_the_final_save_keeps_the_previous_adapter(tmp_path):
     assert str(error.value) == f"disk full while writing {partial}: free space and rerun with --resume"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]  # no staging folder left
     assert (adapter / "adapter_model.safetensors").read_bytes() == b"previous"
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        OSError(errno.ENOSPC, "No space left on device"),
+        RuntimeError(
+            "[enforce fail at inline_container.cc:664] . unexpected pos 128 vs 64: file write failed"
+        ),
+        # safetensors names no file and no errno attribute, only the text of the OS error
+        "Error while serializing: I/O error: No space left on device (os error 28)",
+    ],
+    ids=["oserror", "torch", "safetensors"],
+)
+def test_each_library_s_disk_full_error_becomes_disk_full_error(tmp_path, error):
+    from safetensors import SafetensorError
+
+    from badit.training.checkpoints import DiskFullError, staged_write
+
+    error = SafetensorError(error) if isinstance(error, str) else error
+    staging = tmp_path / ".staging" / "checkpoint-8"
+    with pytest.raises(DiskFullError) as raised:
+        with staged_write(staging):
+            raise error
+    assert str(raised.value) == f"disk full while writing {staging}: free space and rerun with --resume"
+    assert list(tmp_path.iterdir()) == []  # the staging folder and its empty parent are gone
+
+
+def test_other_write_errors_pass_through_and_clean_up(tmp_path):
+    from badit.training.checkpoints import staged_write
+
+    staging = tmp_path / ".adapter.tmp"
+    with pytest.raises(PermissionError):
+        with staged_write(staging):
+            raise PermissionError(errno.EACCES, "Permission denied")
+    assert list(tmp_path.iterdir()) == []

@@ -83,8 +83,12 @@ def kill_point(point: str, step: int | None = None) -> None:
 def _is_disk_full(error: BaseException) -> bool:
     if isinstance(error, OSError):
         return error.errno in (errno.ENOSPC, errno.EDQUOT)
-    # torch.save reports a failed write as RuntimeError("... file write failed") without the errno
-    return isinstance(error, RuntimeError) and "write failed" in str(error)
+    # torch.save reports a failed write as RuntimeError("... file write failed") without the errno;
+    # safetensors (a Rust library) as SafetensorError("... IoError(Os { code: 28, ... })")
+    message = str(error)
+    if type(error).__name__ == "SafetensorError":
+        return f"code: {errno.ENOSPC}," in message or f"os error {errno.ENOSPC}" in message
+    return isinstance(error, RuntimeError) and "write failed" in message
 
 
 @contextmanager
