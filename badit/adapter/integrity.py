@@ -133,7 +133,10 @@ def check_saved_folder(folder: str | os.PathLike, fix: str) -> None:
         raise IntegrityError(f"{problem}: {fix}")
     weights = folder / ADAPTER_WEIGHTS
     if weights.is_file():
-        name = nonfinite_tensor(weights)
+        try:
+            name = nonfinite_tensor(weights)
+        except IntegrityError as e:
+            raise IntegrityError(f"{e}: {fix}") from None
         if name is not None:
             raise IntegrityError(f"{weights}: tensor {name} holds NaN or inf values: {fix}")
 

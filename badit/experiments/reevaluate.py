@@ -49,15 +49,16 @@ def reevaluate(
 
     def trained_model(adapter_dir: Path):
         require_adapter(adapter_dir, run_dir)
-        check_adapter_folder(adapter_dir)
         base, tokenizer = load_base_model(config)
         try:
-            return PeftModel.from_pretrained(base, str(adapter_dir)).eval(), tokenizer
+            model = PeftModel.from_pretrained(base, str(adapter_dir)).eval()
         except SafetensorError as error:
             raise RunError(
                 f"{adapter_dir}: the adapter's weights are damaged or truncated ({error}); restore the folder "
                 f"or train it again (`badit train {run_dir} --resume`)"
             ) from None
+        check_adapter_folder(adapter_dir)  # readable, but not what was saved (manifest) or not finite
+        return model, tokenizer
 
     if config.setting == "single":
         for task in eval_tasks:
