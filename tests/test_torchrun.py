@@ -1,5 +1,6 @@
 """Several processes: `badit train` under torchrun (2 gloo processes on CPU) ends with the same adapter
-on every rank, equal within float tolerance to one process with the same global batch."""
+on every rank, equal within float tolerance to one process with the same global batch; the ranks'
+replica check and non-finite verdict are collective."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from safetensors.torch import load_file
 
 from badit.experiments.config import from_dict
 from badit.experiments.settings import run
+from badit.training.nonfinite import NonFiniteError, NonFiniteGuard
 from badit.training.replicas import ReplicaMismatchError, check_replicas
 from tests.helpers import tiny_run_config
 
@@ -37,20 +39,31 @@ def _replica_worker(rank: int, init_file: str, results: str) -> None:
             outcomes.append(check_replicas(layer, "stage"))
         except ReplicaMismatchError as error:
             outcomes.append(str(error))
+        # the non-finite guard: a NaN loss on rank 1 only (gradients finite) stops both ranks at step 4
+        for p in layer.parameters():
+            p.grad = torch.ones_like(p)
+        guard = NonFiniteGuard("stop")
+        loss = torch.tensor(float("nan") if rank == 1 else 1.0)
+        try:
+            guard.check(layer, loss, step=4, sync_step=True)
+            outcomes.append(None)
+        except NonFiniteError as error:
+            outcomes.append(error.step)
         Path(results, f"rank{rank}.json").write_text(json.dumps(outcomes))
     finally:
         dist.destroy_process_group()
 
 
 @pytest.mark.slow
-def test_replica_check_compares_every_rank_with_rank0(tmp_path):
+def test_replica_check_and_nonfinite_verdict_agree_across_ranks(tmp_path):
     mp.spawn(_replica_worker, args=(str(tmp_path / "rdv"), str(tmp_path)), nprocs=2, join=True)
     for rank in (0, 1):
-        equal, diverged = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        equal, diverged, stopped_at = json.loads((tmp_path / f"rank{rank}.json").read_text())
         assert equal == 0.0
         # both ranks stop: rank 0 holds the right values but learns of rank 1's 0.25 through the gather
         assert diverged.startswith("stage: the 2 processes ended training with different adapters")
         assert "largest difference from rank 0: 0.25" in diverged, diverged
+        assert stopped_at == 4  # rank 0's own loss was finite: it learns of rank 1's NaN by the all-reduce
 
 
 def _adapter(run_dir: Path) -> dict[str, torch.Tensor]:
