@@ -53,7 +53,8 @@ def test_shipped_sweep_files_load(path):
     from badit.experiments.sweep import load_sweep
 
     sweep = load_sweep(path)
-    assert {"badit", "lora"} <= set(sweep.methods) and len(sweep.seeds) >= 3
+    # every shipped sweep compares badit with a baseline over at least 3 seeds
+    assert "badit" in sweep.methods and len(sweep.methods) >= 2 and len(sweep.seeds) >= 3
 
 
 def test_yaml_and_overrides(tmp_path):
