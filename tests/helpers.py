@@ -16,6 +16,7 @@ from transformers import (
     PreTrainedTokenizerFast,
     Qwen3Config,
     Qwen3ForCausalLM,
+    TrainerCallback,
 )
 
 FAMILIES = ("llama", "qwen3", "gemma2")
@@ -118,3 +119,18 @@ def tiny_run_config(
         else:
             config[section] = values
     return config
+
+
+class SimulatedKill(Exception):
+    pass
+
+
+class KillAfterSave(TrainerCallback):
+    """Stops training right after the checkpoint of step ``step`` is written (as a kill would)."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise SimulatedKill

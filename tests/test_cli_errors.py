@@ -169,14 +169,21 @@ def test_read_only_output_dir(tmp_path, capsys, monkeypatch):
     )
 
 
-def test_disk_full_names_the_file(tmp_path, capsys, monkeypatch):
+def _train_with_failing_fsync(tmp_path, capsys, monkeypatch, error: OSError) -> str:
+    """The one error line of `badit train` when every fsync (the run folder's first writes) fails."""
     config = _config_file(tmp_path)
 
-    def full(fd):
-        raise OSError(errno.ENOSPC, "No space left on device")
+    def fail(fd):
+        raise error
 
-    monkeypatch.setattr("badit.data.files.os.fsync", full)
-    line = _one_error_line(capsys, ["train", str(config)])
+    monkeypatch.setattr("badit.data.files.os.fsync", fail)
+    return _one_error_line(capsys, ["train", str(config)])
+
+
+def test_disk_full_names_the_file(tmp_path, capsys, monkeypatch):
+    line = _train_with_failing_fsync(
+        tmp_path, capsys, monkeypatch, OSError(errno.ENOSPC, "No space left on device")
+    )
     marker = tmp_path / "run-lora-multitask" / MARKER_FILE
     assert line == (
         f"badit train: error: disk full while writing {marker}; free some space "
@@ -213,13 +220,9 @@ def test_safetensors_errors_are_one_line(message, expected, tmp_path, capsys, mo
 
 
 def test_permission_denied_while_writing(tmp_path, capsys, monkeypatch):
-    config = _config_file(tmp_path)
-
-    def denied(fd):
-        raise PermissionError(errno.EACCES, "Permission denied")
-
-    monkeypatch.setattr("badit.data.files.os.fsync", denied)
-    line = _one_error_line(capsys, ["train", str(config)])
+    line = _train_with_failing_fsync(
+        tmp_path, capsys, monkeypatch, PermissionError(errno.EACCES, "Permission denied")
+    )
     assert line.startswith(f"badit train: error: permission denied on {tmp_path / 'run-lora-multitask'}")
 
 

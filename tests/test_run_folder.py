@@ -9,27 +9,11 @@ import shutil
 from pathlib import Path
 
 import pytest
-from transformers import TrainerCallback
 
 from badit.cli.main import main
 from badit.experiments.config import from_dict
 from badit.experiments.settings import run
-from tests.helpers import tiny_run_config
-
-
-class Killed(Exception):
-    pass
-
-
-class KillAfterSave(TrainerCallback):
-    """Stops training right after the checkpoint of step ``step`` is written (as a kill would)."""
-
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_save(self, args, state, control, **kwargs):
-        if state.global_step == self.step:
-            raise Killed
+from tests.helpers import KillAfterSave, SimulatedKill, tiny_run_config
 
 
 def file_hashes(folder: Path) -> dict[str, str]:
@@ -47,7 +31,7 @@ def test_a_copied_run_resumes_and_evaluates_in_its_new_place(tmp_path):
         tmp_path, "badit", training={"max_steps": 6, "save_steps": 2, "save_total_limit": None}
     )
     original = Path(config["output_dir"])
-    with pytest.raises(Killed):
+    with pytest.raises(SimulatedKill):
         run(from_dict(config), extra_callbacks=[KillAfterSave(4)])
     assert (original / "checkpoints" / "checkpoint-4").is_dir() and not (original / "adapter").exists()
     moved = tmp_path / "elsewhere" / "moved"

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import TrainerCallback
 
 from badit.data import DataCollator, load_tasks, tokenize_tasks
 from badit.data.synthetic import TASKS, generate_demo_tasks, write_demo_tasks
@@ -18,7 +17,7 @@ from badit.experiments.config import from_dict
 from badit.experiments.folder import RunError
 from badit.experiments.settings import run
 from badit.experiments.stage import RunContext, adapter_model, prompt_template, train
-from tests.helpers import tiny_run_config
+from tests.helpers import KillAfterSave, SimulatedKill, tiny_run_config
 
 
 def _fixed_batch_loss(model, tokenizer, tasks, config) -> float:
@@ -58,21 +57,6 @@ def test_each_method_trains_and_its_loss_decreases(tmp_path, method):
     assert [r["step"] for r in log if "loss" in r] == list(range(1, 9))
     regroups = [r for r in log if "regroup/moved" in r]
     assert len(regroups) == (1 if method == "badit" else 0)  # step 4 only: regroup_until 0.5 of 8 steps
-
-
-class SimulatedKill(Exception):
-    pass
-
-
-class KillAfterSave(TrainerCallback):
-    """Stops the process right after the checkpoint of step ``step`` is written (as a kill would)."""
-
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_save(self, args, state, control, **kwargs):
-        if state.global_step == self.step:
-            raise SimulatedKill
 
 
 def _adapter_tensors(run_dir: Path) -> dict[str, torch.Tensor]:
