@@ -134,3 +134,25 @@ class KillAfterSave(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         if state.global_step == self.step:
             raise SimulatedKill
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def doc_block(doc: str, heading: str, language: str = "python") -> str:
+    """The first fenced ``language`` block after the heading ``heading`` of ``doc`` (README.md,
+    docs/usage.md), so that a test runs the code a user pastes."""
+    text = (REPO / doc).read_text(encoding="utf-8")
+    start = text.index(f"{heading}\n")
+    fence = f"```{language}\n"
+    begin = text.index(fence, start) + len(fence)
+    return text[begin : text.index("```", begin)]
+
+
+def substitute(code: str, replacements: dict[str, str]) -> str:
+    """``code`` with each key replaced by its value (tiny sizes, local paths); each key must occur, so
+    that a change of the docs shows up here instead of silently testing something else."""
+    for old, new in replacements.items():
+        assert old in code, f"the docs block no longer contains {old!r}"
+        code = code.replace(old, new)
+    return code

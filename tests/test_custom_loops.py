@@ -12,7 +12,7 @@ from peft import get_peft_model
 import badit
 from badit.data import DataCollator, open_source, tokenize_tasks
 from badit.regrouping import regroup_due
-from tests.helpers import char_tokenizer, make_tiny_model
+from tests.helpers import char_tokenizer, doc_block, make_tiny_model, save_tiny_model, substitute
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore::UserWarning"),
@@ -82,35 +82,46 @@ def test_plain_pytorch_loop_trains_router_and_regroups(tmp_path):
 
 
 @pytest.mark.slow
-def test_trl_sft_trainer_with_regroup_callback(tmp_path, monkeypatch):
-    trl = pytest.importorskip("trl")
+def test_trl_sft_trainer_docs_block_with_regroup_callback(tmp_path, monkeypatch):
+    """The docs' TRL block as written (model, sizes and schedule made tiny), on the README's data shape:
+    a task whose completions are lists of acceptable answers."""
+    pytest.importorskip("trl")
     datasets = pytest.importorskip("datasets")
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
     write_mix(tmp_path / "mix.jsonl")
-    tokenizer = char_tokenizer()
-    # --- as in docs/usage.md, "TRL's SFTTrainer" ---
-    train = datasets.load_dataset("json", data_files=str(tmp_path / "mix.jsonl"), split="train")
-    model = get_peft_model(make_tiny_model("llama"), badit_config(regroup_every=2, regroup_until=1.0))
-    regroup = badit.RegroupCallback(config=model.peft_config["default"])
-    routers_before = router_weights(model)
-    trainer = trl.SFTTrainer(
-        model=model,
-        args=trl.SFTConfig(
-            output_dir=str(tmp_path / "out"),
-            max_steps=4,
-            per_device_train_batch_size=8,
-            learning_rate=1e-2,
-            completion_only_loss=True,  # the loss on the completion only, as badit's own training
-            report_to="none",
-            save_strategy="no",
-            use_cpu=True,
-        ),
-        train_dataset=train.remove_columns("task"),
-        processing_class=tokenizer,
-        callbacks=[regroup],
+    with open(tmp_path / "mix.jsonl", "a", encoding="utf-8") as f:  # as the README's add_one task
+        f.writelines(
+            json.dumps({"task": "add_one", "prompt": f"{n} plus one:", "completion": [str(n + 1), f"n{n}"]})
+            + "\n"
+            for n in range(12)
+        )
+    save_tiny_model(tmp_path / "tiny")
+    code = substitute(
+        doc_block("docs/usage.md", "### TRL's SFTTrainer"),
+        {
+            '"smollm2-135m-instruct"': repr(str(tmp_path / "tiny")),
+            'task_type="CAUSAL_LM"': 'task_type="CAUSAL_LM", lora_dropout=0.0, regroup_every=2, regroup_until=1.0',
+            "learning_rate=2e-4,": 'learning_rate=1e-2, max_steps=4, per_device_train_batch_size=8, report_to="none",',
+        },
     )
-    trainer.train()
+    namespace: dict = {}
+    exec(compile(code, "docs/usage.md (TRL's SFTTrainer)", "exec"), namespace)
     # --- checks ---
+    # 3 tasks x 12 rows, 1 test row each held out: 33 training rows, the add_one ones with their first answer
+    assert len(namespace["train"]) == 33
+    add_one = [row for row in namespace["train"] if row["prompt"].endswith("plus one:")]
+    assert len(add_one) == 11 and all(
+        row["completion"] == str(int(row["prompt"].split()[0]) + 1) for row in add_one
+    )
+    regroup = next(
+        c for c in namespace["trainer"].callback_handler.callbacks if isinstance(c, badit.RegroupCallback)
+    )
     assert [record["step"] for record in regroup.history] == [2]  # every 2 steps, not after the last
-    assert sum(layer["moved"] for layer in regroup.history[0]["layers"].values()) > 0
-    assert all(not torch.equal(a, b) for a, b in zip(routers_before, router_weights(model)))
+    moved = sum(layer["moved"] for layer in regroup.history[0]["layers"].values())
+    assert moved > 0
+    # the summary joined the Trainer's log record of step 2 (logging_steps 10: the next record is
+    # the end-of-training one, at step 4)
+    logged = [r for r in namespace["trainer"].state.log_history if "regroup/moved" in r]
+    assert [(r["step"], r["regroup/moved"]) for r in logged] == [(4, float(moved))]
+    assert (tmp_path / "adapter" / "adapter_config.json").is_file()

@@ -94,8 +94,12 @@ class RegroupCallback(TrainerCallback):
 
     ``config`` is the adapter's BaditConfig (fields regroup, regroup_every, regroup_until): by default at each
     epoch end during the first half of training, as in the paper. Each regroup's per-layer statistics
-    go to ``log_file`` (one JSON line per regroup) and their means over layers to the Trainer's next
-    log record (TensorBoard, JSONL) through ``log_fn``. The gradient windows are saved with every checkpoint
+    go to ``log_file`` (one JSON line per regroup) and their means over layers (``regroup/moved``, ...)
+    to the Trainer's next log record: through ``log_fn`` when given (`BaditTrainer.queue_logs`, which
+    reaches every reporting callback), otherwise, under any other ``transformers.Trainer`` (TRL's
+    ``SFTTrainer``, ...), added in ``on_log`` to that record's ``logs`` and its entry of
+    ``state.log_history`` (callbacks after this one, and ``trainer_state.json``, see them; reporting
+    callbacks registered before it, e.g. TensorBoard's, have already written that record). The gradient windows are saved with every checkpoint
     (inside it, before it is sealed: `save_checkpoint_state`) and restored from ``resume_from`` when
     training resumes.
     """
@@ -112,6 +116,17 @@ class RegroupCallback(TrainerCallback):
         self.last_regroup_step = -1
         self.resume_from: str | None = None
         self.history: list[dict] = []
+        self._pending_logs: dict[str, float] = {}  # without log_fn: for the next on_log
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        """Without ``log_fn``: the last regroups' summary joins the Trainer's log record."""
+        if not self._pending_logs or logs is None:
+            return
+        logs.update(self._pending_logs)
+        # Trainer.log appended a copy ({**logs, "step": ...}) to log_history before calling on_log
+        if state.log_history and state.log_history[-1].get("step") == state.global_step:
+            state.log_history[-1].update(self._pending_logs)
+        self._pending_logs = {}
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         if self.resume_from and model is not None:
@@ -176,9 +191,12 @@ class RegroupCallback(TrainerCallback):
             self.log_file.parent.mkdir(parents=True, exist_ok=True)
             with open(self.log_file, "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
+        summary = {f"regroup/{key}": value for key, value in regroup_summary(stats).items()}
+        summary["regroup/seconds"] = seconds
         if self.log_fn is not None:
-            summary = {f"regroup/{key}": value for key, value in regroup_summary(stats).items()}
-            self.log_fn({**summary, "regroup/seconds": seconds})
+            self.log_fn(summary)
+        else:
+            self._pending_logs.update(summary)
 
 
 # ----------------------------------------------------------------------------------------------
