@@ -28,8 +28,8 @@ from badit.data import (
     task_order,
     write_split_layout,
 )
-from badit.data.sampling import task_probabilities
-from badit.data.splits import split_indices
+from badit.data.batches import task_probabilities
+from badit.data.tasks import split_indices
 
 
 def task_json(name: str, n: int, definition="Say the number.", outputs=None) -> dict:

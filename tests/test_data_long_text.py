@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from badit.data import Instance, PromptTemplate, Task, encode_prompts, tokenize_tasks
-from badit.data.long_text import CHARS_PER_TOKEN, cut_long_fields, keep_end
+from badit.data.tokenize import CHARS_PER_TOKEN, cut_long_fields, keep_end
 from tests.helpers import char_tokenizer
 
 

@@ -23,7 +23,7 @@ from badit.data import (
     source_from_dataset,
     tokenize_tasks,
 )
-from badit.data.splits import split_indices
+from badit.data.tasks import split_indices
 from tests.helpers import char_tokenizer
 
 CHAT_TEMPLATE = (

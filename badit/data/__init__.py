@@ -1,17 +1,30 @@
 """badit.data: tasks from SuperNI folders or own data (JSONL, CSV, `datasets`), prompts, tokenisation with
 answer-only labels, batching and sampling."""
 
-from badit.data.check import check_data, run_data_check
-from badit.data.collate import DataCollator
-from badit.data.download import download_tasks, write_split_layout
+from badit.data.batches import DataCollator, TaskBalancedSampler
 from badit.data.files import DataError
-from badit.data.order import task_order
 from badit.data.prompts import PAPER_TEMPLATE, PromptParts, PromptTemplate, format_prompt
 from badit.data.rows import Columns
-from badit.data.sampling import TaskBalancedSampler
-from badit.data.sources import FORMATS, TaskSource, detect_format, open_source, source_from_dataset
-from badit.data.splits import SplitSizes
-from badit.data.tasks import Instance, Task, list_tasks, load_task, load_tasks
+from badit.data.sources import (
+    FORMATS,
+    TaskSource,
+    check_data,
+    detect_format,
+    open_source,
+    run_data_check,
+    source_from_dataset,
+)
+from badit.data.tasks import (
+    Instance,
+    SplitSizes,
+    Task,
+    download_tasks,
+    list_tasks,
+    load_task,
+    load_tasks,
+    task_order,
+    write_split_layout,
+)
 from badit.data.tokenize import IGNORE_INDEX, encode_prompts, tokenize_tasks
 
 __all__ = [

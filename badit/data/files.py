@@ -71,26 +71,45 @@ def inside(root: Path, path: Path) -> Path:
     return resolved
 
 
-def parse_json_bytes(raw: bytes, source: str) -> Any:
-    """Decode UTF-8 JSON; DataError naming `source` and the position of the problem."""
+def decode_utf8(raw: bytes, source: str, encoding: str = "utf-8") -> str:
+    """`raw` decoded (`encoding`: utf-8, or utf-8-sig to accept a byte-order mark); DataError naming
+    `source`, the byte, its offset and its line."""
     try:
-        text = raw.decode("utf-8")
+        return raw.decode(encoding)
     except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
         raise DataError(
-            f"{source}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at offset {e.start}); re-save the file as UTF-8"
+            f"{source}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at offset {e.start}) on line {line}; "
+            "re-save the file as UTF-8"
         ) from None
+
+
+def read_text(path: str | os.PathLike, encoding: str = "utf-8") -> str:
+    """The text of a UTF-8 file; DataError for a missing, unreadable or non-UTF-8 file. The one reader
+    of data files (task JSON, JSONL, CSV): every such file fails with the same messages."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found; check data.path") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror})") from None
+    return decode_utf8(raw, str(path), encoding)
+
+
+def parse_json(text: str, source: str) -> Any:
+    """Parsed JSON; DataError naming `source` and the position of the problem."""
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
         raise DataError(f"{source}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
 
 
-def read_json_file(path: Path) -> Any:
-    """Read and parse a UTF-8 JSON file; DataError for a missing, unreadable, non-UTF-8 or invalid file."""
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
-    except OSError as e:
-        raise DataError(f"{path}: cannot read ({e.strerror})") from None
-    return parse_json_bytes(raw, str(path))
+def parse_json_bytes(raw: bytes, source: str) -> Any:
+    """Decode UTF-8 JSON (e.g. a download); DataError naming `source` and the position of the problem."""
+    return parse_json(decode_utf8(raw, source), source)
+
+
+def read_json_file(path: str | os.PathLike) -> Any:
+    """Read and parse a UTF-8 JSON file (see `read_text`)."""
+    return parse_json(read_text(path), str(path))

@@ -9,20 +9,32 @@ A row is one example. Its format is set by the columns it fills:
   turns before it become the prompt through the tokenizer's chat template at tokenisation time.
 Optional columns: `task` (one table may hold many tasks; without the column the table is one task
 named after the file), `split` (train / dev / test; without it test examples are split off per task
-with a seed, see `badit.data.splits`) and `id`. Every column name can be changed (`Columns`).
+with a seed, see `badit.data.tasks`) and `id`. Every column name can be changed (`Columns`).
 
 Every problem names the table, the row (JSONL/CSV: its line in the file; datasets: its index) and
 the column, and says how to fix it.
+
+Reading: JSONL and CSV with the standard library's json and csv modules rather than through `datasets`
+(a bad line then gets an error naming that line, nothing is cached on disk, and a file is read in a
+blink); `data.format: datasets` reads a folder written by `save_to_disk`, data files (JSON/JSONL, CSV,
+Parquet) or a hub name through `datasets` itself, or takes a `Dataset` / `DatasetDict` already in
+memory. A `DatasetDict` with more than a train split keeps its splits (train, validation/dev, test); a
+lone `Dataset`, data files and a dataset with only a train split are one table, split by a split column
+or with the seed. `datasets` is imported only when such a source is used (it pulls in pyarrow and pandas).
 """
 
 from __future__ import annotations
 
+import csv
+import dataclasses
+import io
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from badit.data.files import DataError
+from badit.data.files import DataError, read_text
 from badit.data.tasks import Instance, Split, check_task_name
 
 SPLIT_NAMES = {"train": "train", "dev": "dev", "validation": "dev", "valid": "dev", "test": "test"}
@@ -278,3 +290,117 @@ def problems_error(problems: Sequence[str], check_hint: str) -> DataError:
     """One DataError for a list of problems: the first in full, the others counted."""
     more = f" (and {len(problems) - 1} more problems: {check_hint} lists them)" if len(problems) > 1 else ""
     return DataError(problems[0] + more)
+
+
+# Reading tables: JSONL and CSV files (a row keeps its line), `datasets` (a row keeps its index).
+
+
+def read_jsonl(path: str | Path) -> Table:
+    """One JSON object per line (blank lines skipped)."""
+    path = Path(path)
+    rows = []
+    for number, line in enumerate(read_text(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append((number, json.loads(line)))
+        except json.JSONDecodeError as e:
+            raise DataError(
+                f"{path} line {number}: invalid JSON at column {e.colno} ({e.msg}); "
+                "each line must be one JSON object"
+            ) from None
+    return Table(str(path), rows)
+
+
+def read_csv(path: str | Path) -> Table:
+    """A CSV file with a header row (an Excel byte-order mark is accepted); rows keep their line."""
+    path = Path(path)
+    reader = csv.reader(io.StringIO(read_text(path, "utf-8-sig"), newline=""))
+    try:
+        header = next(reader, None)
+        if header is None:
+            raise DataError(
+                f"{path}: empty file; the first line must name the columns (e.g. task,prompt,completion)"
+            )
+        header = [name.strip() for name in header]
+        rows, start = [], reader.line_num + 1
+        for values in reader:
+            if any(v.strip() for v in values):
+                if len(values) > len(header):
+                    raise DataError(
+                        f"{path} line {start}: {len(values)} fields but the header names {len(header)}; "
+                        "quote fields that contain commas"
+                    )
+                rows.append((start, dict(zip(header, values))))
+            start = reader.line_num + 1
+    except csv.Error as e:
+        raise DataError(f"{path} line {reader.line_num}: {e}; check the quoting") from None
+    return Table(str(path), rows, columns=tuple(header))
+
+
+FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
+"""`datasets.load_dataset` builder for each data-file extension."""
+
+
+def is_saved_dataset(path: Path) -> bool:
+    """True for a folder written by `Dataset.save_to_disk` or `DatasetDict.save_to_disk`."""
+    return path.is_dir() and ((path / "state.json").is_file() or (path / "dataset_dict.json").is_file())
+
+
+def load_hf(path: str, columns: Columns) -> list[Table]:
+    """The tables of the dataset at `path` (saved folder, data file or hub name)."""
+    import datasets
+
+    where = Path(path)
+    try:
+        if is_saved_dataset(where):
+            data = datasets.load_from_disk(str(where))
+        elif where.is_file():
+            builder = FILE_BUILDERS.get(where.suffix.lower())
+            if builder is None:
+                raise DataError(
+                    f"{path}: datasets cannot read {where.suffix or 'extension-less'} files here; "
+                    f"use one of {', '.join(FILE_BUILDERS)}"
+                )
+            data = datasets.load_dataset(builder, data_files=str(where))
+        elif where.exists():
+            raise DataError(
+                f"{path}: a folder, but not one written by save_to_disk (no state.json or dataset_dict.json); "
+                "give the saved dataset's folder, a data file or a SuperNI folder"
+            )
+        else:
+            data = datasets.load_dataset(path)
+    except DataError:
+        raise
+    except Exception as error:  # datasets raises many types (hub, network, file format, arrow)
+        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise DataError(
+            f"{path}: datasets could not load it ({type(error).__name__}: {first}); check data.path "
+            "(a saved dataset folder, a data file, or a hub name reachable from here)"
+        ) from None
+    return dataset_tables(data, path, columns)
+
+
+def dataset_tables(data: Any, source: str, columns: Columns) -> list[Table]:
+    """Tables of an in-memory `Dataset` or `DatasetDict` (only the columns in `columns` are read)."""
+    import datasets
+
+    if isinstance(data, datasets.Dataset):
+        return [_table(data, source, None, columns)]
+    if not isinstance(data, datasets.DatasetDict):
+        raise DataError(f"{source}: expected a datasets.Dataset or DatasetDict, got {type(data).__name__}")
+    if set(data) == {"train"}:
+        return [_table(data["train"], source, None, columns)]
+    unknown = sorted(set(data) - set(SPLIT_NAMES))
+    if unknown:
+        raise DataError(
+            f"{source}: dataset split(s) {', '.join(unknown)} are not {', '.join(SPLIT_NAMES)}; "
+            "rename them (DatasetDict({'train': ..., 'test': ...}).save_to_disk(...)) or keep one split"
+        )
+    return [_table(data[name], f"{source} [{name}]", SPLIT_NAMES[name], columns) for name in sorted(data)]
+
+
+def _table(dataset, source: str, split: str | None, columns: Columns) -> Table:
+    wanted = [c for c in dataclasses.astuple(columns) if c in dataset.column_names]
+    rows = dataset.select_columns(wanted).to_list() if wanted else [{}] * len(dataset)
+    return Table(source, list(enumerate(rows)), tuple(dataset.column_names), split, unit="row")

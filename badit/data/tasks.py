@@ -1,20 +1,29 @@
-"""Tasks and instances; tasks in the natural-instructions (SuperNI) format, read from either of two layouts.
+"""Tasks and instances; tasks in the natural-instructions (SuperNI) format, read from either of two layouts,
+the seeded split of data that comes without one, the continual task order, and the SuperNI files'
+download.
 
 - folder per task: `ROOT/<task>/{train,dev,test}.json` (the continual-learning benchmark layout);
-- raw release files: `ROOT/taskNNN_name.json`, split here with a seed (see `badit.data.splits`).
+- raw release files: `ROOT/taskNNN_name.json`, split here with a seed (`split_indices`; own-data rows
+  without a split column are split the same way).
 
 Every file is validated: a problem raises `DataError` naming the file, the field and the fix.
+Task order for the continual setting: sorted by name, then a seeded shuffle or an explicit list; never
+file-system order, so a run is reproducible on any machine.
 """
 
 from __future__ import annotations
 
+import random
 import re
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from badit.data.files import DataError, inside, read_json_file
-from badit.data.splits import SplitSizes, split_indices
+from badit.data.files import DataError, atomic_write_json, inside, parse_json_bytes, read_json_file
 
 SPLITS = ("train", "dev", "test")
 Split = Literal["train", "dev", "test"]
@@ -224,3 +233,176 @@ def load_tasks(
     if not names:
         raise DataError(f"{path}: no tasks found")
     return [load_task(path, n, split, sizes) for n in sorted(names)]
+
+
+# Seeded splits of tasks that come without one (raw task files, own-data rows without a split column).
+
+OWN_DATA_TEST_FRACTION = 0.1
+"""Own data (JSONL, CSV, datasets) without a split: 10% of each task's examples are held out for
+testing (at least one), the usual share when nothing else is known about the data."""
+
+
+def _check_size(name: str, value: int | float | None) -> None:
+    if value is None and name == "train":
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise ValueError(f"split size {name} must be a count >= 0 or a fraction in (0, 1), got {value!r}")
+    if isinstance(value, float) and value >= 1 and not value.is_integer():
+        raise ValueError(
+            f"split size {name}={value}: give a count (e.g. 20) or a fraction below 1 (e.g. 0.1)"
+        )
+
+
+@dataclass(frozen=True)
+class SplitSizes:
+    """Instances per task in each split (defaults: the continual SuperNI benchmark, 1000 train / 100 test).
+
+    `dev` and `test` are counts, or fractions of the task's instances when given as a float in (0, 1)
+    (rounded, at least 1). `train=None` keeps every instance left after test and dev.
+    `head_test=True` takes the first `test` instances of the file as test data, as Tk-Instruct does for
+    SuperNI's evaluation tasks (their first 100 instances are label-balanced); the rest is shuffled.
+    """
+
+    train: int | None = 1000
+    dev: int | float = 0
+    test: int | float = 100
+    seed: int = 42
+    head_test: bool = False
+
+    def __post_init__(self):
+        for name in ("train", "dev", "test"):
+            _check_size(name, getattr(self, name))
+
+    def count(self, split: str, n: int) -> int:
+        """How many of a task's `n` instances go to `split` ("dev" or "test")."""
+        value = getattr(self, split)
+        if isinstance(value, float) and 0 < value < 1:
+            return max(1, round(value * n))
+        return int(value)
+
+
+OWN_DATA_SIZES = SplitSizes(train=None, dev=0, test=OWN_DATA_TEST_FRACTION)
+
+
+def split_indices(n: int, task: str, sizes: SplitSizes, source: str = "") -> dict[str, list[int]]:
+    """Indices of the instances of a task with `n` instances that go to each split.
+
+    The shuffle is seeded by (seed, task name), so adding or removing other tasks never changes a
+    task's split. Test takes its share first, then dev, then train takes up to `sizes.train` of the rest.
+    """
+    n_test, n_dev = sizes.count("test", n), sizes.count("dev", n)
+    if n <= n_test + n_dev:
+        raise DataError(
+            f"{source or task}: {n} instances, but test ({n_test}) + dev ({n_dev}) leave none "
+            "for training; lower the test/dev sizes (data.split_sizes), add examples or drop the task"
+        )
+    order = list(range(n))
+    rng = random.Random(f"{sizes.seed}/{task}")  # str seeds are hashed with SHA-512: stable across runs
+    if sizes.head_test:
+        head, rest = order[:n_test], order[n_test:]
+        rng.shuffle(rest)
+        order = head + rest
+    else:
+        rng.shuffle(order)
+    test = order[:n_test]
+    dev = order[n_test : n_test + n_dev]
+    train = order[n_test + n_dev :][: sizes.train]
+    return {"train": sorted(train), "dev": sorted(dev), "test": sorted(test)}
+
+
+def task_order(
+    names: Iterable[str], seed: int | None = None, order: Sequence[str] | None = None
+) -> list[str]:
+    """The order in which tasks are learnt.
+
+    - `order` given: exactly that list (each name must be known, no repeats; a subset is allowed);
+    - else `seed` given: the sorted names shuffled with `random.Random(seed)`;
+    - else: sorted by name.
+    """
+    known = sorted(set(names))
+    if order is not None:
+        order = list(order)
+        unknown = [n for n in order if n not in known]
+        repeated = sorted({n for n in order if order.count(n) > 1})
+        if unknown or repeated:
+            raise ValueError(
+                f"task order: unknown tasks {unknown}, repeated {repeated}; known tasks are {known}"
+            )
+        return order
+    if seed is not None:
+        random.Random(seed).shuffle(known)
+    return known
+
+
+# Optional: fetch named SuperNI tasks from the natural-instructions repository (stdlib urllib only)
+# and write the folder-per-task layout with a seeded split.
+
+DEFAULT_BASE_URL = "https://raw.githubusercontent.com/allenai/natural-instructions/master/tasks/"
+
+
+def fetch_task(name: str, base_url: str = DEFAULT_BASE_URL, timeout: float = 60.0) -> dict[str, Any]:
+    """The parsed, validated JSON of task `name` at `base_url/<name>.json` (http, https or file URL)."""
+    check_task_name(name)
+    url = urllib.parse.urljoin(base_url.rstrip("/") + "/", urllib.parse.quote(name) + ".json")
+    if urllib.parse.urlparse(url).scheme not in ("http", "https", "file"):
+        raise DataError(f"{url}: only http, https and file URLs are supported; check base_url")
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            raw = response.read()
+    except urllib.error.HTTPError as e:
+        raise DataError(
+            f"{url}: download failed (HTTP {e.code} {e.reason}); check the task name and base_url"
+        ) from None
+    except OSError as e:  # URLError and connection errors
+        reason = getattr(e, "reason", e)
+        raise DataError(f"{url}: download failed ({reason}); check the task name and base_url") from None
+    data = parse_json_bytes(raw, url)
+    parse_task(data, name, url)  # validate before anything is written
+    return data
+
+
+def _write_split_files(
+    data: dict[str, Any], name: str, out_dir: Path, sizes: SplitSizes, source: str
+) -> None:
+    """`out_dir/<name>/{train,dev,test}.json`, each the task file with its split's instances."""
+    task = parse_task(data, name, source)
+    for split, keep in split_indices(len(task.instances), name, sizes, source).items():
+        if keep or split != "dev":
+            atomic_write_json(
+                out_dir / name / f"{split}.json", {**data, "Instances": [data["Instances"][i] for i in keep]}
+            )
+
+
+def download_tasks(
+    names: Iterable[str],
+    dest: str | Path,
+    base_url: str = DEFAULT_BASE_URL,
+    sizes: SplitSizes | None = None,
+    timeout: float = 60.0,
+) -> list[str]:
+    """Download tasks into `dest`: raw `<name>.json` files, or, with `sizes`, the folder-per-task layout
+    split with `sizes.seed`. Every task is fetched and validated before any file is written; each
+    file is written atomically. Returns the task names."""
+    names = [check_task_name(n) for n in names]
+    fetched = {name: fetch_task(name, base_url, timeout) for name in names}
+    dest = Path(dest)
+    for name, data in fetched.items():
+        if sizes is None:
+            atomic_write_json(dest / f"{name}.json", data)
+        else:
+            _write_split_files(data, name, dest, sizes, f"{base_url} {name}")
+    return names
+
+
+def write_split_layout(
+    raw_dir: str | Path, out_dir: str | Path, sizes: SplitSizes | None = None
+) -> list[str]:
+    """Split every raw task file in `raw_dir` with `sizes` and write the folder-per-task layout."""
+    raw_dir, out_dir = Path(raw_dir), Path(out_dir)
+    if detect_layout(raw_dir) != "raw":
+        raise DataError(f"{raw_dir}: expected raw taskNNN_name.json files, found task folders")
+    names = list_tasks(raw_dir)
+    for name in names:
+        file = task_file(raw_dir, name, "train")
+        _write_split_files(read_json_file(file), name, out_dir, sizes or SplitSizes(), str(file))
+    return names

@@ -8,7 +8,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import GenerationConfig
 
-from badit.data.collate import DataCollator
+from badit.data.batches import DataCollator
 
 
 def eos_token_ids(model, tokenizer=None) -> list[int]:
