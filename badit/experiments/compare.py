@@ -12,11 +12,11 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from badit.evaluation import interference_score
+from badit.evaluation import continual_metrics, interference_score
+from badit.evaluation.continual import CONTINUAL_KEYS, DEFINITIONS, GEM_KEYS
 from badit.experiments.folder import METRICS_FILE, RunError, format_score
 
 METRIC_NAMES = {"rougeL": "ROUGE-L", "exact_match": "EM"}
-CONTINUAL_KEYS = ("AP", "forgetting", "BWT", "FWT")
 
 
 @dataclass
@@ -114,12 +114,15 @@ def _single_reference(run: RunScores, runs: list[RunScores]) -> RunScores | None
 
 
 def compare(run_dirs: list[str | Path]) -> list[RunScores]:
-    """The runs' scores, labelled, with the interference score of each multi-task run filled in."""
+    """The runs' scores, labelled, with the interference score of each multi-task run and the FWT of
+    each continual run (SAPT's: mean diagonal minus mean single-task score) filled in."""
     if not run_dirs:
         raise RunError("give at least one run folder")
     runs = [load_run_scores(d) for d in run_dirs]
     _label(runs)
     for run in runs:
+        if run.setting == "continual" and run.continual:
+            _continual_with_single(run, runs)
         if run.setting != "multitask":
             continue
         reference = _single_reference(run, runs)
@@ -131,6 +134,23 @@ def compare(run_dirs: list[str | Path]) -> list[RunScores]:
             single = {t: reference.tasks[t][metric] for t in run.tasks}
             run.interference[metric] = interference_score(multi, single)
     return runs
+
+
+def _continual_with_single(run: RunScores, runs: list[RunScores]) -> None:
+    """Recomputes a continual run's metrics from its score matrix (so that a metrics.json written before
+    the SAPT/GEM split reads the same), with the single-task scores of a run among ``runs`` for FWT."""
+    order, matrices = run.continual.get("order"), run.continual.get("score_matrix")
+    if not isinstance(order, list) or not isinstance(matrices, dict):
+        return
+    reference = _single_reference(run, runs)
+    if reference is not None and not set(order) <= set(reference.tasks):
+        reference = None
+    bases = run.continual.get("base_scores") or {}
+    run.reference = reference.label if reference else None
+    for metric in METRIC_NAMES:
+        if metric in matrices:
+            single = [reference.tasks[t][metric] for t in order] if reference else None
+            run.continual[metric] = continual_metrics(matrices[metric], bases.get(metric), single)
 
 
 def _num(value: float | None, fmt: str) -> str:
@@ -157,7 +177,7 @@ def format_table(runs: list[RunScores], metric: str = "rougeL") -> str:
     if any(r.effective_scale is not None for r in runs):
         rows.append(["effective scale", *(_num(r.effective_scale, ".3g") for r in runs)])
     if any(r.continual for r in runs):
-        for key in CONTINUAL_KEYS:
+        for key in CONTINUAL_KEYS + GEM_KEYS:
             rows.append(
                 [
                     key,
@@ -183,9 +203,13 @@ def format_table(runs: list[RunScores], metric: str = "rougeL") -> str:
     out = [line(header), separator, *(line(row) for row in rows)]
     notes = [
         f"{r.label}: interference = its average minus that of {r.reference} over the same tasks"
+        if r.setting == "multitask"
+        else f"{r.label}: FWT against the single-task scores of {r.reference}"
         for r in runs
         if r.reference
     ]
+    if any(r.continual for r in runs):
+        notes.append(f"continual metrics: {DEFINITIONS}")
     missing = [r.label for r in runs if r.setting == "multitask" and not r.reference]
     if missing:
         notes.append(

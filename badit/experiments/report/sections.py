@@ -99,8 +99,11 @@ def continual_section(collection: Collection) -> Section | None:
     section.add(
         paragraph(
             "Score matrix: row = after training stage i, column = task j (ROUGE-L). AP: mean of the last row; "
-            "forgetting: mean drop from a task's best to its final score; BWT: backward transfer; "
-            "FWT: forward transfer against the untrained adapter."
+            "forgetting: mean drop from a task's best score since it was learnt to its final score; "
+            "BWT: backward transfer over T tasks; FWT: mean diagonal minus mean single-task score "
+            "(needs a single-task run; `badit compare` fills it in). These are SAPT's definitions "
+            "(the SuperNI continual literature); GEM's (BWT over T-1 tasks, zero-shot FWT against the "
+            "untrained adapter) are in metrics.json as BWT_gem, FWT_gem, forgetting_gem."
         )
     )
     header = ["run", *(f"{k} ({n})" for n in METRICS.values() for k in ("AP", "forgetting", "BWT", "FWT"))]
