@@ -28,7 +28,7 @@ class BaditConfig(PeftConfig):
         top_k: experts kept per sequence; None (default) or `num_experts` is the paper's dense routing.
         lora_alpha: scaling numerator; the adapter output is multiplied by `lora_alpha / r`.
         lora_dropout: dropout on the adapter input.
-        target_modules: module names (a list), a regex (a str) or "all-linear"; only `torch.nn.Linear` layers.
+        target_modules: module names (a list), a regex (a str) or "all-linear"; `torch.nn.Linear` layers and GPT-2's `Conv1D`.
         exclude_modules: module names or a regex never adapted.
         init: "svd" (BADIT: experts are consecutive blocks of the top singular triplets; expert 0 holds the
             largest) or "random" (LoRAMoE-style baseline: random A, zero B).

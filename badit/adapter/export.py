@@ -168,6 +168,10 @@ def export_lora(
             or layer.scaling[adapter_name] != first.scaling[adapter_name]
         ):
             raise ExportError(f"export: layer '{name}' has another rank or scaling than the others")
+        if layer.fan_in_fan_out != first.fan_in_fan_out:  # one LoraConfig flag for all layers
+            raise ExportError(
+                f"export: layer '{name}' mixes nn.Linear and Conv1D targets; export them as separate adapters"
+            )
         lora_a, lora_b = lora_factors(layer, adapter_name, layer_routing(routing, layer, adapter_name))
         # PEFT's saved key layout: base_model.model.<module>.lora_A.weight (the adapter name is dropped).
         state[f"base_model.model.{name}.lora_A.weight"] = lora_a.contiguous()
@@ -181,6 +185,8 @@ def export_lora(
         lora_dropout=0.0,
         target_modules=sorted(layers),
         bias="none",
+        # GPT-2's Conv1D layers store (in, out): PEFT's LoRA merges into them transposed with this flag
+        fan_in_fan_out=first.fan_in_fan_out,
         task_type=getattr(badit_config, "task_type", None),
         base_model_name_or_path=base_model_name_or_path,
     )

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from peft.tuners._buffer_dict import BufferDict
 from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
 from torch import nn
+from transformers.pytorch_utils import Conv1D
 
 from badit.adapter.config import BaditConfig
 from badit.adapter.quantized import dequantized_weight, quantization_kind, store_quantized
@@ -33,6 +34,12 @@ def same_components(
         return False
     unique = [torch.unique(r, dim=0) for r in rows]
     return unique[0].shape[0] == rows[0].shape[0] and torch.equal(unique[0], unique[1])
+
+
+def is_adaptable(module: nn.Module) -> bool:
+    """Whether BADIT can wrap ``module``: an ``nn.Linear`` (also bitsandbytes' 4/8-bit ones) or
+    transformers' ``Conv1D`` (GPT-2's projections, weight stored (in, out))."""
+    return isinstance(module, (nn.Linear, Conv1D))
 
 
 class BaditLayer(BaseTunerLayer):
@@ -102,12 +109,18 @@ class BaditLinear(nn.Module, BaditLayer):
 
         base = self.get_base_layer()
         self.quantization = quantization_kind(base)
-        if not isinstance(base, nn.Linear):
+        if not is_adaptable(base):
             raise TypeError(
                 f"BADIT cannot adapt module '{layer_name}' of type {type(base).__name__}: only torch.nn.Linear "
-                "layers are supported; remove it from target_modules."
+                "and transformers' Conv1D (GPT-2) layers are supported; remove it from target_modules."
             )
-        self.in_features, self.out_features = base.in_features, base.out_features
+        # GPT-2's Conv1D stores its weight as (in, out) (PEFT LoRA's `fan_in_fan_out`); every weight read
+        # and write goes through `_base_weight` / `_set_residual`, which see it as (out, in).
+        self.fan_in_fan_out = isinstance(base, Conv1D)
+        if self.fan_in_fan_out:
+            self.in_features, self.out_features = base.weight.shape
+        else:
+            self.in_features, self.out_features = base.in_features, base.out_features
         self._active_adapter = adapter_name
         self.update_layer(adapter_name, config)
 
@@ -199,16 +212,18 @@ class BaditLinear(nn.Module, BaditLayer):
         return weight
 
     def _base_weight(self) -> torch.Tensor:
-        """The base layer's weight (the residual) as float32; dequantised for a bitsandbytes base."""
-        return dequantized_weight(self.get_base_layer())
+        """The base layer's weight (the residual) as float32 (out, in); dequantised for a bitsandbytes base."""
+        weight = dequantized_weight(self.get_base_layer())
+        return weight.T if self.fan_in_fan_out else weight
 
     def _set_residual(self, weight: torch.Tensor) -> None:
+        """Store ``weight`` (out, in) as the base layer's weight, in its dtype and orientation."""
         if self.quantization is not None:  # stored quantised again, as PiSSA does for QLoRA
             store_quantized(self.get_base_layer(), weight)
             return
         base_weight = self.get_base_layer().weight
         with torch.no_grad():
-            base_weight.copy_(weight.to(base_weight.dtype))
+            base_weight.copy_((weight.T if self.fan_in_fan_out else weight).to(base_weight.dtype))
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
         """Rebuild the residual for loaded initial factors: W = residual + s*B0 @ A0 stays what it was.

@@ -11,7 +11,7 @@ from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
 from torch import nn
 
 from badit.adapter.config import BaditConfig
-from badit.adapter.layer import BaditLayer, BaditLinear
+from badit.adapter.layer import BaditLayer, BaditLinear, is_adaptable
 from badit.adapter.routing import RoutingState
 from badit.regrouping import attach_gradient_tracking
 
@@ -57,7 +57,7 @@ class BaditModel(BaseTuner):
         if isinstance(target, BaditLinear):
             target.update_layer(adapter_name, config)
             return
-        if isinstance(target, BaseTunerLayer) or not isinstance(target, nn.Linear):
+        if isinstance(target, BaseTunerLayer) or not is_adaptable(target):
             quantised = "quant" in type(target).__name__.lower() or "quant" in type(target).__module__.lower()
             hint = (
                 " Of quantised layers, BADIT supports bitsandbytes 4-bit and 8-bit ones (Linear4bit, "
@@ -67,7 +67,7 @@ class BaditModel(BaseTuner):
             )
             raise TypeError(
                 f"BADIT cannot adapt module '{current_key}' of type {type(target).__name__}: only torch.nn.Linear "
-                f"layers are supported; remove it from target_modules (or list it in exclude_modules).{hint}"
+                f"and transformers' Conv1D (GPT-2) layers are supported; remove it from target_modules (or list it in exclude_modules).{hint}"
             )
         new_module = BaditLinear(target, adapter_name, config, layer_name=current_key)
         new_module.routing_state = self.__dict__["routing_state"]
