@@ -111,6 +111,9 @@ class TrainingConfig:
     on_nonfinite: Literal["stop", "skip"] = "stop"
     """A NaN/inf loss or gradient: stop with an error naming the step, or skip that optimizer step
     (badit.training.nonfinite; not with DeepSpeed, whose engine applies the step inside backward)."""
+    gradient_surgery: Literal["none", "pcgrad"] = "none"
+    """``pcgrad``: PCGrad between the tasks of each batch (Yu et al. 2020; one backward pass per task,
+    one process, not with DeepSpeed; badit.training.gradient_surgery), with any method."""
     report_to: list[str] | None = None
     """Trainer integrations (tensorboard, wandb, mlflow, ... where installed); default: tensorboard when
     installed."""
@@ -416,6 +419,10 @@ def validate(config: RunConfig, source: str = "config") -> None:
             check_reporting(t.report_to)
         except ArgumentError as error:
             fail(f"training.report_to: {error}")
+    if t.gradient_surgery != "none" and t.deepspeed:
+        fail(
+            f"training.gradient_surgery={t.gradient_surgery} does not work with training.deepspeed (set one of them)"
+        )
     if t.on_nonfinite == "skip" and t.deepspeed:
         fail("training.on_nonfinite=skip does not work with training.deepspeed (use stop)")
     if t.deepspeed is not None:

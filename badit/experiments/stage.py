@@ -227,6 +227,7 @@ def train(ctx: RunContext, model, tokenizer, tasks: Sequence[Task], stage_dir: P
         extra_callbacks=ctx.extra_callbacks,
         router_lr_multiplier=config.method.router_lr_multiplier,
         on_nonfinite=config.training.on_nonfinite,
+        gradient_surgery=config.training.gradient_surgery,
     )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from badit.adapter import BaditConfig
 from badit.adapter.integrity import check_adapter_folder
-from badit.data import DataCollator, TaskBalancedSampler
+from badit.data import IGNORE_INDEX, DataCollator, TaskBalancedSampler
 from badit.regrouping import attach_gradient_tracking
 from badit.training.callbacks import JsonlLogger, ProgressBar, RegroupCallback
 from badit.training.checkpoints import (
@@ -33,6 +34,7 @@ from badit.training.checkpoints import (
     seal,
     staged_write,
 )
+from badit.training.gradient_surgery import SURGERIES, TaskGradients
 from badit.training.model_loading import gpu_half_dtype
 from badit.training.nonfinite import NonFiniteGuard
 from badit.training.replicas import check_replicas, world_size
@@ -46,7 +48,9 @@ class BaditTrainer(Trainer):
 
     ``task_ids`` identify each example's task for the sampler and for analysis; the model does not
     take them (BADIT routes from the prompt), so they are removed before the forward pass.
-    ``nonfinite_guard`` sees every backward pass (badit.training.nonfinite).
+    ``nonfinite_guard`` sees every backward pass (badit.training.nonfinite). ``gradient_surgery``
+    ``pcgrad``: one backward pass per task in the batch and PCGrad's combination of their gradients
+    (badit.training.gradient_surgery; one process only).
     """
 
     def __init__(
@@ -56,9 +60,21 @@ class BaditTrainer(Trainer):
         sampling_temperature: float = 1.0,
         router_lr_multiplier: float = 1.0,
         nonfinite_guard: NonFiniteGuard | None = None,
+        gradient_surgery: str = "none",
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
+        if gradient_surgery not in SURGERIES:
+            raise ValueError(
+                f"gradient_surgery must be one of {', '.join(SURGERIES)}, got {gradient_surgery!r}"
+            )
+        if gradient_surgery != "none" and (self.args.world_size > 1 or self.is_deepspeed_enabled):
+            raise ValueError(
+                f"training.gradient_surgery={gradient_surgery} runs in one process without DeepSpeed "
+                "(per-task gradients are not all-reduced); launch without torchrun/accelerate or set it to none"
+            )
+        self.gradient_surgery = gradient_surgery
+        self._task_gradients: TaskGradients | None = None
         self.balanced_sampling = balanced_sampling
         self.sampling_temperature = sampling_temperature
         self.router_lr_multiplier = router_lr_multiplier
@@ -90,11 +106,65 @@ class BaditTrainer(Trainer):
         )
 
     def training_step(self, model, inputs, num_items_in_batch=None):
-        loss = super().training_step(model, inputs, num_items_in_batch)
+        if self.gradient_surgery == "pcgrad":
+            loss = self._pcgrad_step(model, inputs, num_items_in_batch)
+        else:
+            loss = super().training_step(model, inputs, num_items_in_batch)
         if self.nonfinite_guard is not None:  # the step being made is global_step + 1
             sync = self.accelerator.sync_gradients
             self.nonfinite_guard.check(model, loss, self.state.global_step + 1, sync_step=sync)
         return loss
+
+    def _pcgrad_step(self, model, inputs, num_items_in_batch=None) -> torch.Tensor:
+        """Trainer's training step with one backward pass per task of the batch, on that task's rows;
+        at the last micro-batch of an optimizer step the gathered per-task gradients become PCGrad's
+        combination in ``.grad`` (badit.training.gradient_surgery). Each task's loss is its share of the
+        ordinary batch loss (its label tokens over the batch's), so the returned loss and the sum of the
+        task gradients are the ordinary ones. The pair order is seeded by (seed, step): a resumed run
+        projects as the uninterrupted one does."""
+        model.train()
+        if hasattr(self.optimizer, "train") and callable(self.optimizer.train):
+            self.optimizer.train()
+        inputs = self._prepare_inputs(inputs)
+        task_ids = inputs.get("task_ids")
+        if task_ids is None or "labels" not in inputs:
+            raise ValueError(
+                "training.gradient_surgery=pcgrad needs each example's task and labels in the batch"
+            )
+        if self._task_gradients is None:
+            self._task_gradients = TaskGradients([p for p in model.parameters() if p.requires_grad])
+        gathered = self._task_gradients
+        if not gathered.by_task:  # the first micro-batch of an optimizer step
+            for p in gathered.params:
+                p.grad = None
+        tokens = (inputs["labels"][:, 1:] != IGNORE_INDEX).sum(dim=1)  # as the shifted causal-LM loss counts
+        by_sum = self.model_accepts_loss_kwargs  # the model divides its token sum by num_items_in_batch
+        denominator = num_items_in_batch if num_items_in_batch is not None else tokens.sum()
+        steps = getattr(self, "current_gradient_accumulation_steps", self.args.gradient_accumulation_steps)
+        accumulation = 1 if by_sum and num_items_in_batch is not None else steps
+        total = torch.zeros((), device=task_ids.device)
+        for task in task_ids.unique().tolist():
+            rows = task_ids == task
+            if int(tokens[rows].sum()) == 0:
+                continue  # no label token: no loss, no gradient
+            part = {
+                key: value[rows]
+                if torch.is_tensor(value) and value.dim() and len(value) == len(rows)
+                else value
+                for key, value in inputs.items()
+            }
+            with self.compute_loss_context_manager():
+                if by_sum:
+                    loss = self.compute_loss(model, part, num_items_in_batch=denominator)
+                else:  # a mean over the part's tokens, weighted to its share of the batch's
+                    loss = self.compute_loss(model, part) * tokens[rows].sum() / denominator
+            loss = loss / accumulation
+            self.accelerator.backward(loss)
+            gathered.add_from_grad(task)
+            total = total + loss.detach().to(total.device)
+        if self.accelerator.sync_gradients:
+            gathered.write_surgery(random.Random(f"pcgrad-{self.args.seed}-{self.state.global_step}"))
+        return total
 
     # ------------------------------------------------------------------ crash-safe checkpoints
 
@@ -258,6 +328,7 @@ def train_stage(
     extra_callbacks: Sequence[TrainerCallback] = (),
     router_lr_multiplier: float = 1.0,
     on_nonfinite: str = "stop",
+    gradient_surgery: str = "none",
 ) -> StageResult:
     """Train ``model`` (a PEFT model) on tokenised ``examples`` and save the adapter to ``stage_dir/adapter``.
 
@@ -266,7 +337,7 @@ def train_stage(
     regroups gets the regroup callback, scheduled by its BaditConfig. With ``resume``, training
     continues from the newest checkpoint that verifies (`resumable_checkpoint`), if any. ``on_nonfinite``
     (stop | skip): what a NaN/inf loss or gradient does (badit.training.nonfinite); ``stop`` raises
-    ``NonFiniteError`` and writes no adapter.
+    ``NonFiniteError`` and writes no adapter. ``gradient_surgery``: ``none`` or ``pcgrad`` (BaditTrainer).
     """
     stage_dir = Path(stage_dir)
     checkpoint_dir, log_dir = Path(args.output_dir), stage_dir / "logs"
@@ -281,6 +352,7 @@ def train_stage(
         balanced_sampling=balanced_sampling,
         sampling_temperature=sampling_temperature,
         router_lr_multiplier=router_lr_multiplier,
+        gradient_surgery=gradient_surgery,
     )
     trainer.nonfinite_guard = NonFiniteGuard(
         on_nonfinite, where=str(stage_dir), log_fn=trainer.queue_logs, loss_scaling=args.fp16

@@ -1,0 +1,121 @@
+"""Time of one training step (forward + backward through ``BaditTrainer.training_step``) of each method,
+against lora, on a random-weight Llama with SmolLM2-135M's shapes, and PCGrad's overhead.
+
+Usage:
+    python benchmarks/method_speed.py [--methods lora badit hydralora] [--surgery none pcgrad]
+                                      [--tasks 4] [--batch 8] [--seq 256] [--layers 30] [--repeats 5]
+                                      [--device cuda] [--dtype bfloat16]
+
+Every method at its defaults (r=4, K=6: rank 24 for the LoRA family, target gate_proj), dropout 0.05,
+train mode; the batch holds ``--tasks`` tasks (``--batch / --tasks`` sequences each, first half of
+each sequence the prompt). PCGrad makes one forward and backward pass per task present (T = --tasks)
+plus the projection (T (T - 1) dot products over the trainable parameters). Runs are interleaved so
+that machine load affects all alike; the first round is a warm-up. Prints medians and the ratio to
+lora without surgery.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM, TrainingArguments
+
+from badit.training.methods import MethodConfig, build_peft_config
+from badit.training.trainer import BaditTrainer, build_adapter_model
+
+
+def smollm2_shaped(layers: int) -> LlamaForCausalLM:
+    """SmolLM2-135M's shapes (hidden 576, MLP 1536, 9 heads / 3 KV heads), random weights."""
+    config = LlamaConfig(
+        vocab_size=49152,
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=layers,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+    )
+    return LlamaForCausalLM(config)
+
+
+def batch_of(tasks: int, batch: int, seq: int, device: str) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    input_ids = torch.randint(3, 49152, (batch, seq), generator=generator)
+    labels = input_ids.clone()
+    labels[:, : seq // 2] = -100
+    return {
+        "input_ids": input_ids.to(device),
+        "attention_mask": torch.ones_like(input_ids).to(device),
+        "labels": labels.to(device),
+        "task_ids": (torch.arange(batch) % tasks).to(device),
+    }
+
+
+def trainer_for(method: str, surgery: str, args: argparse.Namespace, output_dir: str):
+    torch.manual_seed(0)
+    base = smollm2_shaped(args.layers).to(args.device, getattr(torch, args.dtype))
+    model = build_adapter_model(base, build_peft_config(MethodConfig(name=method)), seed=0)
+    model.to(args.device)
+    training = TrainingArguments(
+        output_dir=output_dir, report_to=[], use_cpu=args.device == "cpu", bf16=args.dtype == "bfloat16"
+    )
+    trainer = BaditTrainer(model=model, args=training, gradient_surgery=surgery)
+    trainer.current_gradient_accumulation_steps = 1  # set by Trainer's loop, which is not run here
+    return trainer, model
+
+
+def step_time(trainer: BaditTrainer, model, batch: dict, device: str) -> float:
+    if device == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    trainer.training_step(model, dict(batch))
+    if device == "cuda":
+        torch.cuda.synchronize()
+    elapsed = time.perf_counter() - start
+    model.zero_grad(set_to_none=True)
+    return elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--methods", nargs="+", default=["lora", "badit"])
+    parser.add_argument("--surgery", nargs="+", default=["none", "pcgrad"])
+    parser.add_argument("--tasks", type=int, default=4)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--seq", type=int, default=256)
+    parser.add_argument("--layers", type=int, default=30)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    args = parser.parse_args()
+    batch = batch_of(args.tasks, args.batch, args.seq, args.device)
+    runs = {}
+    with tempfile.TemporaryDirectory() as output_dir:
+        for method in args.methods:
+            for surgery in args.surgery:
+                runs[(method, surgery)] = trainer_for(method, surgery, args, output_dir)
+        times = {key: [] for key in runs}
+        for i in range(args.repeats + 1):
+            for key, (trainer, model) in runs.items():
+                elapsed = step_time(trainer, model, batch, args.device)
+                if i > 0:
+                    times[key].append(elapsed)
+    print(
+        f"{args.layers} layers, batch {args.batch} x {args.seq} tokens, {args.tasks} tasks, {args.device} "
+        f"{args.dtype}, {torch.get_num_threads()} threads, one training step (forward + backward)"
+    )
+    reference = statistics.median(times.get(("lora", "none"), next(iter(times.values()))))
+    for (method, surgery), values in times.items():
+        median = statistics.median(values)
+        print(f"{method:>10} surgery={surgery:<7} {median * 1e3:9.1f} ms   x{median / reference:.2f} of lora")
+
+
+if __name__ == "__main__":
+    main()
