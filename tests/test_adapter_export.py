@@ -129,3 +129,23 @@ def test_mean_routing_of_a_zero_router_is_uniform():
     # Zero router: softmax of equal logits = 1/3 each, times K = 3 ("preserve") = 1 per expert.
     for weights in mean_routing(model, [batch()]).values():
         torch.testing.assert_close(weights, torch.ones(3))
+
+
+def test_routing_distance_is_zero_for_the_prompts_own_routing_and_restores_the_model(trained):
+    from badit import get_routing_weights
+    from badit.adapter.export import routing_distance
+
+    one = {key: value[:1] for key, value in batch().items()}  # a single right-padded (unpadded) prompt
+    one["prompt_mask"] = one["attention_mask"].bool()
+    live = logits(trained, one)
+    own = {name: weights[0] for name, weights in get_routing_weights(trained).items()}  # (K,) per layer
+    # the fixed routing equal to what the router gave this prompt: same computation, distance 0
+    same = routing_distance(trained, [one], own)
+    assert same["prompts"] == 1 and same["max_abs_logit"] < 1e-5 and same["argmax_agreement"] == 1.0
+    # uniform routing: the largest next-token difference is the one computed here by hand
+    uniform = routing_distance(trained, [one])
+    expected = (fixed_routing_logits(trained, torch.ones(3))[0, -1] - live[0, -1]).abs().max()
+    assert uniform["max_abs_logit"] == pytest.approx(float(expected), abs=1e-5) and expected > 1e-3
+    assert uniform["mean_max_abs_logit"] == pytest.approx(uniform["max_abs_logit"])  # one prompt
+    # the model routes live again afterwards
+    assert torch.equal(logits(trained, one), live)

@@ -123,6 +123,13 @@ def test_export_of_a_trained_badit_run(trained_runs, tmp_path, capsys):
         main(["export", str(runs["badit"]), "--task", "demo_copy_words", "--output", str(tmp_path / "lora")])
         == 0
     )
+    # live router vs the exported fixed routing, on the run's 2 x 3 test prompts: printed and in the card
+    out = capsys.readouterr().out
+    assert "fixed routing vs the live router on 6 test prompts: next-token logits within" in out
+    assert (
+        "On the run's 6 test prompts (the first 8 of each task)"
+        in (tmp_path / "lora" / "README.md").read_text()
+    )
     config = load_run_config(runs["badit"])
     base, tokenizer = load_base_model(config)
     model = PeftModel.from_pretrained(base, str(runs["badit"] / "adapter")).eval()

@@ -147,6 +147,7 @@ def export_lora(
     routing: Routing = None,
     adapter_name: str = "default",
     base_model_name_or_path: str | None = None,
+    readme: str | None = None,
 ) -> Path:
     """Write adapter `adapter_name` under a fixed `routing` as a plain PEFT LoRA folder (rank 2*K*r, exact).
 
@@ -156,6 +157,7 @@ def export_lora(
         routing: (K,) for every layer, a dict layer name -> (K,), or None (uniform); mixing weights in the
             scale of `set_fixed_routing` (post-softmax, times K with router_scale="preserve").
         base_model_name_or_path: recorded in adapter_config.json; default: the adapter config's.
+        readme: the model card (README.md) to write into the folder; None: none.
     Returns the folder. It loads with `PeftModel.from_pretrained(base, folder)` without badit.
     """
     layers = _check_exportable(model, adapter_name)
@@ -195,6 +197,8 @@ def export_lora(
     try:
         config.save_pretrained(staging)
         save_file(state, staging / "adapter_model.safetensors", metadata={"format": "pt"})
+        if readme is not None:
+            (staging / "README.md").write_text(readme, encoding="utf-8")
         _replace_directory(staging, output)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -207,11 +211,15 @@ def export_merged(
     routing: Routing = None,
     adapter_name: str = "default",
     tokenizer=None,
+    dtype: torch.dtype | None = None,
+    readme: str | None = None,
 ) -> Path:
     """Write the base model with adapter `adapter_name` merged under a fixed `routing` (plain transformers).
 
-    Works on a copy (the model in memory is left as it is; needs memory for a second model). Quantised
-    bases cannot be merged into a full-precision folder here: export a LoRA instead.
+    Works on a copy (the model in memory is left as it is; needs memory for a second model). The merge is
+    computed in float32 and the merged model saved in ``dtype`` (None: the model's dtype in memory);
+    ``tokenizer`` and ``readme`` (a model card) are written beside it when given. Quantised bases cannot be
+    merged into a full-precision folder here: export a LoRA instead.
     """
     layers = _check_exportable(model, adapter_name)
     for layer in layers.values():
@@ -225,13 +233,67 @@ def export_merged(
     tuner = copied.base_model if hasattr(copied, "base_model") else copied
     tuner.set_fixed_routing(routing_per_layer, adapter_name=adapter_name)
     merged = tuner.merge_and_unload(adapter_names=[adapter_name])
+    if dtype is not None:
+        merged = merged.to(dtype)
     output = Path(output)
     staging = _staging_dir(output)
     try:
         merged.save_pretrained(staging)
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
+        if readme is not None:
+            (staging / "README.md").write_text(readme, encoding="utf-8")
         _replace_directory(staging, output)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return output
+
+
+@torch.no_grad()
+def routing_distance(
+    model: nn.Module,
+    batches: Iterable[Mapping[str, torch.Tensor]],
+    routing: Routing = None,
+    adapter_name: str = "default",
+) -> dict[str, float]:
+    """How far a fixed ``routing`` (what an export computes) is from the live router on ``batches``.
+
+    Each batch holds prompts, right-padded (input_ids, attention_mask, and prompt_mask or labels so that
+    the routers pool what they pool in training). Compared: the next-token logits at each prompt's last
+    token (the first answer token's distribution), live router vs fixed routing. Returns ``prompts`` (n),
+    ``max_abs_logit`` (largest difference over prompts and vocabulary), ``mean_max_abs_logit`` (the mean
+    over prompts of each one's largest difference) and ``argmax_agreement`` (fraction of prompts whose
+    greedy next token is the same). The model's own fixed routing, if any, is restored afterwards.
+    """
+    layers = _check_exportable(model, adapter_name)
+    fixed = {name: layer_routing(routing, layer, adapter_name) for name, layer in layers.items()}
+    before = {name: layer.fixed_routing.get(adapter_name) for name, layer in layers.items()}
+    largest, agree, count = [], 0, 0
+    was_training = model.training
+    model.eval()
+    try:
+        for batch in batches:
+            rows = torch.arange(batch["input_ids"].shape[0])
+            last = batch["attention_mask"].sum(dim=1) - 1  # right padding: each prompt's last token
+            logits = []
+            for weights in (None, fixed):
+                for name, layer in layers.items():
+                    layer.set_fixed_routing(adapter_name, None if weights is None else weights[name])
+                logits.append(model(**batch).logits[rows, last].float().cpu())
+            live, frozen = logits
+            largest.append((live - frozen).abs().amax(dim=-1))
+            agree += int((live.argmax(dim=-1) == frozen.argmax(dim=-1)).sum())
+            count += len(rows)
+    finally:
+        for name, layer in layers.items():
+            layer.set_fixed_routing(adapter_name, before[name])
+        model.train(was_training)
+    if count == 0:
+        raise ExportError("routing_distance: no prompts given")
+    per_prompt = torch.cat(largest)
+    return {
+        "prompts": float(count),
+        "max_abs_logit": float(per_prompt.max()),
+        "mean_max_abs_logit": float(per_prompt.mean()),
+        "argmax_agreement": agree / count,
+    }

@@ -165,6 +165,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     routing.add_argument("--uniform", action="store_true", help="every expert weighted equally (the default)")
     export.add_argument("--format", choices=("lora", "merged"), default="lora", help="default lora")
+    export.add_argument(
+        "--base",
+        metavar="MODEL",
+        help="the base model (folder or hub name; default: the run's model or the adapter's recorded base)",
+    )
+    export.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16", "float16"),
+        help="--format merged: the saved weights' dtype (default: the base model's)",
+    )
     export.add_argument("--output", metavar="DIR", required=True, help="the folder to write")
 
     report = commands.add_parser(
@@ -318,10 +328,25 @@ def _export(args) -> int:
     from badit.experiments.folder import RunError
 
     try:
-        path = export(args.source, args.output, task=args.task, weights=args.weights, fmt=args.format)
+        path, distance = export(
+            args.source,
+            args.output,
+            task=args.task,
+            weights=args.weights,
+            fmt=args.format,
+            base=args.base,
+            dtype=args.dtype,
+        )
     except ExportError as error:
         raise RunError(str(error)) from error
     print(f"export ({args.format}): {Path(path).resolve()}")
+    if distance is not None:
+        n = int(distance["prompts"])
+        print(
+            f"fixed routing vs the live router on {n} test prompts: next-token logits within "
+            f"{distance['max_abs_logit']:.3g}, same greedy token for {round(distance['argmax_agreement'] * n)}/{n}"
+            " (in the export's README.md)"
+        )
     return 0
 
 

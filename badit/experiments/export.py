@@ -7,14 +7,25 @@ The routing is fixed: a task's mean routing over its training prompts (`--task`)
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 from peft import PeftModel
+from tqdm.auto import tqdm
 
-from badit.adapter.export import ExportError, Routing, badit_layers, export_lora, export_merged, mean_routing
+from badit.adapter.card import public_model_name
+from badit.adapter.export import (
+    ExportError,
+    Routing,
+    badit_layers,
+    export_lora,
+    export_merged,
+    mean_routing,
+    routing_distance,
+)
 from badit.adapter.integrity import check_adapter_folder
-from badit.data import DataCollator, tokenize_tasks
+from badit.data import DataCollator, DataError, encode_prompts, tokenize_tasks
 from badit.experiments.folder import (
     ADAPTER_CONFIG_FILE,
     CONFIG_FILE,
@@ -24,7 +35,12 @@ from badit.experiments.folder import (
     require_adapter,
 )
 from badit.experiments.stage import load_base_model, load_run_tasks, prompt_template, task_names
-from badit.training.model_loading import load_model_and_tokenizer
+from badit.training.model_loading import (
+    ModelNotFoundError,
+    load_model,
+    load_tokenizer,
+    resolve_model_path,
+)
 
 FORMATS = ("lora", "merged")
 BATCH_SIZE = 8  # sequences per forward when averaging a task's routing
@@ -70,51 +86,214 @@ def parse_weights(text: str) -> torch.Tensor:
     return torch.tensor(values)
 
 
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DISTANCE_PROMPTS_PER_TASK = 8  # test prompts per task for the live-vs-fixed routing distance
+
+
+def stored_dtype(name_or_path: str) -> torch.dtype:
+    """The dtype a model's config.json records (its weights as published); float32 when it records none."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(resolve_model_path(name_or_path))
+    dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    if isinstance(dtype, str):
+        dtype = DTYPES.get(dtype)
+    return dtype if isinstance(dtype, torch.dtype) else torch.float32
+
+
+def test_prompt_batches(config, tokenizer, per_task: int = DISTANCE_PROMPTS_PER_TASK) -> list[dict]:
+    """The run's evaluation prompts (the first ``per_task`` of each task), as right-padded batches whose
+    routers pool the whole prompt (prompt_mask), as generation does."""
+    _, test = load_run_tasks(config, task_names(config))
+    test = [replace(task, instances=task.instances[:per_task]) for task in test]
+    ids = encode_prompts(tokenizer, test, prompt_template(config.data), config.data.max_source_length)
+    collate = DataCollator(pad_token_id=tokenizer.pad_token_id)
+    batches = []
+    for start in range(0, len(ids), BATCH_SIZE):
+        batch = collate([{"input_ids": row} for row in ids[start : start + BATCH_SIZE]])
+        batch["prompt_mask"] = batch["attention_mask"].bool()
+        batches.append(batch)
+    return batches
+
+
+def export_card(
+    fmt: str,
+    base: str | None,
+    source: Path,
+    adapter_config,
+    routing_text: str,
+    distance: dict | None,
+    not_measured: str = "",
+) -> str:
+    """The model card (README.md) of an exported folder: what it is, how to load it, and how far its
+    fixed routing is from the live router (measured on the run's test prompts)."""
+    import yaml
+
+    from badit import __version__
+
+    k, r = adapter_config.num_experts, adapter_config.r
+    meta = {"base_model": base, "library_name": "peft" if fmt == "lora" else "transformers"}
+    meta["tags"] = ["badit", "lora"] if fmt == "lora" else ["badit", "merged"]
+    what = (
+        f"a plain PEFT LoRA of rank 2*K*r = {2 * k * r} (loads without badit)"
+        if fmt == "lora"
+        else "a full model with the adapter merged into its weights (plain transformers)"
+    )
+    load = (
+        f'PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained("{base}"), "path/to/this/folder")'
+        if fmt == "lora"
+        else 'AutoModelForCausalLM.from_pretrained("path/to/this/folder")'
+    )
+    lines = [
+        "---",
+        yaml.safe_dump({k_: v for k_, v in meta.items() if v is not None}, sort_keys=False).strip(),
+        "---",
+        "# BADIT adapter with a fixed routing",
+        "",
+        f"Exported by `badit export` (badit {__version__}) from `{source.name}`: a BADIT adapter (K = {k} experts "
+        f"of rank r = {r}, target modules {adapter_config.target_modules}) with its router replaced by one "
+        f"fixed mixing vector per layer ({routing_text}), written as {what}.",
+        "",
+        "```python",
+        "from peft import PeftModel" if fmt == "lora" else "",
+        "from transformers import AutoModelForCausalLM",
+        "",
+        f"model = {load}",
+        "```",
+        "",
+        f"- base model: `{base or '(not recorded)'}`",
+        "",
+        "## Fixed routing vs the live router",
+        "",
+    ]
+    if distance is None:
+        lines.append(f"Not measured: {not_measured}.")
+    else:
+        n = int(distance["prompts"])
+        lines.append(
+            f"On the run's {n} test prompts (the first {DISTANCE_PROMPTS_PER_TASK} of each task), the "
+            f"next-token logits at the end of the prompt differ from the live router's by at most "
+            f"{distance['max_abs_logit']:.3g} (mean over prompts of each one's largest difference: "
+            f"{distance['mean_max_abs_logit']:.3g}); the greedy next token is the same for "
+            f"{round(distance['argmax_agreement'] * n)} of {n} prompts. The live BADIT adapter routes each "
+            "prompt on itself; this export uses the same mixing weights for every prompt."
+        )
+    return "\n".join(line for line in lines if line is not None) + "\n"
+
+
 def export(
     source: str | Path,
     output: str | Path,
     task: str | None = None,
     weights: str | None = None,
     fmt: str = "lora",
-) -> Path:
-    """Export the BADIT adapter of a run folder (or of an adapter folder) with a fixed routing."""
+    base: str | None = None,
+    dtype: str | None = None,
+) -> tuple[Path, dict[str, float] | None]:
+    """Export the BADIT adapter of a run folder (or of an adapter folder) with a fixed routing.
+
+    ``base``: the base model to load (default: the run's model, or the adapter folder's recorded
+    ``base_model_name_or_path``); the export records its public hub id (badit's converted embedded model
+    -> HuggingFaceTB/SmolLM2-135M-Instruct). ``dtype`` (merged only): float32, bfloat16 or float16;
+    default: the dtype the base model's config records. A LoRA export needs no tokenizer; a merged one
+    gets the base's tokenizer when it has one. From a run folder, the distance between the live router
+    and the fixed routing is measured on the run's test prompts and written into the export's model card.
+    Returns the folder written and that distance (`routing_distance`; None from an adapter folder).
+    """
     if fmt not in FORMATS:
         raise ExportError(f"--format {fmt!r}: use one of {', '.join(FORMATS)}")
     if task is not None and weights is not None:
         raise ExportError("give --task or --weights, not both (neither: uniform routing)")
+    if dtype is not None and fmt != "merged":
+        raise ExportError(
+            "--dtype is for --format merged (a LoRA export keeps the adapter's float32 factors)"
+        )
+    if dtype is not None and dtype not in DTYPES:
+        raise ExportError(f"--dtype {dtype!r}: use one of {', '.join(DTYPES)}")
     source = Path(source)
+    steps = tqdm(total=4, desc="export", unit="step", delay=2)  # shown only when it takes over 2 s
+    config = tokenizer = None
     if (source / CONFIG_FILE).is_file():
         config = load_run_config(source)
         adapter_dir = require_adapter(final_adapter_dir(source, config), source)
-        base, tokenizer = load_base_model(config)
+        if base is not None:
+            config.model.name_or_path = base
+        base_name = config.model.name_or_path
+        model_base, tokenizer = load_base_model(config)  # the tokenizer: task routing, test prompts
     elif (source / ADAPTER_CONFIG_FILE).is_file():
         if task is not None:
             raise ExportError(f"{source}: --task needs a run folder (its tasks' prompts); use --weights")
-        config, adapter_dir = None, source
-        base_name = json.loads((source / ADAPTER_CONFIG_FILE).read_text()).get("base_model_name_or_path")
+        adapter_dir = source
+        base_name = base or json.loads((source / ADAPTER_CONFIG_FILE).read_text()).get(
+            "base_model_name_or_path"
+        )
         if not base_name:
             raise ExportError(
-                f"{source / ADAPTER_CONFIG_FILE}: no base_model_name_or_path to load the base from"
+                f"{source / ADAPTER_CONFIG_FILE}: no base_model_name_or_path to load the base from; "
+                "name the base model with --base MODEL (a folder or hub name)"
             )
-        base, tokenizer = load_model_and_tokenizer(base_name, "float32", False, None)
+        model_base = _load_base(base_name)
+        if fmt == "merged":  # copied beside the merged model when the base has one
+            try:
+                tokenizer = load_tokenizer(base_name)
+            except (OSError, ValueError):
+                tokenizer = None
     else:
         raise RunError(
             f"{source}: neither a run folder ({CONFIG_FILE}) nor an adapter folder ({ADAPTER_CONFIG_FILE})"
         )
+    steps.update()
     check_adapter_folder(adapter_dir)
-    model = PeftModel.from_pretrained(base, str(adapter_dir)).eval()
+    model = PeftModel.from_pretrained(model_base, str(adapter_dir)).eval()
     if not badit_layers(model):
         raise ExportError(
             f"{adapter_dir}: not a BADIT adapter (export is for BADIT; a LoRA folder is served as is)"
         )
+    steps.update()
     routing: Routing = None
+    routing_text = "uniform: every expert weighted equally"
     if weights is not None:
         routing = parse_weights(weights)
+        routing_text = f"the weights {weights} in every layer"
     elif task is not None:
         known = task_names(config)
         if task not in known:
             raise ExportError(f"--task {task!r}: the run has tasks {', '.join(known)}")
         routing = task_routing(config, model, tokenizer, [task])[task]
+        routing_text = f"task `{task}`'s mean routing over its first 64 training prompts"
+    distance, not_measured = (
+        None,
+        "exported from an adapter folder, which has no test prompts; export from the run folder to measure it",
+    )
+    if config is not None:
+        try:
+            batches = test_prompt_batches(config, tokenizer)
+        except (DataError, OSError) as error:  # e.g. a copied run whose data folder is not here
+            not_measured = f"the run's test data cannot be read here ({error})"
+        else:
+            distance = routing_distance(model, batches, routing)
+    steps.update()
+    public = public_model_name(base_name)
+    readme = export_card(
+        fmt, public, source, model.peft_config["default"], routing_text, distance, not_measured
+    )
     if fmt == "lora":
-        return export_lora(model, output, routing)
-    return export_merged(model, output, routing, tokenizer=tokenizer)
+        path = export_lora(model, output, routing, base_model_name_or_path=public, readme=readme)
+    else:
+        target = DTYPES[dtype] if dtype is not None else stored_dtype(base_name)
+        path = export_merged(model, output, routing, tokenizer=tokenizer, dtype=target, readme=readme)
+    steps.update()
+    steps.close()
+    return path, distance
+
+
+def _load_base(name_or_path: str):
+    """The base model alone (float32, for an exact merge); a one-line error when it cannot be loaded."""
+    try:
+        return load_model(name_or_path, "float32")
+    except (OSError, ValueError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ModelNotFoundError(
+            f"base model {name_or_path!r}: cannot load it ({first}); name the base with --base MODEL "
+            "(a folder, a hub name reachable from here, or smollm2-135m-instruct)"
+        ) from None
