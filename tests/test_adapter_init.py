@@ -127,3 +127,29 @@ def test_only_adapter_and_router_parameters_are_trainable_and_all_get_gradients(
             assert p.grad is not None and p.grad.abs().sum() > 0, name
         else:
             assert p.grad is None, name
+
+
+def test_initialisation_reports_progress_per_layer(monkeypatch):
+    """One progress update per adapted layer (tqdm displays it once the SVDs have run for 2 s)."""
+    import badit.adapter.model as tuner
+
+    bars = []
+
+    class Recording:
+        def __init__(self, **kwargs):
+            self.kwargs, self.n = kwargs, 0
+            bars.append(self)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def update(self, n: int = 1):
+            self.n += n
+
+    monkeypatch.setattr(tuner, "tqdm", Recording)
+    get_peft_model(make_tiny_model("llama"), badit.BaditConfig(target_modules="all-linear", regroup=False))
+    # 2 decoder layers x 7 projections (q, k, v, o, gate, up, down)
+    assert [(bar.n, bar.kwargs["delay"]) for bar in bars] == [(14, 2)]

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
 from torch import nn
+from tqdm.auto import tqdm
 
 from badit.adapter.config import BaditConfig
 from badit.adapter.layer import BaditLayer, BaditLinear, is_adaptable
@@ -41,6 +42,16 @@ class BaditModel(BaseTuner):
         if adapter_config.regroup:
             self._attach_regroup_tracking()
 
+    def inject_adapter(self, model: nn.Module, adapter_name: str, *args: Any, **kwargs: Any) -> None:
+        """PEFT's, with a progress bar over the adapted layers (each one SVD of its weight; tqdm shows
+        it only once it has run for 2 s, so small models stay silent)."""
+        with tqdm(desc=f"BADIT init ({adapter_name})", unit="layer", delay=2, leave=False) as bar:
+            self.__dict__["_init_progress"] = bar
+            try:
+                super().inject_adapter(model, adapter_name, *args, **kwargs)
+            finally:
+                self.__dict__.pop("_init_progress", None)
+
     def _attach_regroup_tracking(self) -> None:
         attach_gradient_tracking(self)
 
@@ -54,8 +65,11 @@ class BaditModel(BaseTuner):
         current_key: str,
         **optional_kwargs: Any,
     ) -> None:
+        progress = self.__dict__.get("_init_progress")
         if isinstance(target, BaditLinear):
             target.update_layer(adapter_name, config)
+            if progress is not None:
+                progress.update()
             return
         if isinstance(target, BaseTunerLayer) or not is_adaptable(target):
             quantised = "quant" in type(target).__name__.lower() or "quant" in type(target).__module__.lower()
@@ -74,6 +88,8 @@ class BaditModel(BaseTuner):
         if adapter_name not in self.active_adapters:
             new_module.requires_grad_(False)  # an additional adapter is not trainable until activated
         self._replace_module(parent, target_name, new_module, target)
+        if progress is not None:
+            progress.update()
 
     # ------------------------------------------------------------------ mixed batches
 
