@@ -15,6 +15,7 @@ from badit.regrouping import (
     UnsupportedOptimizerState,
     attach_gradient_tracking,
     permute_components,
+    plan_regroup,
     regroup,
 )
 from badit.regrouping.gradients import gradient_windows
@@ -263,3 +264,45 @@ def test_factored_optimizer_state_is_refused_not_corrupted():
     plant_window(layer, seed=3)
     with pytest.raises(UnsupportedOptimizerState, match="Adafactor"):
         regroup(layer, optimizer)
+
+
+def test_flipping_component_signs_leaves_the_experts_unchanged():
+    """(a_j, b_j) -> (-a_j, -b_j) is the same function with the negated gradient row; with components 1
+    and 3 of a 6-component layer (3 experts of rank 2) flipped, regroup() forms the same experts. The
+    published signed cosine (regroup_similarity="signed") does not: on this layer its experts change."""
+
+    def six_components(flip: list[int]) -> BaditLinear:
+        torch.manual_seed(0)
+        base = nn.Linear(IN, OUT, bias=False)
+        base.weight.requires_grad_(False)
+        layer = BaditLinear(
+            base, "default", BaditConfig(r=2, num_experts=3, top_k=3, lora_dropout=0.0), "proj"
+        )
+        with torch.no_grad():
+            lora_A, lora_B = factors(layer)
+            lora_A[flip] *= -1
+            lora_B[:, flip] *= -1
+        attach_gradient_tracking(layer)
+        backward(layer, seed=0)
+        return layer
+
+    def experts_of(perm) -> set[frozenset[int]]:
+        return {frozenset(perm[e * 2 : (e + 1) * 2].tolist()) for e in range(3)}
+
+    plain, flipped = six_components([]), six_components([1, 3])
+    windows = [window_of(layer).double().numpy().copy() for layer in (plain, flipped)]
+    np.testing.assert_array_equal(windows[1][[1, 3]], -windows[0][[1, 3]])  # the negated rows
+    np.testing.assert_array_equal(windows[1][[0, 2, 4, 5]], windows[0][[0, 2, 4, 5]])
+    signed = [experts_of(plan_regroup(w, 3, 2, signed=True).perm) for w in windows]
+    assert signed[0] != signed[1]  # the published cosine: the SVD's sign convention picks the experts
+
+    original = factors(plain)[0].detach().abs().clone()
+    found = []
+    for layer in (plain, flipped):
+        assert regroup(layer)  # BaditConfig's default: regroup_similarity="sign_invariant"
+        rows = factors(layer)[0].detach().abs()  # new row j = old row perm[j], up to its sign
+        perm = np.array([int(torch.cdist(row[None], original).argmin()) for row in rows])
+        assert sorted(perm) == list(range(6))
+        found.append(experts_of(perm))
+    assert found[0] == found[1]
+    assert found[0] == experts_of(plan_regroup(windows[0], 3, 2).perm)

@@ -133,3 +133,19 @@ def test_regroup_schedule_is_validated_once_by_the_config():
 
     with pytest.raises(ValueError, match="regroup_every='daily' is neither 'epoch' nor a positive integer"):
         BaditConfig(regroup_every="daily")
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_sign_flips_change_neither_the_plan_nor_its_statistics(seed):
+    """Negating any rows (components whose SVD sign is flipped) gives the same permutation and the same
+    statistics under the default |cos| similarity: every cosine is negated exactly, so |cos| is equal."""
+    rng = np.random.default_rng(200 + seed)
+    planted = rng.permutation(np.repeat(np.arange(K), R))
+    directions = planted_directions(planted, noise=1.0, seed=seed)
+    signs = np.where(rng.random(K * R) < 0.5, -1.0, 1.0)
+    plain, flipped = plan_regroup(directions, K, R), plan_regroup(directions * signs[:, None], K, R)
+    assert np.array_equal(plain.perm, flipped.perm)
+    assert flipped.stats == pytest.approx(plain.stats, abs=1e-12)
+    # the planted groups, whatever the signs (a planted group holds +c and -c: one axis)
+    mixed = plan_regroup(planted_directions(planted, noise=0.5, seed=seed) * signs[:, None], K, R)
+    assert groups_of(mixed.perm) == {frozenset(np.flatnonzero(planted == g).tolist()) for g in range(K)}

@@ -33,6 +33,7 @@ PUBLISHED = {
     "router_init": "random",
     "train_router": False,
     "regroup_signal": "last_batch",
+    "regroup_similarity": "signed",
 }
 
 

@@ -15,6 +15,7 @@ SVD_METHODS = ("randomized", "exact")
 ROUTER_SCALES = ("preserve", "paper")
 ROUTER_INITS = ("zero", "random")
 REGROUP_SIGNALS = ("sum", "last_batch")
+REGROUP_SIMILARITIES = ("sign_invariant", "signed")
 
 
 @dataclass
@@ -48,6 +49,9 @@ class BaditConfig(PeftConfig):
         regroup_signal: "sum" (default: the gradients of every backward pass since the last regroup, or
             their EMA) or "last_batch" (only the last backward pass's, as the public code keeps it).
         regroup_kmeans_iters: iterations of the balanced spherical k-means.
+        regroup_similarity: "sign_invariant" (default: components compared by |cos| of their gradient
+            rows, so a component's arbitrary SVD sign does not decide its expert) or "signed" (the
+            published signed cosine); docs/method.md, "Sign-invariant regrouping".
     """
 
     r: int = field(default=4, metadata={"help": "Rank of each expert."})
@@ -84,6 +88,12 @@ class BaditConfig(PeftConfig):
     )
     regroup_kmeans_iters: int = field(
         default=DEFAULT_KMEANS_ITERS, metadata={"help": "Balanced spherical k-means iterations."}
+    )
+    regroup_similarity: Literal["sign_invariant", "signed"] = field(
+        default="sign_invariant",
+        metadata={
+            "help": "'sign_invariant' (|cos|: a component's sign does not matter) or 'signed' (published)."
+        },
     )
     modules_to_save: list[str] | None = field(
         default=None, metadata={"help": "Extra modules trained and saved."}
@@ -159,6 +169,12 @@ class BaditConfig(PeftConfig):
             fail("regroup_ema", "is set with regroup_signal 'last_batch'", "set one of the two")
         if not is_int(self.regroup_kmeans_iters) or self.regroup_kmeans_iters < 1:
             fail("regroup_kmeans_iters", "is not a positive integer", "use e.g. 20")
+        if self.regroup_similarity not in REGROUP_SIMILARITIES:
+            fail(
+                "regroup_similarity",
+                f"is not one of {REGROUP_SIMILARITIES}",
+                "use 'sign_invariant' (default) or 'signed' (the published cosine)",
+            )
 
     def save_pretrained(self, save_directory: str, **kwargs) -> None:
         """PEFT's adapter_config.json, then the BADIT section of the model card (badit/adapter/card.py)."""

@@ -56,6 +56,7 @@ def regroup(
     all_reduce_sum_(signals)
 
     iters_of: dict[str, int] = {}
+    signed_of: dict[str, bool] = {}
     perms: list[torch.Tensor] = []
     plans: list[tuple[np.ndarray, dict[str, float]] | None] = []  # directions and plan statistics
     for (_, layer, adapter_name, _), signal in zip(tracked, signals, strict=True):
@@ -70,7 +71,10 @@ def regroup(
             iters_of[adapter_name] = kmeans_iters or (
                 config.regroup_kmeans_iters if config is not None else DEFAULT_KMEANS_ITERS
             )
-        plan = plan_regroup(directions, num_experts, size, kmeans_iters=iters_of[adapter_name])
+            signed_of[adapter_name] = getattr(config, "regroup_similarity", None) == "signed"
+        plan = plan_regroup(
+            directions, num_experts, size, kmeans_iters=iters_of[adapter_name], signed=signed_of[adapter_name]
+        )
         perms.append(torch.from_numpy(plan.perm))
         plans.append((directions, plan.stats))
     perms = broadcast_from_rank0(perms, device=signals[0].device)
@@ -85,7 +89,11 @@ def regroup(
         directions, plan_stats = plan
         # Recomputed from the permutation actually applied (rank 0's), so every rank reports the same.
         final = grouping_stats(
-            directions, perm.numpy(), layer.num_experts[adapter_name], layer.r[adapter_name]
+            directions,
+            perm.numpy(),
+            layer.num_experts[adapter_name],
+            layer.r[adapter_name],
+            signed_of[adapter_name],
         )
         stats[layer_key(getattr(layer, "layer_name", layer_name), adapter_name)] = {**plan_stats, **final}
     skipped = len(tracked) - len(stats)

@@ -73,6 +73,8 @@ class MethodConfig:
     regroup_ema: float | None = _badit_default("regroup_ema")
     regroup_signal: Literal["sum", "last_batch"] = _badit_default("regroup_signal")
     """``sum``: gradients since the last regroup; ``last_batch``: only the last backward pass's (public code)."""
+    regroup_similarity: Literal["sign_invariant", "signed"] = _badit_default("regroup_similarity")
+    """``sign_invariant``: components compared by |cos| (their SVD sign is arbitrary); ``signed``: as published."""
     router_lr_multiplier: float = 1.0
     """The routers' learning rate is ``training.learning_rate`` times this (mixtures only; 1: the same).
     A zero-initialised router moves slowly at an adapter's learning rate (docs/benchmarks.md)."""
