@@ -266,9 +266,11 @@ def folder_bytes(folder: Path) -> int:
 def _stage_info(result: StageResult, eval_seconds: float) -> dict:
     losses = [r["loss"] for r in result.log_history if "loss" in r]
     tokens = max((r.get("num_input_tokens_seen", 0) for r in result.log_history), default=0)
+    padded = max((r.get("padded_tokens", 0) for r in result.log_history), default=0)
     return {
         "train_seconds": round(result.seconds, 2),
-        "tokens_seen": int(tokens),
+        "tokens_seen": int(tokens),  # real (attended) tokens
+        "padded_tokens": int(padded),  # positions computed: batch x padded length, summed
         "tokens_per_second": round(tokens / result.seconds, 2) if tokens and result.seconds > 0 else None,
         "peak_memory_mb": peak_memory_mb(),
         "adapter_bytes": folder_bytes(result.adapter_dir),

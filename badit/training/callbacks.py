@@ -204,7 +204,8 @@ class RegroupCallback(TrainerCallback):
 
 
 class ProgressBar(TrainerCallback):
-    """One tqdm bar over optimizer steps with ETA, the last logged loss and tokens/s (main process only)."""
+    """One tqdm bar over optimizer steps with ETA, the last logged loss, the padding fraction and tokens/s
+    (main process only)."""
 
     def __init__(self):
         self.bar: tqdm | None = None
@@ -232,6 +233,8 @@ class ProgressBar(TrainerCallback):
         if "loss" not in logs:  # e.g. a regroup summary
             return
         self.postfix["loss"] = f"{logs['loss']:.4f}"
+        if "padding_fraction" in logs:  # of the positions computed so far, the share that was padding
+            self.postfix["pad"] = f"{logs['padding_fraction']:.0%}"
         now = time.perf_counter()
         if state.num_input_tokens_seen > self.last_tokens and now > self.last_time:
             # tokens/s since the previous log (all processes together), not the session average

@@ -7,6 +7,7 @@ scheduler and RNG states; the regroup callback adds the gradient windows.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -24,6 +25,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 from badit.adapter import BaditConfig
 from badit.adapter.integrity import check_adapter_folder
 from badit.data import IGNORE_INDEX, DataCollator, TaskBalancedSampler
+from badit.data.files import atomic_write_json
 from badit.regrouping import attach_gradient_tracking
 from badit.training.callbacks import JsonlLogger, ProgressBar, RegroupCallback
 from badit.training.checkpoints import (
@@ -35,6 +37,7 @@ from badit.training.checkpoints import (
     staged_write,
 )
 from badit.training.gradient_surgery import SURGERIES, TaskGradients
+from badit.training.loss import labelled_positions, lm_head_on, trainer_loss
 from badit.training.model_loading import gpu_half_dtype
 from badit.training.nonfinite import NonFiniteGuard
 from badit.training.replicas import check_replicas, world_size
@@ -51,6 +54,8 @@ class BaditTrainer(Trainer):
     ``nonfinite_guard`` sees every backward pass (badit.training.nonfinite). ``gradient_surgery``
     ``pcgrad``: one backward pass per task in the batch and PCGrad's combination of their gradients
     (badit.training.gradient_surgery; one process only).
+    With ``labelled_logits_only`` (the default) the LM head and the loss see only the positions whose
+    next token is labelled (badit.training.loss), the same loss as the full logits' within float rounding.
     """
 
     def __init__(
@@ -61,9 +66,15 @@ class BaditTrainer(Trainer):
         router_lr_multiplier: float = 1.0,
         nonfinite_guard: NonFiniteGuard | None = None,
         gradient_surgery: str = "none",
+        labelled_logits_only: bool = True,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
+        self.labelled_logits_only = labelled_logits_only and self.compute_loss_func is None
+        if self.labelled_logits_only:
+            # the Trainer then pops the labels, calls the model without them and passes the outputs
+            # here, with its own num_items_in_batch and gradient-accumulation scaling, as for a model loss
+            self.compute_loss_func = trainer_loss
         if gradient_surgery not in SURGERIES:
             raise ValueError(
                 f"gradient_surgery must be one of {', '.join(SURGERIES)}, got {gradient_surgery!r}"
@@ -80,6 +91,9 @@ class BaditTrainer(Trainer):
         self.router_lr_multiplier = router_lr_multiplier
         self.nonfinite_guard = nonfinite_guard
         self._queued_logs: dict[str, float] = {}
+        self.padded_tokens = 0
+        """Positions computed (batch x padded length, summed over micro-batches and processes); the
+        Trainer's ``num_input_tokens_seen`` counts the real (attended) tokens."""
 
     def queue_logs(self, values: dict[str, float]) -> None:
         """Values to add to the next log record (calling ``log`` from a callback would cancel the
@@ -90,6 +104,9 @@ class BaditTrainer(Trainer):
         if self._queued_logs:
             logs = {**logs, **self._queued_logs}
             self._queued_logs = {}
+        if self.padded_tokens:
+            logs["padded_tokens"] = self.padded_tokens
+            logs["padding_fraction"] = round(1 - self.state.num_input_tokens_seen / self.padded_tokens, 4)
         super().log(logs, start_time)
 
     def create_optimizer(self, model=None):
@@ -101,11 +118,20 @@ class BaditTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         inputs = {key: value for key, value in inputs.items() if key != "task_ids"}
-        return super().compute_loss(
-            model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
-        )
+        labels = inputs.get("labels")
+        if not self.labelled_logits_only or labels is None or return_outputs:
+            return super().compute_loss(
+                model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+            )
+        unwrapped = self.accelerator.unwrap_model(model)
+        if routes_from_labels(unwrapped):  # the model gets no labels: give BADIT's routers their prompt
+            inputs["prompt_mask"] = labels == IGNORE_INDEX
+        with lm_head_on(unwrapped, labelled_positions(labels)):
+            return super().compute_loss(model, inputs, num_items_in_batch=num_items_in_batch)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
+        positions = torch.as_tensor(inputs["input_ids"].numel(), device=self.args.device, dtype=torch.int64)
+        self.padded_tokens += int(self.accelerator.gather(positions).sum().item())
         if self.gradient_surgery == "pcgrad":
             loss = self._pcgrad_step(model, inputs, num_items_in_batch)
         else:
@@ -194,6 +220,8 @@ class BaditTrainer(Trainer):
             finally:
                 self._staging = False
             kill_point("after-trainer-state", step)
+            if self.args.should_save:
+                atomic_write_json(staging / PADDED_TOKENS_FILE, {"padded_tokens": self.padded_tokens})
             for callback in self.callback_handler.callbacks:
                 if hasattr(callback, "save_checkpoint_state"):
                     callback.save_checkpoint_state(staging, self.args, self.state, self.model)
@@ -218,6 +246,24 @@ class BaditTrainer(Trainer):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
         task_ids = [example["task_id"] for example in dataset]
         return TaskBalancedSampler(task_ids, self.sampling_temperature, seed=self.args.seed)
+
+
+PADDED_TOKENS_FILE = "padded_tokens.json"
+"""In a checkpoint: ``BaditTrainer.padded_tokens`` at that step, read back on resume."""
+
+
+def padded_tokens_at(checkpoint: str | Path | None) -> int:
+    """The padded-token count saved in ``checkpoint`` (0 without one, or for older checkpoints)."""
+    path = Path(checkpoint) / PADDED_TOKENS_FILE if checkpoint else None
+    if path is None or not path.is_file():
+        return 0
+    return int(json.loads(path.read_text(encoding="utf-8"))["padded_tokens"])
+
+
+def routes_from_labels(model: torch.nn.Module) -> bool:
+    """Whether ``model``'s adapter routes on the prompt tokens it finds from the labels (BADIT's
+    routing state, badit.adapter.routing), which then need ``prompt_mask`` when no labels are passed."""
+    return getattr(getattr(model, "base_model", None), "routing_state", None) is not None
 
 
 def scale_router_lr(optimizer: torch.optim.Optimizer, model: torch.nn.Module, multiplier: float) -> int:
@@ -387,6 +433,7 @@ def train_stage(
         logger.info("no checkpoint in %s: training from the start", checkpoint_dir)
     if regroup is not None:
         regroup.resume_from = checkpoint
+    trainer.padded_tokens = padded_tokens_at(checkpoint)
     start = time.perf_counter()
     try:
         output = trainer.train(resume_from_checkpoint=checkpoint)
