@@ -1,4 +1,4 @@
-"""BADIT's member of PEFT's `PeftType` enum.
+"""BADIT's (and HydraLoRA's) members of PEFT's `PeftType` enum.
 
 `peft.utils.register_peft_method` only accepts names that are already members of
 `peft.utils.peft_types.PeftType`. Adding a member to that enum is beyond PEFT's public API, so it
@@ -14,6 +14,8 @@ from peft.utils.peft_types import PeftType
 METHOD_NAME = "badit"
 PEFT_TYPE_NAME = METHOD_NAME.upper()
 PREFIX = "badit_"
+HYDRALORA_NAME = "hydralora"  # badit.adapter.hydralora, the multi-task baseline of issue 19
+HYDRALORA_PREFIX = "hydra_"
 
 
 def _add_enum_member(enum_cls: type[enum.Enum], name: str, value: str) -> enum.Enum:
@@ -35,3 +37,9 @@ def _add_enum_member(enum_cls: type[enum.Enum], name: str, value: str) -> enum.E
 def badit_peft_type() -> PeftType:
     """The `PeftType` member for BADIT, added to PEFT's enum on first use."""
     return _add_enum_member(PeftType, PEFT_TYPE_NAME, PEFT_TYPE_NAME)
+
+
+def hydralora_peft_type() -> PeftType:
+    """The `PeftType` member for HydraLoRA, added to PEFT's enum on first use."""
+    name = HYDRALORA_NAME.upper()
+    return _add_enum_member(PeftType, name, name)

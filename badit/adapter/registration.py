@@ -12,22 +12,35 @@ from peft.mapping import PEFT_TYPE_TO_TUNER_MAPPING
 from peft.utils.peft_types import register_peft_method
 
 from badit.adapter.config import BaditConfig
+from badit.adapter.hydralora import HydraLoraConfig, HydraLoraModel
 from badit.adapter.model import BaditModel
-from badit.adapter.peft_type import METHOD_NAME, PEFT_TYPE_NAME, PREFIX, badit_peft_type
+from badit.adapter.peft_type import (
+    HYDRALORA_NAME,
+    HYDRALORA_PREFIX,
+    METHOD_NAME,
+    PREFIX,
+    badit_peft_type,
+    hydralora_peft_type,
+)
 
 
 def register() -> None:
-    """Make `get_peft_model`, `PeftConfig.from_pretrained` and `PeftModel.from_pretrained` know BADIT.
+    """Make `get_peft_model`, `PeftConfig.from_pretrained` and `PeftModel.from_pretrained` know BADIT
+    and HydraLoRA (badit.adapter.hydralora).
 
     Idempotent: a second call (e.g. a module reload) leaves the registration as it is.
     """
-    peft_type = badit_peft_type()
+    _register(badit_peft_type(), METHOD_NAME, BaditConfig, BaditModel, PREFIX)
+    _register(hydralora_peft_type(), HYDRALORA_NAME, HydraLoraConfig, HydraLoraModel, HYDRALORA_PREFIX)
+
+
+def _register(peft_type, name: str, config_cls, model_cls, prefix: str) -> None:
     registered = PEFT_TYPE_TO_TUNER_MAPPING.get(peft_type)
     if registered is not None:
-        if registered.__qualname__ != BaditModel.__qualname__:
+        if registered.__qualname__ != model_cls.__qualname__:
             raise RuntimeError(
-                f"PEFT already has a method registered as {PEFT_TYPE_NAME!r} ({registered!r}); "
+                f"PEFT already has a method registered as {name.upper()!r} ({registered!r}); "
                 "this version of badit cannot register itself alongside it."
             )
         return
-    register_peft_method(name=METHOD_NAME, config_cls=BaditConfig, model_cls=BaditModel, prefix=PREFIX)
+    register_peft_method(name=name, config_cls=config_cls, model_cls=model_cls, prefix=prefix)

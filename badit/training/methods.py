@@ -19,7 +19,7 @@ from typing import Literal
 
 from peft import LoraConfig, PeftConfig, TaskType
 
-from badit.adapter import BaditConfig
+from badit.adapter import BaditConfig, HydraLoraConfig
 
 MIXTURE_METHODS = {"badit": "svd", "svd-moe": "svd", "loramoe": "random"}
 """method name -> ``BaditConfig.init`` (``badit``: SVD experts + regrouping; ``svd-moe``: without
@@ -27,7 +27,9 @@ regrouping; ``loramoe``: random experts, no regrouping: the LoRAMoE variant of t
 per-sequence dense routing without balancing loss, not Dou et al.'s token-level LoRAMoE)."""
 LORA_METHODS = {"lora": True, "pissa": "pissa", "olora": "olora"}
 """method name -> ``LoraConfig.init_lora_weights`` (PEFT's LoRA with rank K*r)."""
-METHODS = (*MIXTURE_METHODS, *LORA_METHODS)
+HYDRALORA = "hydralora"
+"""HydraLoRA (badit.adapter.hydralora): a shared A of rank r and num_experts B heads mixed per token."""
+METHODS = (*MIXTURE_METHODS, *LORA_METHODS, HYDRALORA)
 """The one list of method names."""
 
 _BADIT_FIELDS = {f.name: f for f in dataclasses.fields(BaditConfig)}
@@ -44,10 +46,11 @@ def _badit_default(name: str):
 @dataclass
 class MethodConfig:
     name: str = "badit"
-    """One of badit, svd-moe, loramoe, lora, pissa, olora."""
+    """One of badit, svd-moe, loramoe, lora, pissa, olora, hydralora."""
     r: int = _badit_default("r")
-    """Rank per expert (LoRA baselines use rank num_experts * r)."""
+    """Rank per expert (LoRA baselines use rank num_experts * r; hydralora: the shared A's rank)."""
     num_experts: int = _badit_default("num_experts")
+    """Experts K (hydralora: its number of B heads)."""
     top_k: int = _BADIT_FIELDS["num_experts"].default
     """Experts per sequence; the default is all of them (BaditConfig's dense routing)."""
     lora_alpha: float = _badit_default("lora_alpha")
@@ -76,7 +79,7 @@ class MethodConfig:
     regroup_similarity: Literal["sign_invariant", "signed"] = _badit_default("regroup_similarity")
     """``sign_invariant``: components compared by |cos| (their SVD sign is arbitrary); ``signed``: as published."""
     router_lr_multiplier: float = 1.0
-    """The routers' learning rate is ``training.learning_rate`` times this (mixtures only; 1: the same).
+    """The routers' learning rate is ``training.learning_rate`` times this (mixtures and hydralora; 1: the same).
     A zero-initialised router moves slowly at an adapter's learning rate (docs/benchmarks.md)."""
 
 
@@ -118,6 +121,15 @@ def build_peft_config(method: MethodConfig) -> PeftConfig:
     check_method(method)
     if method.name in MIXTURE_METHODS:
         return mixture_config(method)
+    if method.name == HYDRALORA:
+        return HydraLoraConfig(
+            task_type=TaskType.CAUSAL_LM,
+            r=method.r,
+            num_heads=method.num_experts,
+            lora_alpha=method.lora_alpha,
+            lora_dropout=method.lora_dropout,
+            target_modules=method.target_modules,
+        )
     return _lora_config(method)
 
 

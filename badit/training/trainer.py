@@ -270,7 +270,11 @@ def scale_router_lr(optimizer: torch.optim.Optimizer, model: torch.nn.Module, mu
     """Move the routers' parameters of each param group into a copy of that group whose ``lr`` is
     ``multiplier`` times larger (before the scheduler is built, which then scales both alike).
     Returns the number of router tensors moved."""
-    routers = {id(p) for name, p in model.named_parameters() if ".badit_router." in name and p.requires_grad}
+    routers = {
+        id(p)
+        for name, p in model.named_parameters()
+        if (".badit_router." in name or ".hydra_router." in name) and p.requires_grad  # BADIT, HydraLoRA
+    }
     moved = 0
     for group in list(optimizer.param_groups):
         own = [p for p in group["params"] if id(p) in routers]
