@@ -10,9 +10,7 @@ import torch
 from peft import get_peft_model
 
 import badit
-from badit.data import DataCollator, open_source, tokenize_tasks
-from badit.regrouping import regroup_due
-from tests.helpers import char_tokenizer, doc_block, make_tiny_model, save_tiny_model, substitute
+from tests.helpers import doc_block, save_tiny_model, substitute
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore::UserWarning"),
@@ -39,36 +37,41 @@ def router_weights(model) -> list[torch.Tensor]:
 
 
 @pytest.mark.slow
-def test_plain_pytorch_loop_trains_router_and_regroups(tmp_path):
+def test_plain_pytorch_loop_docs_block_trains_router_and_regroups(tmp_path, monkeypatch):
+    """docs/usage.md's plain PyTorch loop as written (model, sizes and schedule made tiny)."""
     torch.manual_seed(0)
+    monkeypatch.chdir(tmp_path)
     write_mix(tmp_path / "mix.jsonl")
-    tokenizer = char_tokenizer()
-    # --- as in docs/usage.md, "A plain PyTorch loop" (sizes made tiny) ---
-    tasks = open_source(tmp_path / "mix.jsonl").load("train")
-    examples = tokenize_tasks(tokenizer, tasks, max_source_length=64, max_target_length=8)
-    config = badit_config(regroup_every=2, regroup_until=1.0)
-    model = get_peft_model(make_tiny_model("llama"), config)  # also installs the regroup gradient hooks
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    loader = torch.utils.data.DataLoader(
-        examples, batch_size=8, shuffle=True, collate_fn=DataCollator(tokenizer.pad_token_id)
+    save_tiny_model(tmp_path / "tiny")
+    code = substitute(
+        doc_block("docs/usage.md", "### A plain PyTorch loop"),
+        {
+            '"smollm2-135m-instruct"': repr(str(tmp_path / "tiny")),
+            "num_epochs = 3": "num_epochs = 1",
+            "max_source_length=974, max_target_length=50": "max_source_length=64, max_target_length=8",
+            "regroup_every=50": "regroup_every=2, regroup_until=1.0, lora_dropout=0.0",
+            "lr=2e-4": "lr=1e-2",
+        },
     )
-    routers_before = router_weights(model)
-    num_epochs, step, regroups = 1, 0, []
-    total_steps = num_epochs * len(loader)
-    model.train()
-    for _ in range(num_epochs):
-        for batch in loader:
-            batch.pop("task_ids")
-            # labels are -100 on the prompt: the routers pool the prompt tokens (or pass prompt_mask=)
-            loss = model(**batch).loss
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad()
-            step += 1
-            if regroup_due(config, step=step, total_steps=total_steps, epoch_end=False):
-                regroups.append(badit.regroup(model, optimizer))  # moves components with their Adam state
-        if regroup_due(config, step=step, total_steps=total_steps, epoch_end=True):
-            regroups.append(badit.regroup(model, optimizer))
+    # record each regroup's statistics and the routers before training, around the docs' own calls
+    regroups, routers_before = [], []
+    regroup = badit.regroup
+
+    def recording_regroup(model, optimizer):
+        regroups.append(regroup(model, optimizer))
+        return regroups[-1]
+
+    def recording_get_peft_model(*args, **kwargs):
+        model = get_peft_model(*args, **kwargs)
+        routers_before.extend(router_weights(model))
+        return model
+
+    monkeypatch.setattr(badit, "regroup", recording_regroup)
+    namespace = {"__name__": "docs_block"}
+    code = code.replace("from peft import get_peft_model\n", "")
+    namespace["get_peft_model"] = recording_get_peft_model
+    exec(compile(code, "docs/usage.md (A plain PyTorch loop)", "exec"), namespace)
+    model, step = namespace["model"], namespace["step"]
     # --- checks ---
     # 22 training rows (24 minus 10% test: 1 per task) / batch 8 = 3 steps; regroup after step 2 only
     # (never after the last step)
@@ -78,7 +81,8 @@ def test_plain_pytorch_loop_trains_router_and_regroups(tmp_path):
     assert sum(s["moved"] for s in regroups[0].values()) > 0  # components changed experts
     assert all(not torch.equal(a, b) for a, b in zip(routers_before, router_weights(model)))
     weights = next(iter(badit.get_routing_weights(model).values()))
-    assert weights.shape[1] == 3 and not torch.allclose(weights[0], weights[1])  # per-sequence routing
+    assert weights.shape[1] == 6 and not torch.allclose(weights[0], weights[1])  # per-sequence routing
+    assert (tmp_path / "adapter" / "adapter_config.json").is_file()
 
 
 @pytest.mark.slow
