@@ -149,3 +149,98 @@ def test_sign_flips_change_neither_the_plan_nor_its_statistics(seed):
     # the planted groups, whatever the signs (a planted group holds +c and -c: one axis)
     mixed = plan_regroup(planted_directions(planted, noise=0.5, seed=seed) * signs[:, None], K, R)
     assert groups_of(mixed.perm) == {frozenset(np.flatnonzero(planted == g).tolist()) for g in range(K)}
+
+
+def test_a_schedule_that_can_never_regroup_is_named_with_its_fix():
+    """The README's own-tasks run: 30 steps, 21 per epoch, regroup at epoch ends until 0.5 of training:
+    the first regroup would fall at step 21 > 15 = 0.5 * 30. Fixes: regroup every <= 15 steps, or
+    max_steps >= 42 (21 <= 0.5 * 42), or regroup_until >= 0.7 (21 <= 0.7 * 30)."""
+    from badit.regrouping import never_regroups
+
+    readme = SimpleNamespace(regroup=True, regroup_every="epoch", regroup_until=0.5)
+    problem = never_regroups(readme, total_steps=30, steps_per_epoch=21)
+    assert problem.startswith(
+        "this run never regroups: the first regroup would fall at the end of epoch 1, step 21"
+    )
+    assert "stops after step 15 (regroup_until 0.5 of 30 steps)" in problem
+    assert "regroup_every=N with N <= 15 (e.g. 7) or max_steps >= 42 or regroup_until >= 0.7" in problem
+    # what the fixes give, checked against regroup_due itself
+    for config, total in ((SimpleNamespace(**{**vars(readme), "regroup_every": 7}), 30), (readme, 42)):
+        due = [
+            s
+            for s in range(1, total + 1)
+            if regroup_due(config, step=s, total_steps=total, epoch_end=s % 21 == 0)
+        ]
+        assert due and never_regroups(config, total_steps=total, steps_per_epoch=21) is None
+    assert never_regroups(readme, total_steps=60, steps_per_epoch=21) is None  # step 21 <= 30
+    # every N steps: N = 10 in 12 steps until 0.5 (last allowed step 6)
+    steps = SimpleNamespace(regroup=True, regroup_every=10, regroup_until=0.5)
+    assert "at step 10 (regroup_every=10)" in never_regroups(steps, total_steps=12, steps_per_epoch=12)
+    # switched off by choice: no warning
+    assert (
+        never_regroups(
+            SimpleNamespace(**{**vars(readme), "regroup": False}), total_steps=30, steps_per_epoch=21
+        )
+        is None
+    )
+    assert (
+        never_regroups(
+            SimpleNamespace(**{**vars(readme), "regroup_until": 0}), total_steps=30, steps_per_epoch=21
+        )
+        is None
+    )
+
+
+def test_regroup_callback_warns_before_the_first_step(caplog):
+    from badit.training.callbacks import RegroupCallback
+
+    config = SimpleNamespace(regroup=True, regroup_every="epoch", regroup_until=0.5)
+    args = SimpleNamespace(gradient_accumulation_steps=2)
+    state = SimpleNamespace(is_world_process_zero=True, max_steps=30)
+    with caplog.at_level("WARNING", logger="badit"):
+        RegroupCallback(config).on_train_begin(
+            args, state, None, train_dataloader=range(41)
+        )  # ceil(41/2) = 21
+    assert [r.getMessage() for r in caplog.records if "never regroups" in r.getMessage()] == [
+        "BADIT: " + never_regroups_readme()
+    ]
+
+
+def never_regroups_readme() -> str:
+    from badit.regrouping import never_regroups
+
+    config = SimpleNamespace(regroup=True, regroup_every="epoch", regroup_until=0.5)
+    return never_regroups(config, total_steps=30, steps_per_epoch=21)
+
+
+def test_the_readme_own_tasks_example_regroups(tmp_path, monkeypatch):
+    """The README's own-tasks command, on the data its block writes: its schedule regroups at least once
+    (steps per epoch from the run's own training split and batch size)."""
+    import math
+    import shlex
+    import subprocess
+    import sys
+
+    from badit.experiments.config import load_config
+    from badit.experiments.stage import data_source, load_run_tasks, task_names
+    from badit.regrouping import never_regroups
+    from badit.training.methods import mixture_config
+    from tests.helpers import REPO, doc_block
+
+    block = doc_block("README.md", "## Train on your own tasks", "bash")
+    script = block[block.index("<<'EOF'\n") + len("<<'EOF'\n") : block.index("\nEOF\n")]
+    subprocess.run([sys.executable, "-c", script], cwd=tmp_path, check=True)
+    command = block[block.index(".venv/bin/badit train") :].replace("\\\n", " ").split("#")[0]
+    words = shlex.split(command)
+    monkeypatch.chdir(REPO)
+    config = load_config(words[2], [w.replace("mix.jsonl", str(tmp_path / "mix.jsonl")) for w in words[3:]])
+    train, _ = load_run_tasks(config, task_names(config), data_source(config))
+    steps_per_epoch = math.ceil(
+        sum(len(t.instances) for t in train) / config.training.per_device_train_batch_size
+    )
+    method = mixture_config(config.method)
+    assert (
+        never_regroups(method, total_steps=config.training.max_steps, steps_per_epoch=steps_per_epoch) is None
+    )
+    readme_default = SimpleNamespace(regroup=True, regroup_every="epoch", regroup_until=0.5)
+    assert never_regroups(readme_default, total_steps=30, steps_per_epoch=steps_per_epoch)  # without the fix

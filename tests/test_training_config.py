@@ -9,7 +9,7 @@ import pytest
 from peft import LoraConfig
 
 from badit.experiments.config import ConfigError, RunConfig, from_dict, load_config
-from badit.training.methods import build_peft_config
+from badit.training.methods import build_peft_config, mixture_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -22,7 +22,15 @@ def test_defaults_are_the_papers():
         0.03,
     )
     m = c.method
-    assert (m.name, m.r, m.num_experts, m.top_k, m.lora_alpha, m.lora_dropout) == ("badit", 4, 6, 6, 32, 0.05)
+    assert (m.name, m.r, m.num_experts, m.top_k, m.lora_alpha, m.lora_dropout) == (
+        "badit",
+        4,
+        6,
+        None,
+        32,
+        0.05,
+    )
+    assert mixture_config(m).top_k == 6  # None: dense routing over the K = 6 experts
     assert m.target_modules == ["gate_proj"] and c.data.max_target_length == 50
     assert (m.regroup_every, m.regroup_until) == ("epoch", 0.5)
 
@@ -194,3 +202,13 @@ def test_paper_scale_configs(path):
     )
     assert (config.training.num_train_epochs, config.training.mixed_precision) == (10, "bf16")
     assert config.method == RunConfig().method and config.training.learning_rate == 2e-4
+
+
+def test_top_k_follows_num_experts_unless_set(tmp_path):
+    """method.num_experts=8 routes over all 8 experts (dense: the initial model is the pretrained one);
+    an explicit top_k is kept."""
+    for path in (CONFIGS / "superni_multitask.yaml", CONFIGS / "own_tasks.yaml"):
+        config = load_config(path, ["method.num_experts=8"])
+        assert config.method.top_k is None and build_peft_config(config.method).top_k == 8
+    sparse = load_config(CONFIGS / "superni_multitask.yaml", ["method.num_experts=8", "method.top_k=2"])
+    assert build_peft_config(sparse.method).top_k == 2

@@ -5,7 +5,7 @@ A run is described by one YAML file whose sections mirror the dataclasses below 
 line with a dotted path, e.g. ``training.learning_rate=1e-4`` or ``data.tasks=[a,b]``.
 
 Defaults follow the paper (arXiv 2605.05676, Sec. 5) and the public BADIT training scripts:
-lr 2e-4 with a cosine schedule and 3% warmup, weight decay 0, 10 epochs, r=4, K=6, top_k=6,
+lr 2e-4 with a cosine schedule and 3% warmup, weight decay 0, 10 epochs, r=4, K=6, top_k = K (dense),
 alpha 32, dropout 0.05, target gate_proj, max target length 50.
 
 The validation is written by hand (a few dozen lines) rather than with a schema library so that

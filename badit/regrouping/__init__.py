@@ -10,7 +10,7 @@ from badit.regrouping.core import regroup, regroup_summary
 from badit.regrouping.gradients import attach_gradient_tracking, detach_gradient_tracking
 from badit.regrouping.permute import UnsupportedOptimizerState, permute_components
 from badit.regrouping.plan import RegroupPlan, grouping_stats, plan_regroup
-from badit.regrouping.schedule import regroup_due
+from badit.regrouping.schedule import never_regroups, regroup_due
 
 __all__ = [
     "RegroupPlan",
@@ -21,6 +21,7 @@ __all__ = [
     "permute_components",
     "plan_regroup",
     "regroup",
+    "never_regroups",
     "regroup_due",
     "regroup_summary",
 ]

@@ -129,6 +129,7 @@ class RegroupCallback(TrainerCallback):
         self._pending_logs = {}
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self._warn_if_never_regroups(args, state, kwargs.get("train_dataloader"))
         if self.resume_from and model is not None:
             step = load_regroup_state(model, self.resume_from, args.process_index)
             if step is None:
@@ -138,6 +139,22 @@ class RegroupCallback(TrainerCallback):
             else:
                 self.last_regroup_step = step
             self._regroup_pending_epoch_end(state, model, kwargs.get("optimizer"))
+
+    def _warn_if_never_regroups(self, args, state: TrainerState, dataloader) -> None:
+        """Before the first step: a schedule under which no regroup can fall (e.g. fewer steps than an
+        epoch with regroup_every="epoch") trains svd-moe, not BADIT; say so once, with the fix."""
+        from badit.regrouping import never_regroups
+
+        if not state.is_world_process_zero or not state.max_steps:
+            return
+        try:
+            batches = len(dataloader)
+        except TypeError:  # an iterable dataset without a length: epochs are not known in advance
+            return
+        steps_per_epoch = max(-(-batches // args.gradient_accumulation_steps), 1)  # as Trainer counts them
+        problem = never_regroups(self.config, total_steps=state.max_steps, steps_per_epoch=steps_per_epoch)
+        if problem:
+            logger.warning("BADIT: %s", problem)
 
     def _regroup_pending_epoch_end(self, state: TrainerState, model, optimizer) -> None:
         """Resuming from a checkpoint saved at the last step of an epoch: Trainer saves it in that step's

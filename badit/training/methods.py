@@ -51,8 +51,9 @@ class MethodConfig:
     """Rank per expert (LoRA baselines use rank num_experts * r; hydralora: the shared A's rank)."""
     num_experts: int = _badit_default("num_experts")
     """Experts K (hydralora: its number of B heads)."""
-    top_k: int = _BADIT_FIELDS["num_experts"].default
-    """Experts per sequence; the default is all of them (BaditConfig's dense routing)."""
+    top_k: int | None = _badit_default("top_k")
+    """Experts per sequence; null (default): ``num_experts``, all of them (BaditConfig's dense routing),
+    whatever num_experts is set to."""
     lora_alpha: float = _badit_default("lora_alpha")
     """Scaling numerator: each rank-1 component of an expert is scaled by ``lora_alpha / r``."""
     lora_baseline_alpha: float | None = None
