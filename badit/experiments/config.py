@@ -27,7 +27,7 @@ from typing import Any, Literal, Union
 
 import yaml
 
-from badit.training.methods import METHODS, MethodConfig, check_method
+from badit.training.methods import CONTINUAL_METHODS, METHODS, MethodConfig, check_method
 
 SETTINGS = ("multitask", "single", "continual")
 """Defined with their code in ``badit.experiments.settings``; listed here to check configs early."""
@@ -397,6 +397,10 @@ def validate(config: RunConfig, source: str = "config") -> None:
         fail(f"method.name {m.name!r} is unknown{hint}; use one of {', '.join(METHODS)}")
     if config.setting not in SETTINGS:
         fail(f"setting {config.setting!r} is unknown; use one of {', '.join(SETTINGS)}")
+    if m.name in CONTINUAL_METHODS and config.setting != "continual":
+        fail(
+            f"method.name {m.name} is a continual method (one branch per task in order); use setting: continual"
+        )
     try:  # the method's fields are checked where their defaults live: BaditConfig
         check_method(m)
     except ValueError as error:

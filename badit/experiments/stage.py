@@ -19,11 +19,12 @@ import torch
 from peft import NoMatchingPeftModuleError
 from transformers import TrainerCallback, TrainingArguments
 
-from badit.data import Columns, PromptTemplate, Task, TaskSource, open_source, tokenize_tasks
+from badit.data import Columns, DataCollator, PromptTemplate, Task, TaskSource, open_source, tokenize_tasks
 from badit.data.files import atomic_write_json
 from badit.evaluation import evaluate
 from badit.experiments.config import ConfigError, DataConfig, RunConfig, TrainingConfig
 from badit.experiments.folder import DONE_FILE, stage_done
+from badit.training.continual import ContinualCallback, build_continual_model, is_continual
 from badit.training.methods import build_peft_config
 from badit.training.model_loading import load_model_and_tokenizer
 from badit.training.trainer import StageResult, build_adapter_model, resolve_mixed_precision, train_stage
@@ -178,8 +179,10 @@ def training_arguments(training: TrainingConfig, seed: int, checkpoint_dir: Path
 def adapter_model(config: RunConfig, init_adapter: Path | None = None):
     """(model with the run's adapter, tokenizer): fresh, or continued from a saved adapter folder."""
     base, tokenizer = load_base_model(config)
-    peft_config = None if init_adapter is not None else build_peft_config(config.method)
     try:
+        if is_continual(config.method):  # one more LoRA branch than the previous stage's adapter
+            return build_continual_model(base, config.method, config.seed, init_adapter), tokenizer
+        peft_config = None if init_adapter is not None else build_peft_config(config.method)
         return build_adapter_model(base, peft_config, config.seed, init_adapter), tokenizer
     except NoMatchingPeftModuleError:
         raise ConfigError(
@@ -214,6 +217,11 @@ def train(ctx: RunContext, model, tokenizer, tasks: Sequence[Task], stage_dir: P
     if not examples:
         raise ValueError(f"no training examples in tasks {[t.name for t in tasks]}")
     report_to = config.training.report_to
+    callbacks = ctx.extra_callbacks
+    if is_continual(config.method):
+        collator = DataCollator(pad_token_id=tokenizer.pad_token_id)
+        batch = config.training.per_device_train_batch_size
+        callbacks = (*callbacks, ContinualCallback(model, config.method, examples, collator, batch))
     return train_stage(
         model,
         tokenizer,
@@ -224,7 +232,7 @@ def train(ctx: RunContext, model, tokenizer, tasks: Sequence[Task], stage_dir: P
         sampling_temperature=config.data.sampling_temperature,
         tensorboard=report_to is None or "tensorboard" in report_to,
         resume=ctx.resume,
-        extra_callbacks=ctx.extra_callbacks,
+        extra_callbacks=callbacks,
         router_lr_multiplier=config.method.router_lr_multiplier,
         on_nonfinite=config.training.on_nonfinite,
         gradient_surgery=config.training.gradient_surgery,

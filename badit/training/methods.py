@@ -29,7 +29,10 @@ LORA_METHODS = {"lora": True, "pissa": "pissa", "olora": "olora"}
 """method name -> ``LoraConfig.init_lora_weights`` (PEFT's LoRA with rank K*r)."""
 HYDRALORA = "hydralora"
 """HydraLoRA (badit.adapter.hydralora): a shared A of rank r and num_experts B heads mixed per token."""
-METHODS = (*MIXTURE_METHODS, *LORA_METHODS, HYDRALORA)
+CONTINUAL_METHODS = ("o-lora", "inflora")
+"""Continual methods (``setting: continual`` only): one LoRA branch of rank K*r per task in one PEFT LoRA
+adapter (``badit.training.continual``; docs/method.md, "Continual baselines")."""
+METHODS = (*MIXTURE_METHODS, *LORA_METHODS, HYDRALORA, *CONTINUAL_METHODS)
 """The one list of method names."""
 
 _BADIT_FIELDS = {f.name: f for f in dataclasses.fields(BaditConfig)}
@@ -46,7 +49,8 @@ def _badit_default(name: str):
 @dataclass
 class MethodConfig:
     name: str = "badit"
-    """One of badit, svd-moe, loramoe, lora, pissa, olora, hydralora."""
+    """One of ``METHODS``: badit, svd-moe, loramoe, lora, pissa, olora, hydralora; continual only: o-lora,
+    inflora."""
     r: int = _badit_default("r")
     """Rank per expert (LoRA baselines use rank num_experts * r; hydralora: the shared A's rank)."""
     num_experts: int = _badit_default("num_experts")
@@ -82,6 +86,18 @@ class MethodConfig:
     router_lr_multiplier: float = 1.0
     """The routers' learning rate is ``training.learning_rate`` times this (mixtures and hydralora; 1: the same).
     A zero-initialised router moves slowly at an adapter's learning rate (docs/benchmarks.md)."""
+    # Continual methods (o-lora, inflora); defaults from the papers' public code (docs/method.md)
+    orthogonality_weight: float = 0.5
+    """O-LoRA's lambda_1: weight of ``sum_layers |A_old A_new^T|_1`` in the loss (O-LoRA's scripts: 0.5)."""
+    l2_weight: float = 0.0
+    """O-LoRA's lambda_2: weight of the new branch's L2 norm in the loss (O-LoRA's scripts: 0)."""
+    subspace_threshold: float = 0.995
+    """InfLoRA: share of a task's layer-input energy its subspace keeps (GainLoRA's SuperNI scripts: 0.995)."""
+    subspace_energy: Literal["paper", "code"] = "paper"
+    """``paper``: GPM's energy (eigenvalues of the input covariance); ``code``: their squares, as the
+    InfLoRA/GainLoRA code computes it (docs/method.md)."""
+    subspace_examples: int | None = None
+    """InfLoRA: training examples read to measure a task's layer inputs (None: all of the stage's)."""
 
 
 def mixture_config(method: MethodConfig) -> BaditConfig:
@@ -114,7 +130,24 @@ def check_method(method: MethodConfig) -> None:
         raise ValueError(
             f"method.lora_baseline_alpha must be positive or null (matched scale), got {method.lora_baseline_alpha}"
         )
+    if method.name in CONTINUAL_METHODS:
+        _check_continual(method)
     mixture_config(method)
+
+
+def _check_continual(method: MethodConfig) -> None:
+    for name in ("orthogonality_weight", "l2_weight"):
+        value = getattr(method, name)
+        if not (isinstance(value, (int, float)) and 0 <= value < float("inf")):
+            raise ValueError(f"method.{name} must be a finite number >= 0, got {value!r}")
+    if not 0 < method.subspace_threshold < 1:
+        raise ValueError(f"method.subspace_threshold must be in (0, 1), got {method.subspace_threshold}")
+    if method.subspace_energy not in ("paper", "code"):
+        raise ValueError(f"method.subspace_energy must be paper or code, got {method.subspace_energy!r}")
+    if method.subspace_examples is not None and method.subspace_examples < 1:
+        raise ValueError(
+            f"method.subspace_examples must be at least 1 or null, got {method.subspace_examples}"
+        )
 
 
 def build_peft_config(method: MethodConfig) -> PeftConfig:
@@ -135,7 +168,8 @@ def build_peft_config(method: MethodConfig) -> PeftConfig:
 
 
 def _lora_config(method: MethodConfig) -> LoraConfig:
-    init = LORA_METHODS[method.name]
+    """Rank K*r. A continual method's first branch is this config; ``badit.training.continual`` grows it."""
+    init = LORA_METHODS.get(method.name, True)
     if init == "pissa" and method.svd_method == "randomized":
         # PEFT's fast PiSSA: randomized SVD with 16 power iterations (PEFT's documented choice).
         init = "pissa_niter_16"
@@ -164,7 +198,8 @@ def effective_scale(method: MethodConfig) -> float:
     weight: about 1 with ``router_scale: preserve``, 1/K with ``paper`` (a uniform softmax). Formulas
     and numbers at the defaults: docs/method.md, "Step sizes".
     """
-    if method.name in LORA_METHODS:
+    if method.name in LORA_METHODS or method.name in CONTINUAL_METHODS:
+        # continual methods: alpha grows with the branches (t * alpha for rank t*K*r), the same per component
         return baseline_alpha(method) / (method.num_experts * method.r)
     weight = 1.0 if method.router_scale == "preserve" else 1.0 / method.num_experts
     return method.lora_alpha / method.r * weight

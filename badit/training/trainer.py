@@ -118,6 +118,26 @@ class BaditTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         inputs = {key: value for key, value in inputs.items() if key != "task_ids"}
+        output = self._task_loss(model, inputs, return_outputs, num_items_in_batch)
+        terms = [c.loss_term(model) for c in self.callback_handler.callbacks if hasattr(c, "loss_term")]
+        terms = [term for term in terms if term is not None]
+        if not terms or not model.training:
+            return output
+        # A callback's loss term (O-LoRA's penalty) counts once per optimizer step: each micro-batch adds
+        # 1/accumulation of it when Trainer does not divide this loss by the accumulation steps itself.
+        scaled = getattr(self, "loss_is_scaled_for_ga", None)
+        if scaled is None:
+            scaled = (self.model_accepts_loss_kwargs and num_items_in_batch is not None) or (
+                self.compute_loss_func is not None
+            )
+        share = 1 / self.current_gradient_accumulation_steps if scaled else 1.0
+        extra = sum(terms)
+        self.queue_logs({"loss_term": float(extra.detach())})
+        if return_outputs:
+            return output[0] + share * extra, output[1]
+        return output + share * extra
+
+    def _task_loss(self, model, inputs, return_outputs, num_items_in_batch):
         labels = inputs.get("labels")
         if not self.labelled_logits_only or labels is None or return_outputs:
             return super().compute_loss(
@@ -349,6 +369,9 @@ def save_adapter(model, tokenizer, adapter_dir: Path) -> None:
     with staged_write(staging):
         model.save_pretrained(str(staging))
         tokenizer.save_pretrained(str(staging))
+        continual_state = getattr(model, "continual_state", None)  # badit.training.continual
+        if continual_state is not None:
+            continual_state.save(staging)
         kill_point("final-save")
         seal(staging, adapter_dir)
 
