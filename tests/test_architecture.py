@@ -4,13 +4,19 @@ inside functions included) goes downwards, so the graph has no upward edge and n
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
 
 import badit
 
 ROOT = Path(__file__).resolve().parents[1] / "badit"
 
+LEAVES = ("errors", "names")
+"""Top-level modules below every package: the error base class and the name lists. They import only
+the standard library (no torch), so any package may import them."""
+
 LAYERS = [
+    *LEAVES,
     "regrouping",  # below the adapter: BaditModel attaches gradient tracking when it is built
     "adapter",
     "data",
@@ -59,7 +65,15 @@ def package_edges(root: Path = ROOT) -> dict[tuple[str, str], str]:
 
 def test_every_package_is_in_a_layer():
     packages = {p.name for p in ROOT.iterdir() if (p / "__init__.py").is_file()}
-    assert packages == set(LAYERS)
+    modules = {p.stem for p in ROOT.glob("*.py")} - {"__init__"}
+    assert packages | modules == set(LAYERS) and modules == set(LEAVES)
+
+
+def test_the_leaf_modules_import_nothing_but_the_standard_library():
+    for name in LEAVES:
+        tree = ast.parse((ROOT / f"{name}.py").read_text(encoding="utf-8"))
+        imported = {t.split(".")[0] for node in ast.walk(tree) for t in _targets(node)}
+        assert imported <= {"__future__", *sys.stdlib_module_names}, (name, imported)
 
 
 def test_no_package_imports_a_package_above_it():

@@ -202,7 +202,7 @@ def test_data_check_exit_status(tmp_path, capsys):
 
 def test_parser_defaults():
     args = build_parser().parse_args(["demo"])
-    assert (args.output, args.steps, args.methods) == ("badit-demo", 60, ["lora", "badit"])
+    assert (args.output_dir, args.steps, args.methods) == ("badit-demo", 60, ["lora", "badit"])  # run_demo's
 
 
 @pytest.mark.slow

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from badit.cli.main import main
-from badit.experiments.config import DATA_FORMATS, ConfigError, from_dict, load_config
+from badit.experiments.config import ConfigError, from_dict, load_config
 from badit.experiments.stage import training_arguments
 from tests.helpers import tiny_run_config
 
@@ -75,9 +75,6 @@ def test_config_errors_name_the_field_and_the_fix(tmp_path, override, message):
 
 
 def test_data_fields(tmp_path):
-    from badit.data import FORMATS
-
-    assert DATA_FORMATS == FORMATS  # written twice so that reading a config imports no torch
     overrides = ["data.split_sizes={test: 0.2, seed: 3}", "data.prompt_column=question", "data.format=csv"]
     data = load_config(write_config(tmp_path, {}), overrides).data
     assert (data.split_sizes, data.prompt_column, data.format) == (

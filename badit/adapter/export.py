@@ -26,12 +26,13 @@ from safetensors.torch import save_file
 from torch import nn
 
 from badit.adapter.layer import BaditLinear
+from badit.errors import BaditError
 
 Routing = torch.Tensor | Mapping[str, torch.Tensor] | None
 """A (K,) vector for every layer, a dict layer name -> (K,), or None for uniform routing."""
 
 
-class ExportError(ValueError):
+class ExportError(BaditError, ValueError):
     """The adapter cannot be exported as asked (the message says why and what to do)."""
 
 

@@ -17,6 +17,8 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
+from badit.errors import BaditError
+
 MANIFEST_FILE = "badit-manifest.json"
 MANIFEST_VERSION = 1
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -26,7 +28,7 @@ UNLISTED = frozenset({MANIFEST_FILE, "README.md"})
 evaluation (badit/adapter/card.py) and which nothing loads."""
 
 
-class IntegrityError(ValueError):
+class IntegrityError(BaditError, ValueError):
     """A saved file is damaged: the message names the file and what to do."""
 
 

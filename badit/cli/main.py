@@ -1,14 +1,17 @@
 """The ``badit`` command: train, eval, compare, report, analyze, data check, demo.
 
-Only the standard library is imported until a command runs (torch, transformers and PEFT are
-imported by the command's handler), so that ``badit --help`` answers at once.
+Until a command needs them, torch, transformers and PEFT are not imported (only the standard library and
+badit's light modules: names, errors, the config and data readers), so that ``badit --help`` answers at
+once and a config error of ``badit train`` shows in well under a second. Errors the user can fix are
+``badit.errors.BaditError``s (or OS / safetensors errors worded by ``badit.errors.user_error_message``):
+one line, no traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import errno
+import inspect
 import logging
 import os
 import sys
@@ -16,6 +19,7 @@ import warnings
 from pathlib import Path
 
 from badit import __version__
+from badit.errors import user_error_message
 
 EPILOG_TRAIN = """\
 examples:
@@ -74,7 +78,60 @@ def _add_overrides(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_signature_options(
+    parser: argparse.ArgumentParser,
+    function,
+    helps: dict[str, str],
+    flags: dict[str, str] | None = None,
+    metavars: dict[str, str] | None = None,
+) -> None:
+    """One option per parameter of ``function`` named in ``helps``, its name, default and type read from
+    the signature, so that the command and the function cannot disagree. ``flags`` renames an option
+    (``{"output_dir": "--output"}``), ``metavars`` names its value in the help.
+    A True default becomes ``--no-NAME``, a False one ``--NAME``, a tuple ``nargs="+"``."""
+    flags, metavars = flags or {}, metavars or {}
+    for name, parameter in inspect.signature(function).parameters.items():
+        if name not in helps:
+            continue
+        default, dashed = parameter.default, name.replace("_", "-")
+        option: dict = {"dest": name, "help": helps[name]}
+        if isinstance(default, bool):
+            dashed = f"no-{dashed}" if default else dashed
+            option["action"] = "store_false" if default else "store_true"
+        else:
+            shown = ", ".join(default) if isinstance(default, tuple) else default
+            option["help"] += f" (default {shown})" if default is not None else ""
+            option["default"] = list(default) if isinstance(default, tuple) else default
+            option["metavar"] = metavars.get(name, name.upper())
+            if isinstance(default, tuple):
+                option["nargs"] = "+"
+            elif default is not None:
+                option["type"] = type(default)
+        parser.add_argument(flags.get(name, f"--{dashed}"), **option)
+
+
+def call_with_options(function, args: argparse.Namespace):
+    """``function`` called with every parameter that ``add_signature_options`` made an option."""
+    parameters = inspect.signature(function).parameters
+    given = {name: getattr(args, name) for name in parameters if hasattr(args, name)}
+    return function(
+        **{n: tuple(v) if isinstance(parameters[n].default, tuple) else v for n, v in given.items()}
+    )
+
+
+def _command(commands, name: str, help: str, description: str, epilog: str | None = None, raw: bool = True):
+    """A subcommand; ``raw``: its description and epilog keep their line breaks."""
+    formatter = argparse.RawDescriptionHelpFormatter if raw else argparse.HelpFormatter
+    return commands.add_parser(
+        name, help=help, description=description, epilog=epilog, formatter_class=formatter
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from badit.data.rows import Columns
+    from badit.experiments.demo import run_demo
+    from badit.names import DATA_FORMATS, EXPORT_FORMATS, METRICS
+
     parser = argparse.ArgumentParser(
         prog="badit",
         description="BADIT: multi-task instruct-tuning with orthogonal basic-ability experts (a PEFT method). "
@@ -86,14 +143,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"badit {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    train = commands.add_parser(
+    train = _command(
+        commands,
         "train",
-        help="train and evaluate one run described by a YAML config",
-        description="Train the configured method in the configured setting (multitask, single, continual),\n"
+        "train and evaluate one run described by a YAML config",
+        "Train the configured method in the configured setting (multitask, single, continual),\n"
         "evaluate it and write everything into the run folder (output_dir): config.yaml, checkpoints/,\n"
         "logs/ (JSONL, TensorBoard), adapter/, predictions.jsonl, metrics.json, summary.md.",
-        epilog=EPILOG_TRAIN,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        EPILOG_TRAIN,
     )
     train.add_argument("config", help="a YAML config file, or a run folder (its config.yaml) with --resume")
     _add_overrides(train)
@@ -103,13 +160,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--overwrite", action="store_true", help="delete an existing run in output_dir first")
     train.add_argument("--output", metavar="DIR", help="shorthand for output_dir=DIR")
 
-    evaluate = commands.add_parser(
+    evaluate = _command(
+        commands,
         "eval",
-        help="evaluate a trained run again",
-        description="Load the run's base model and trained adapter(s), generate greedily and score\n"
+        "evaluate a trained run again",
+        "Load the run's base model and trained adapter(s), generate greedily and score\n"
         "(ROUGE-L, exact match); writes predictions.jsonl, metrics.json and summary.md.",
-        epilog=EPILOG_EVAL,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        EPILOG_EVAL,
     )
     evaluate.add_argument("run", help="a run folder written by `badit train`")
     _add_overrides(evaluate)
@@ -117,29 +174,30 @@ def build_parser() -> argparse.ArgumentParser:
         "--output", metavar="DIR", help="write the results here instead of into the run folder"
     )
 
-    comp = commands.add_parser(
+    comp = _command(
+        commands,
         "compare",
-        help="table of runs (methods) by task with averages and the interference score",
-        description="Print a Markdown table: one row per task, one column per run, the average over\n"
+        "table of runs (methods) by task with averages and the interference score",
+        "Print a Markdown table: one row per task, one column per run, the average over\n"
         "tasks, the interference score of multi-task runs and the continual metrics of continual runs.",
-        epilog=EPILOG_COMPARE,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        EPILOG_COMPARE,
     )
     comp.add_argument("runs", nargs="+", metavar="RUN", help="run folders")
+    first_metric = next(iter(METRICS))
     comp.add_argument(
-        "--metric", choices=("rougeL", "exact_match"), default="rougeL", help="score shown (default rougeL)"
+        "--metric", choices=tuple(METRICS), default=first_metric, help=f"score shown (default {first_metric})"
     )
     comp.add_argument("--output", metavar="FILE", help="also write the table (Markdown) to FILE")
     comp.add_argument("--json", metavar="FILE", help="also write all numbers as JSON to FILE")
 
-    analyze = commands.add_parser(
+    analyze = _command(
+        commands,
         "analyze",
-        help="where do the run's tasks interfere? gradient conflict, expert usage, neuron overlap",
-        description="Load a multitask (or continual) run's trained adapter and measure, on a batch of\n"
+        "where do the run's tasks interfere? gradient conflict, expert usage, neuron overlap",
+        "Load a multitask (or continual) run's trained adapter and measure, on a batch of\n"
         "training examples per task: the cosine between the tasks' gradients (overall and per layer;\n"
         "negative = conflict), the mean routing weight of each expert per task (BADIT runs) and the\n"
         "overlap of the tasks' most active MLP neurons. Writes analysis.json and PNG heatmaps.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     analyze.add_argument("run", help="a run folder written by `badit train` (setting multitask or continual)")
     analyze.add_argument("--output", metavar="DIR", help="where to write (default RUN/analysis)")
@@ -147,13 +205,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--examples-per-task", type=int, default=8, help="training examples per task in the batch (default 8)"
     )
 
-    export = commands.add_parser(
+    export = _command(
+        commands,
         "export",
-        help="a BADIT adapter as a plain LoRA folder (vLLM, TGI, PEFT) or a merged model",
-        description="With a fixed routing (a task's mean routing over its training prompts, given weights,\n"
+        "a BADIT adapter as a plain LoRA folder (vLLM, TGI, PEFT) or a merged model",
+        "With a fixed routing (a task's mean routing over its training prompts, given weights,\n"
         "or uniform) a BADIT adapter is exactly a LoRA of rank 2*K*r. Writes a PEFT LoRA folder that\n"
         "loads without badit (--format lora) or the merged full model (--format merged).",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     export.add_argument("source", metavar="RUN|ADAPTER", help="a run folder or a saved BADIT adapter folder")
     routing = export.add_mutually_exclusive_group()
@@ -164,7 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="mixing weights (times K with router_scale=preserve: 1 each = uniform)",
     )
     routing.add_argument("--uniform", action="store_true", help="every expert weighted equally (the default)")
-    export.add_argument("--format", choices=("lora", "merged"), default="lora", help="default lora")
+    export.add_argument(
+        "--format", choices=EXPORT_FORMATS, default=EXPORT_FORMATS[0], help=f"default {EXPORT_FORMATS[0]}"
+    )
     export.add_argument(
         "--base",
         metavar="MODEL",
@@ -177,14 +237,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument("--output", metavar="DIR", required=True, help="the folder to write")
 
-    report = commands.add_parser(
+    report = _command(
+        commands,
         "report",
-        help="one self-contained HTML page: scores, interference, training curves, regrouping, router health",
-        description="Write one HTML file (plots and styles embedded, no network) comparing the runs:\n"
+        "one self-contained HTML page: scores, interference, training curves, regrouping, router health",
+        "Write one HTML file (plots and styles embedded, no network) comparing the runs:\n"
         "per-task scores (seed spread when several seeds of a method are given), interference score,\n"
         "continual metrics, training curves, BADIT regrouping and router health, and the `badit analyze`\n"
         "results where present. Every number comes from files in the run folders; the page names them.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     report.add_argument(
         "runs", nargs="+", metavar="RUN", help="run folders, or folders of runs (a sweep, the demo's folder)"
@@ -196,61 +256,50 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = commands.add_parser("data", help="data tools (see `badit data check --help`)")
     data_commands = data.add_subparsers(dest="data_command", metavar="COMMAND")
-    check = data_commands.add_parser(
+    check = _command(
+        data_commands,
         "check",
-        help="validate a data source and report counts per task",
-        description="Read every task of PATH and report its train/dev/test counts and every problem found.\n"
+        "validate a data source and report counts per task",
+        "Read every task of PATH and report its train/dev/test counts and every problem found.\n"
         "PATH: a SuperNI folder (a folder per task with train/dev/test.json, or raw taskNNN_name.json\n"
         "files), a .jsonl/.csv file of {task, prompt, completion} or chat {task, messages} rows, a folder\n"
         "written by datasets' save_to_disk, a .json/.parquet data file, or a hub dataset name.\n"
         "Exit status 0 when all is well, 1 when problems were found.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     check.add_argument("path", help="the data (as data.path in a run config)")
     check.add_argument(
         "--format",
-        choices=("auto", "superni", "jsonl", "csv", "datasets"),
-        default="auto",
+        choices=DATA_FORMATS,
+        default=DATA_FORMATS[0],
         help="force the format (default: recognised from PATH)",
     )
-    for field, default in (
-        ("task", "task"),
-        ("prompt", "prompt"),
-        ("answer", "completion"),
-        ("messages", "messages"),
-        ("split", "split"),
-    ):
+    for column in dataclasses.fields(Columns):  # own data's columns, as data.<name>_column in a config
         check.add_argument(
-            f"--{field}-column",
-            default=default,
+            f"--{column.name}-column",
+            default=column.default,
             metavar="NAME",
-            help=f"own data: the {field} column ({default})",
+            help=f"own data: the {column.name} column ({column.default})",
         )
     sizes = "a count, or a fraction such as 0.1"
-    check.add_argument(
-        "--train-size",
-        type=_size,
-        help="seeded split: training examples per task (default: all; SuperNI 1000)",
-    )
-    check.add_argument(
-        "--dev-size", type=_size, help=f"seeded split: dev examples per task, {sizes} (default 0)"
-    )
-    check.add_argument(
-        "--test-size",
-        type=_size,
-        help=f"seeded split: test examples per task, {sizes} (default 10%%; SuperNI 100)",
-    )
-    check.add_argument("--seed", type=int, help="seed of the split (default 42)")
+    size_helps = {
+        "train": "seeded split: training examples per task (default: all; SuperNI 1000)",
+        "dev": f"seeded split: dev examples per task, {sizes} (default 0)",
+        "test": f"seeded split: test examples per task, {sizes} (default 10%%; SuperNI 100)",
+        "seed": "seed of the split (default 42)",
+    }
+    for name, text in size_helps.items():  # SplitSizes fields; unset: the format's default
+        option, kind = ("--seed", int) if name == "seed" else (f"--{name}-size", _size)
+        check.add_argument(option, dest=f"split_size_{name}", type=kind, metavar="N", help=text)
 
-    sweep = commands.add_parser(
+    sweep = _command(
+        commands,
         "sweep",
-        help="methods x learning rates x seeds: lr chosen on dev, mean ± std on test, bootstrap CI, cost",
-        description="Run a sweep file: every method at every learning rate with the first seed, scored on\n"
+        "methods x learning rates x seeds: lr chosen on dev, mean ± std on test, bootstrap CI, cost",
+        "Run a sweep file: every method at every learning rate with the first seed, scored on\n"
         "dev; the best learning rate per method with every seed, scored on test; one adapter per task\n"
         "for the interference methods. Writes ordinary run folders, sweep.json, sweep.md and plots.\n"
         "Rerunning resumes (finished runs are skipped). The file format: badit/experiments/sweep.py.",
-        epilog=EPILOG_SWEEP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        EPILOG_SWEEP,
     )
     sweep.add_argument("sweep_file", metavar="SWEEP.yaml", help="the sweep file")
     sweep.add_argument("--output", metavar="DIR", help="output folder (default: the file's output_dir)")
@@ -258,48 +307,55 @@ def build_parser() -> argparse.ArgumentParser:
         "--dry-run", action="store_true", help="check the file and print the runs; train nothing"
     )
 
-    demo = commands.add_parser(
+    demo = _command(
+        commands,
         "demo",
-        help="LoRA vs BADIT on the embedded SmolLM2-135M and generated tasks (a few minutes on a CPU)",
-        description="Generate six small tasks that conflict on shared inputs (copy/reverse, sort up/down, "
+        "LoRA vs BADIT on the embedded SmolLM2-135M and generated tasks (a few minutes on a CPU)",
+        "Generate six small tasks that conflict on shared inputs (copy/reverse, sort up/down, "
         "add/subtract one), train LoRA and BADIT on them jointly with the embedded SmolLM2-135M-Instruct, "
         "evaluate, print the comparison and write run folders, the table and analysis plots under --output.",
+        raw=False,
     )
-    demo.add_argument(
-        "--output", metavar="DIR", default="badit-demo", help="where to write (default ./badit-demo)"
-    )
-    demo.add_argument("--steps", type=int, default=60, help="optimizer steps per method (default 60)")
-    demo.add_argument("--eval-examples", type=int, default=10, help="test examples per task (default 10)")
-    demo.add_argument("--methods", nargs="+", default=["lora", "badit"], help="methods to compare")
-    demo.add_argument(
-        "--model", default=None, help="another causal LM (folder or hub name) instead of SmolLM2"
-    )
-    demo.add_argument("--no-analysis", action="store_true", help="skip the interference analysis and plots")
-    demo.add_argument(
-        "--single",
-        action="store_true",
-        help="also train one adapter per task (same examples per task) to get the interference score "
-        "(about doubles the time)",
+    add_signature_options(  # the options are run_demo's parameters: names, defaults and types from there
+        demo,
+        run_demo,
+        {
+            "output_dir": "where to write",
+            "steps": "optimizer steps per method",
+            "eval_examples": "test examples per task",
+            "methods": "methods to compare",
+            "model": "another causal LM (folder or hub name) instead of SmolLM2",
+            "analysis": "skip the interference analysis and plots",
+            "seed": "seed of the generated tasks and the training",
+            "single": "also train one adapter per task (same examples per task) to get the interference "
+            "score (about doubles the time)",
+        },
+        flags={"output_dir": "--output"},
+        metavars={"output_dir": "DIR", "methods": "METHOD", "steps": "N", "eval_examples": "N", "seed": "N"},
     )
     return parser
 
 
 def _train(args) -> int:
     from badit.experiments.config import load_config
-    from badit.experiments.folder import CONFIG_FILE, RunError, is_run_dir, summary_table
-    from badit.experiments.settings import run
 
     path = Path(args.config)
     overrides = list(args.overrides)
     if args.output:
         overrides.append(f"output_dir={args.output}")
     if path.is_dir():
+        from badit.experiments.folder import CONFIG_FILE, RunError
+
         if not (path / CONFIG_FILE).is_file():
             raise RunError(
                 f"{path} is a folder without {CONFIG_FILE}: give a YAML config file or a run folder"
             )
         path = path / CONFIG_FILE
-    config = load_config(path, overrides)
+    config = load_config(path, overrides)  # before torch is imported: a config error shows at once
+    _quiet_libraries(args)
+    from badit.experiments.folder import CONFIG_FILE, is_run_dir, summary_table
+    from badit.experiments.settings import run
+
     given = any(o.split("=", 1)[0].strip() == "output_dir" for o in overrides)
     if path.name == CONFIG_FILE and is_run_dir(path.parent) and not given:
         # A run's own config: the run is the folder where it is now (it may have been moved or copied).
@@ -323,22 +379,17 @@ def _warn_router(run_dir) -> None:
 
 
 def _export(args) -> int:
-    from badit.adapter.export import ExportError
     from badit.experiments.export import export
-    from badit.experiments.folder import RunError
 
-    try:
-        path, distance = export(
-            args.source,
-            args.output,
-            task=args.task,
-            weights=args.weights,
-            fmt=args.format,
-            base=args.base,
-            dtype=args.dtype,
-        )
-    except ExportError as error:
-        raise RunError(str(error)) from error
+    path, distance = export(
+        args.source,
+        args.output,
+        task=args.task,
+        weights=args.weights,
+        fmt=args.format,
+        base=args.base,
+        dtype=args.dtype,
+    )
     print(f"export ({args.format}): {Path(path).resolve()}")
     if distance is not None:
         n = int(distance["prompts"])
@@ -415,31 +466,20 @@ def _analyze(args) -> int:
 def _data_check(args) -> int:
     from badit.data import Columns, run_data_check
 
-    given = {"train": args.train_size, "dev": args.dev_size, "test": args.test_size, "seed": args.seed}
-    columns = Columns(
-        task=args.task_column,
-        prompt=args.prompt_column,
-        answer=args.answer_column,
-        messages=args.messages_column,
-        split=args.split_column,
-    )
+    columns = Columns(**{f.name: getattr(args, f"{f.name}_column") for f in dataclasses.fields(Columns)})
+    given = {
+        name.removeprefix("split_size_"): value
+        for name, value in vars(args).items()
+        if name.startswith("split_size_")
+    }
     sizes = {key: value for key, value in given.items() if value is not None}
     return run_data_check(args.path, sizes=sizes, format=args.format, columns=columns)
 
 
 def _demo(args) -> int:
     from badit.experiments.demo import run_demo
-    from badit.training.model_loading import EMBEDDED_MODEL
 
-    result = run_demo(
-        args.output,
-        tuple(args.methods),
-        steps=args.steps,
-        eval_examples=args.eval_examples,
-        model=args.model or EMBEDDED_MODEL,
-        analysis=not args.no_analysis,
-        single=args.single,
-    )
+    result = call_with_options(run_demo, args)
     print()
     print(result.table, end="")
     print()
@@ -461,38 +501,13 @@ def _demo(args) -> int:
     return 0
 
 
-def _one_line(message: str) -> str:
-    """An error message on one line (YAML and JSON parsers report over several)."""
-    return " ".join(part.strip() for part in message.splitlines() if part.strip())
+def _quiet_libraries(args) -> None:
+    """transformers without its progress bars and notices (unless --verbose); imports torch."""
+    if not args.verbose:
+        import transformers
 
-
-def os_error_message(error: OSError) -> str:
-    """One line for an operating-system error: what failed, on which file, and the fix."""
-    where = error.filename or "a file"
-    if error.errno == errno.ENOSPC or error.errno == errno.EDQUOT:
-        return f"disk full while writing {where}; free some space (the last complete checkpoint is kept) and rerun"
-    if error.errno in (errno.EACCES, errno.EPERM):
-        return f"permission denied on {where}; choose a folder you can write (output_dir, --output) or fix its permissions"
-    if error.errno == errno.EROFS:
-        return f"{where} is on a read-only file system; choose a folder you can write (output_dir, --output)"
-    if error.errno == errno.EISDIR:
-        return f"{where} is a folder; give a file name"
-    if error.errno == errno.ENOTDIR:
-        return f"{where}: a part of this path is a file, not a folder; choose another path"
-    return _one_line(f"{where}: {error.strerror or error}")
-
-
-def safetensors_message(message: str) -> str:
-    """One line for an error of the safetensors library, which names no file: a full disk while writing,
-    else a damaged file where badit did not check it first (e.g. a checkpoint without a manifest)."""
-    if f"os error {errno.ENOSPC}" in message:
-        return f"disk full while writing a tensor file ({message}); free some space and rerun"
-    if "serializing" in message and "deserializing" not in message:
-        return f"cannot write a tensor file ({message}); check the output folder's disk and permissions"
-    return (
-        f"a saved tensor file is damaged or truncated ({message}); restore it, or resume from an earlier "
-        "checkpoint by deleting the damaged one"
-    )
+        transformers.logging.set_verbosity_error()
+        transformers.logging.disable_progress_bar()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -515,11 +530,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.verbose:
         warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation notices
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-        import transformers
-
-        transformers.logging.set_verbosity_error()
-        transformers.logging.disable_progress_bar()
         logging.getLogger("badit").setLevel(logging.INFO)
+    if args.command != "train":  # train: after its config is read (see _train)
+        _quiet_libraries(args)
     handlers = {
         "train": _train,
         "eval": _eval,
@@ -531,45 +544,17 @@ def main(argv: list[str] | None = None) -> int:
         "export": _export,
         "sweep": _sweep,
     }
-    from badit.adapter.integrity import IntegrityError
-    from badit.data.files import DataError
-    from badit.experiments.config import ConfigError
-    from badit.experiments.folder import RunError
-    from badit.experiments.report.collect import ReportError
-    from badit.training.checkpoints import CheckpointError
-    from badit.training.nonfinite import NonFiniteError
-    from badit.training.replicas import ReplicaMismatchError
-
     try:
         return handlers[args.command](args)
-    except (
-        ConfigError,
-        DataError,
-        RunError,
-        ReportError,
-        NonFiniteError,
-        ReplicaMismatchError,
-        IntegrityError,
-        CheckpointError,
-        FileNotFoundError,
-    ) as error:
-        if args.verbose:
-            raise
-        print(f"badit {args.command}: error: {_one_line(str(error))}", file=sys.stderr)
-        return 2
-    except OSError as error:  # disk full, permissions, read-only file system...: the file and the fix
-        if args.verbose:
-            raise
-        print(f"badit {args.command}: error: {os_error_message(error)}", file=sys.stderr)
-        return 2
-    except Exception as error:
-        if args.verbose or type(error).__name__ != "SafetensorError":
-            raise
-        print(f"badit {args.command}: error: {safetensors_message(_one_line(str(error)))}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("\ninterrupted; `badit train RUN --resume` continues from the last checkpoint", file=sys.stderr)
         return 130
+    except Exception as error:
+        message = user_error_message(error)  # None: a bug, shown with its traceback
+        if args.verbose or message is None:
+            raise
+        print(f"badit {args.command}: error: {message}", file=sys.stderr)
+        return getattr(error, "exit_code", 2)
 
 
 if __name__ == "__main__":

@@ -1,58 +1,55 @@
 """badit.data: tasks from SuperNI folders or own data (JSONL, CSV, `datasets`), prompts, tokenisation with
-answer-only labels, batching and sampling."""
+answer-only labels, batching and sampling.
 
-from badit.data.batches import DataCollator, TaskBalancedSampler
-from badit.data.files import DataError
-from badit.data.prompts import PAPER_TEMPLATE, PromptParts, PromptTemplate, format_prompt
-from badit.data.rows import Columns
-from badit.data.sources import (
-    FORMATS,
-    TaskSource,
-    check_data,
-    detect_format,
-    open_source,
-    run_data_check,
-    source_from_dataset,
-)
-from badit.data.tasks import (
-    Instance,
-    SplitSizes,
-    Task,
-    download_tasks,
-    list_tasks,
-    load_task,
-    load_tasks,
-    task_order,
-    write_split_layout,
-)
-from badit.data.tokenize import IGNORE_INDEX, encode_prompts, tokenize_tasks
+Names are loaded on first use (PEP 562 `__getattr__`, as `badit` itself), so that reading and checking
+data (`badit.data.files`, `.tasks`, `.rows`, `.sources`) never imports torch; only `badit.data.batches`
+does.
+"""
 
-__all__ = [
-    "FORMATS",
-    "Columns",
-    "DataCollator",
-    "DataError",
-    "IGNORE_INDEX",
-    "Instance",
-    "PAPER_TEMPLATE",
-    "PromptParts",
-    "PromptTemplate",
-    "SplitSizes",
-    "Task",
-    "TaskBalancedSampler",
-    "TaskSource",
-    "check_data",
-    "detect_format",
-    "download_tasks",
-    "encode_prompts",
-    "format_prompt",
-    "list_tasks",
-    "load_task",
-    "load_tasks",
-    "open_source",
-    "run_data_check",
-    "source_from_dataset",
-    "task_order",
-    "tokenize_tasks",
-    "write_split_layout",
-]
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "DataCollator": "batches",
+    "TaskBalancedSampler": "batches",
+    "DataError": "files",
+    "PAPER_TEMPLATE": "prompts",
+    "PromptParts": "prompts",
+    "PromptTemplate": "prompts",
+    "format_prompt": "prompts",
+    "Columns": "rows",
+    "FORMATS": "sources",
+    "TaskSource": "sources",
+    "check_data": "sources",
+    "detect_format": "sources",
+    "open_source": "sources",
+    "run_data_check": "sources",
+    "source_from_dataset": "sources",
+    "Instance": "tasks",
+    "SplitSizes": "tasks",
+    "Task": "tasks",
+    "download_tasks": "tasks",
+    "list_tasks": "tasks",
+    "load_task": "tasks",
+    "load_tasks": "tasks",
+    "task_order": "tasks",
+    "write_split_layout": "tasks",
+    "IGNORE_INDEX": "tokenize",
+    "encode_prompts": "tokenize",
+    "tokenize_tasks": "tokenize",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f"badit.data.{_EXPORTS[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'badit.data' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted([*globals(), *_EXPORTS])

@@ -9,8 +9,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from badit.errors import BaditError
 
-class DataError(ValueError):
+
+class DataError(BaditError, ValueError):
     """Bad input data: the message names the file, what is wrong and how to fix it."""
 
 

@@ -54,8 +54,9 @@ from badit.data.tasks import (
     load_tasks,
     split_indices,
 )
+from badit.names import DATA_FORMATS
 
-FORMATS = ("auto", "superni", "jsonl", "csv", "datasets")
+FORMATS = DATA_FORMATS
 
 
 def detect_format(path: str | Path, format: str = "auto") -> str:

@@ -23,8 +23,9 @@ from badit.data.tokenize import encode_prompts
 from badit.evaluation.continual import mean_over_tasks
 from badit.evaluation.generate import generate_answers
 from badit.evaluation.metrics import exact_match, rouge_l
+from badit.names import METRICS as METRIC_LABELS
 
-METRICS = ("rougeL", "exact_match")
+METRICS = tuple(METRIC_LABELS)
 DECIMALS = 4  # as the SuperNI / Tk-Instruct scripts print them
 
 

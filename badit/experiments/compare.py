@@ -15,8 +15,9 @@ from pathlib import Path
 from badit.evaluation import continual_metrics, interference_score
 from badit.evaluation.continual import CONTINUAL_KEYS, DEFINITIONS, GEM_KEYS
 from badit.experiments.folder import METRICS_FILE, RunError, format_score
+from badit.names import METRICS
 
-METRIC_NAMES = {"rougeL": "ROUGE-L", "exact_match": "EM"}
+METRIC_NAMES = METRICS
 
 
 @dataclass

@@ -23,19 +23,18 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import TYPE_CHECKING, Any, Literal, Union
 
 import yaml
 
-from badit.training.methods import CONTINUAL_METHODS, METHODS, MethodConfig, check_method
+from badit.errors import BaditError
+from badit.names import CONTINUAL_METHODS, DATA_FORMATS, METHODS, SETTINGS
 
-SETTINGS = ("multitask", "single", "continual")
-"""Defined with their code in ``badit.experiments.settings``; listed here to check configs early."""
-
-DATA_FORMATS = ("auto", "superni", "jsonl", "csv", "datasets")  # as badit.data.FORMATS (no torch import here)
+if TYPE_CHECKING:
+    from badit.training.methods import MethodConfig
 
 
-class ConfigError(ValueError):
+class ConfigError(BaditError, ValueError):
     """A configuration problem, with the field and the fix in the message."""
 
 
@@ -145,7 +144,7 @@ class RunConfig:
     seed: int = 42
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    method: MethodConfig = field(default_factory=MethodConfig)
+    method: MethodConfig = field(default_factory=lambda: _method_config_class()())
     training: TrainingConfig = field(default_factory=TrainingConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
 
@@ -163,10 +162,30 @@ class RunConfig:
 # Building a config from plain data, with type checks
 
 
+def _method_config_class() -> type:
+    """``MethodConfig``, imported only when the method section is built: it takes its defaults from
+    ``BaditConfig``, which imports torch and PEFT."""
+    from badit.training.methods import MethodConfig
+
+    return MethodConfig
+
+
 def from_dict(data: dict[str, Any], source: str = "config") -> RunConfig:
-    """A validated ``RunConfig`` from nested dicts (as read from YAML); ``source`` names the origin."""
-    config = _build(RunConfig, data, prefix="", source=source)
-    validate(config, source)
+    """A validated ``RunConfig`` from nested dicts (as read from YAML); ``source`` names the origin.
+
+    Everything but the method section is built and checked first, without torch (see
+    ``_method_config_class``), so that most mistakes are reported at once (issue 17).
+    """
+    data = {} if data is None else data
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: top level must be a mapping, got {data!r}")
+    method = data.get("method")
+    _check_method_name(method, source)
+    config = _build(RunConfig, {k: v for k, v in data.items() if k != "method"}, "", source, method=None)
+    _check_fields(config, source)
+    config.method = _build(_method_config_class(), method, "method.", source)
+    _check_method(config, source)
+    _check_with_transformers(config, source)
     return config
 
 
@@ -215,9 +234,15 @@ def apply_override(data: dict[str, Any], override: str) -> None:
         node[parts[-1]] = raw
 
 
+def _type_hints(cls: type, method_class: type | None = None) -> dict[str, Any]:
+    """The field types of a config dataclass; RunConfig's ``method`` is ``method_class`` (None: not
+    needed, so ``MethodConfig`` is not imported)."""
+    return typing.get_type_hints(cls, localns={"MethodConfig": method_class or object})
+
+
 def _section_fields() -> dict[str, list[str]]:
     """{section: its field names} of every section of RunConfig."""
-    hints = typing.get_type_hints(RunConfig)
+    hints = _type_hints(RunConfig, _method_config_class())
     return {
         f.name: [g.name for g in dataclasses.fields(hints[f.name])]
         for f in dataclasses.fields(RunConfig)
@@ -253,12 +278,13 @@ def _suggestion(prefix: str, key: str, names: list[str], more: tuple[str, ...] =
     return f"the valid fields are {', '.join(names)}{tail}"
 
 
-def _build(cls: type, data: Any, prefix: str, source: str) -> Any:
+def _build(cls: type, data: Any, prefix: str, source: str, **fixed: Any) -> Any:
+    """``cls`` from the mapping ``data`` (``fixed``: fields given as they are, not read from ``data``)."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: {prefix.rstrip('.') or 'top level'} must be a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
+    hints = _type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = [key for key in data if key not in names]
     passthrough, more = {}, ()
@@ -291,7 +317,7 @@ def _build(cls: type, data: Any, prefix: str, source: str) -> Any:
             key: _coerce(value, types_[key], f"{prefix}{key}", source) for key, value in passthrough.items()
         }
         kwargs["trainer_args"] = {**kwargs.get("trainer_args", {}), **coerced}
-    return cls(**kwargs)
+    return cls(**kwargs, **fixed)
 
 
 def _coerce(value: Any, kind: Any, name: str, source: str) -> Any:
@@ -383,46 +409,43 @@ def _describe(kind: Any) -> str:
 
 def validate(config: RunConfig, source: str = "config") -> None:
     """Raise ``ConfigError`` for values that are well-typed but unusable together."""
+    _check_method_name(dataclasses.asdict(config.method), source)
+    _check_fields(config, source)
+    _check_method(config, source)
+    _check_with_transformers(config, source)
+
+
+def _fail(source: str, message: str) -> None:
+    raise ConfigError(f"{source}: {message}")
+
+
+def _check_method_name(method: Any, source: str) -> None:
+    """``method.name`` among METHODS (checked on the raw section, before anything imports torch)."""
+    name = method.get("name") if isinstance(method, dict) else None
+    if isinstance(name, str) and name not in METHODS:
+        close = difflib.get_close_matches(name, METHODS, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        _fail(source, f"method.name {name!r} is unknown{hint}; use one of {', '.join(METHODS)}")
+
+
+def _check_fields(config: RunConfig, source: str) -> None:
+    """The checks of every field but the method section's; none imports torch."""
 
     def fail(message: str) -> None:
-        raise ConfigError(f"{source}: {message}")
+        _fail(source, message)
 
-    m, t = config.method, config.training
-    for name, value in _numbers(config.to_dict()):
+    t = config.training
+    data = config.to_dict()
+    data.pop("method")
+    for name, value in _numbers(data):
         if not math.isfinite(value):  # YAML reads .nan and .inf as floats: they would train NaN adapters
             fail(f"{name} must be a finite number, got {value}")
-    if m.name not in METHODS:
-        close = difflib.get_close_matches(m.name, METHODS, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        fail(f"method.name {m.name!r} is unknown{hint}; use one of {', '.join(METHODS)}")
     if config.setting not in SETTINGS:
         fail(f"setting {config.setting!r} is unknown; use one of {', '.join(SETTINGS)}")
-    if m.name in CONTINUAL_METHODS and config.setting != "continual":
-        fail(
-            f"method.name {m.name} is a continual method (one branch per task in order); use setting: continual"
-        )
-    try:  # the method's fields are checked where their defaults live: BaditConfig
-        check_method(m)
-    except ValueError as error:
-        fail(str(error).replace("BaditConfig.", "method."))
     if t.learning_rate <= 0:
         fail(f"training.learning_rate must be positive, got {t.learning_rate}")
     if not 0.0 <= t.warmup_ratio < 1.0:
         fail(f"training.warmup_ratio must be in [0, 1), got {t.warmup_ratio}")
-    if t.trainer_args:
-        from badit.training.arguments import ArgumentError, check_arguments
-
-        try:
-            check_arguments(t.trainer_args)
-        except ArgumentError as error:
-            fail(f"training.{error.field} {error}" if error.field else f"training: {error}")
-    if t.report_to:
-        from badit.training.arguments import ArgumentError, check_reporting
-
-        try:
-            check_reporting(t.report_to)
-        except ArgumentError as error:
-            fail(f"training.report_to: {error}")
     if t.gradient_surgery != "none" and t.deepspeed:
         fail(
             f"training.gradient_surgery={t.gradient_surgery} does not work with training.deepspeed (set one of them)"
@@ -445,14 +468,6 @@ def validate(config: RunConfig, source: str = "config") -> None:
     ):
         if limit is not None and limit < 1:
             fail(f"{name} must be at least 1, or null for every example, got {limit}")
-    schedulers = _scheduler_types()
-    if t.lr_scheduler_type not in schedulers:
-        close = difflib.get_close_matches(t.lr_scheduler_type, schedulers, n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
-        fail(
-            f"training.lr_scheduler_type {t.lr_scheduler_type!r} is unknown; {hint}"
-            f"use one of {', '.join(schedulers)}"
-        )
     if config.data.max_target_length < 1 or config.data.max_source_length < 1:
         fail("data.max_source_length and data.max_target_length must be at least 1")
     if config.data.sampling_temperature <= 0:
@@ -477,6 +492,56 @@ def validate(config: RunConfig, source: str = "config") -> None:
         missing = sorted(set(config.data.task_order) - set(config.data.tasks))
         if missing:
             fail(f"data.task_order names tasks that are not in data.tasks: {', '.join(missing)}")
+
+
+def _check_method(config: RunConfig, source: str) -> None:
+    """The method section: finite numbers, then the fields where their defaults live (BaditConfig)."""
+    for name, value in _numbers(dataclasses.asdict(config.method), "method"):
+        if not math.isfinite(value):
+            _fail(source, f"{name} must be a finite number, got {value}")
+    m = config.method
+    if m.name in CONTINUAL_METHODS and config.setting != "continual":
+        _fail(
+            source,
+            f"method.name {m.name} is a continual method (one branch per task in order); use setting: continual",
+        )
+    from badit.training.methods import check_method  # imports PEFT and torch
+
+    try:
+        check_method(config.method)
+    except ValueError as error:
+        _fail(source, str(error).replace("BaditConfig.", "method."))
+
+
+def _check_with_transformers(config: RunConfig, source: str) -> None:
+    """The checks that need transformers: TrainingArguments fields, integrations, the schedule."""
+
+    def fail(message: str) -> None:
+        _fail(source, message)
+
+    t = config.training
+    if t.trainer_args:
+        from badit.training.arguments import ArgumentError, check_arguments
+
+        try:
+            check_arguments(t.trainer_args)
+        except ArgumentError as error:
+            fail(f"training.{error.field} {error}" if error.field else f"training: {error}")
+    if t.report_to:
+        from badit.training.arguments import ArgumentError, check_reporting
+
+        try:
+            check_reporting(t.report_to)
+        except ArgumentError as error:
+            fail(f"training.report_to: {error}")
+    schedulers = _scheduler_types()
+    if t.lr_scheduler_type not in schedulers:
+        close = difflib.get_close_matches(t.lr_scheduler_type, schedulers, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        fail(
+            f"training.lr_scheduler_type {t.lr_scheduler_type!r} is unknown; {hint}"
+            f"use one of {', '.join(schedulers)}"
+        )
 
 
 def _numbers(data: Any, prefix: str = "") -> list[tuple[str, float]]:

@@ -11,13 +11,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from badit.data.files import atomic_write_text
-from badit.data.synthetic import write_demo_tasks
-from badit.experiments.analyze import analyze_run
-from badit.experiments.compare import compare, format_table
 from badit.experiments.config import RunConfig, from_dict
-from badit.experiments.settings import run
-from badit.training.model_loading import EMBEDDED_MODEL
+from badit.names import EMBEDDED_MODEL
 
 DEMO_TRAIN_PER_TASK = 300
 DEMO_TEST_PER_TASK = 50
@@ -84,6 +79,13 @@ def run_demo(
     With `single`, each method also trains one adapter per task on the same number of examples per
     task (steps / number of tasks each), so the table shows the interference score.
     """
+    # Imported here: `badit demo --help` reads this function's signature (its options) without torch.
+    from badit.data.files import atomic_write_text
+    from badit.data.synthetic import write_demo_tasks
+    from badit.experiments.analyze import analyze_run
+    from badit.experiments.compare import compare, format_table
+    from badit.experiments.settings import run
+
     start = time.perf_counter()
     output_dir = Path(output_dir)
     data_dir = output_dir / "data"

@@ -35,6 +35,7 @@ from badit.experiments.folder import (
     require_adapter,
 )
 from badit.experiments.stage import load_base_model, load_run_tasks, prompt_template, task_names
+from badit.names import EXPORT_FORMATS
 from badit.training.model_loading import (
     ModelNotFoundError,
     load_model,
@@ -42,7 +43,7 @@ from badit.training.model_loading import (
     resolve_model_path,
 )
 
-FORMATS = ("lora", "merged")
+FORMATS = EXPORT_FORMATS
 BATCH_SIZE = 8  # sequences per forward when averaging a task's routing
 
 

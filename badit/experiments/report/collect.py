@@ -21,6 +21,9 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from badit.errors import BaditError
+from badit.names import METRICS
+
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.json"
 ANALYSIS_FILE = Path("analysis") / "analysis.json"
@@ -30,7 +33,7 @@ SWEEP_FILE = "sweep.json"
 SWEEP_REPORTED = ("test", "single")  # the sweep's sub-folders with test-split runs
 
 
-class ReportError(RuntimeError):
+class ReportError(BaditError, RuntimeError):
     """The report cannot be made from the folders given (one line: which folder, what to do)."""
 
 
@@ -188,7 +191,7 @@ def _check_scores(path: Path, metrics: dict) -> None:
             f"{path}: no per-task scores ('tasks' and 'average'); re-run `badit eval {path.parent}`"
         )
     for task, scores in tasks.items():
-        for key in ("rougeL", "exact_match"):
+        for key in METRICS:
             if not isinstance(scores, dict) or not isinstance(scores.get(key), (int, float)):
                 raise ReportError(
                     f"{path}: task {task!r} has no number for {key!r}; re-run `badit eval {path.parent}`"

@@ -12,8 +12,7 @@ from pathlib import Path
 
 from badit.evaluation import interference_score
 from badit.experiments.report.collect import Collection, Run
-
-METRICS = {"rougeL": "ROUGE-L", "exact_match": "EM"}
+from badit.names import METRICS
 
 
 @dataclass

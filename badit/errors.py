@@ -1,0 +1,69 @@
+"""The one base class of the errors a user can fix (bad config, data, run folder, damaged file...).
+
+Each subclass's message names the file or field and the fix; ``badit`` prints it as one line and
+exits with the subclass's ``exit_code`` (no traceback; ``--verbose`` shows it). This module imports only
+the standard library, so that any layer can raise these errors and the command catches them without torch.
+Errors of other libraries that the user can fix (a full disk, a damaged tensor file) are worded here too.
+"""
+
+from __future__ import annotations
+
+import errno
+
+
+def one_line(message: str) -> str:
+    """A message on one line (YAML and JSON parsers report over several)."""
+    return " ".join(part.strip() for part in message.splitlines() if part.strip())
+
+
+class BaditError(Exception):
+    """A problem in the user's input or files, with the fix in the message."""
+
+    exit_code = 2
+    """The exit status of ``badit`` when this error ends a command."""
+
+    def one_line(self) -> str:
+        return one_line(str(self))
+
+
+def os_error_message(error: OSError) -> str:
+    """One line for an operating-system error: what failed, on which file, and the fix."""
+    where = error.filename or "a file"
+    if error.errno == errno.ENOSPC or error.errno == errno.EDQUOT:
+        return f"disk full while writing {where}; free some space (the last complete checkpoint is kept) and rerun"
+    if error.errno in (errno.EACCES, errno.EPERM):
+        return f"permission denied on {where}; choose a folder you can write (output_dir, --output) or fix its permissions"
+    if error.errno == errno.EROFS:
+        return f"{where} is on a read-only file system; choose a folder you can write (output_dir, --output)"
+    if error.errno == errno.EISDIR:
+        return f"{where} is a folder; give a file name"
+    if error.errno == errno.ENOTDIR:
+        return f"{where}: a part of this path is a file, not a folder; choose another path"
+    return one_line(f"{where}: {error.strerror or error}")
+
+
+def safetensors_message(message: str) -> str:
+    """One line for an error of the safetensors library, which names no file: a full disk while writing,
+    else a damaged file where badit did not check it first (e.g. a checkpoint without a manifest)."""
+    if f"os error {errno.ENOSPC}" in message:
+        return f"disk full while writing a tensor file ({message}); free some space and rerun"
+    if "serializing" in message and "deserializing" not in message:
+        return f"cannot write a tensor file ({message}); check the output folder's disk and permissions"
+    return (
+        f"a saved tensor file is damaged or truncated ({message}); restore it, or resume from an earlier "
+        "checkpoint by deleting the damaged one"
+    )
+
+
+def user_error_message(error: BaseException) -> str | None:
+    """The one line ``badit`` prints for an error the user can fix: a BaditError's message, a missing file,
+    an operating-system error (disk full, permissions...), a damaged safetensors file; None for a bug."""
+    if isinstance(error, BaditError):
+        return error.one_line()
+    if isinstance(error, FileNotFoundError):  # a path the user gave (model, data, ...), named in the message
+        return one_line(str(error))
+    if isinstance(error, OSError):
+        return os_error_message(error)
+    if type(error).__name__ == "SafetensorError":  # safetensors' Rust error type, not importable cheaply
+        return safetensors_message(one_line(str(error)))
+    return None
