@@ -236,6 +236,31 @@ def test_check_data_raw_layout(raw):
     ]
 
 
+def test_check_data_raw_files_too_small_for_the_split_say_so_once_with_the_flag(raw):
+    # task003_y has 12 instances (see the fixture), task010_x 30: test 100 leaves none for training
+    report, ok = check_data(raw)
+    problems = [line for line in report.splitlines() if line.startswith("problem:")]
+    assert not ok and len(problems) == len(set(problems)) == 2  # one per task, not one per split
+    assert "2 tasks, 2 problems" in report
+    assert all("--test-size" in p and "data.split_sizes.test" in p for p in problems)
+
+
+def test_check_data_notes_long_lines_and_numbers_as_answers(tmp_path):
+    rows = [{"task": "t", "prompt": "x" * 1_000_001, "completion": "a"}]  # one character over LONG_ROW
+    rows += [{"task": "t", "prompt": f"p{i}", "completion": i if i % 2 else [str(i), "b"]} for i in range(10)]
+    (tmp_path / "odd.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    report, ok = check_data(tmp_path / "odd.jsonl")
+    assert ok, report  # reported, not refused: a number is read as the text JSON writes
+    notes = [line for line in report.splitlines() if line.startswith("note:")]
+    # line 1: 1_000_001 + the JSON around it (44 characters) = 1.0 million characters
+    assert any("odd.jsonl line 1: 1.0 million characters" in n for n in notes)
+    # lines 3, 5, 7, 9, 11 hold 1, 3, 5, 7, 9 (rows i = 1, 3, ...): the first is named, 4 more counted
+    assert any(
+        "odd.jsonl line 3, column 'completion': 1 holds a number" in n and "(and 4 more lines)" in n
+        for n in notes
+    )
+
+
 # ---- prompt, order, sampler, collator -----------------------------------------------------------------
 
 

@@ -70,6 +70,41 @@ class Table:
     columns: tuple[str, ...] | None = None
     split: Split | None = None
     unit: str = "line"
+    long_rows: tuple[tuple[int, int], ...] = ()  # (line, characters) of the JSONL lines over LONG_ROW
+
+
+LONG_ROW = 1_000_000
+"""Characters of one JSONL line worth a note: about 250k tokens, beyond any model's context, so the
+prompt will be cut to data.max_source_length (tokenisation cuts such a field first: tokenize.py)."""
+
+
+def table_notes(table: Table, columns: Columns) -> list[str]:
+    """What `badit data check` reports about a table without refusing it: very long lines, and, in a
+    JSONL file, numbers where the answer text belongs (read as JSON writes them: 5 -> "5")."""
+    notes = [
+        f"{table.source} line {number}: {chars / 1e6:.1f} million characters; the prompt is cut to "
+        "data.max_source_length tokens (from the left), so most of it is never seen"
+        for number, chars in table.long_rows
+    ]
+    if table.columns is None and table.unit == "line":  # JSONL: the file's own values (not `datasets`')
+        numeric = [
+            (number, row[columns.answer])
+            for number, row in table.rows
+            if isinstance(row, dict) and _has_number(row.get(columns.answer))
+        ]
+        if numeric:
+            number, value = numeric[0]
+            more = f" (and {len(numeric) - 1} more lines)" if len(numeric) > 1 else ""
+            notes.append(
+                f"{table.source} line {number}, column {columns.answer!r}: {json.dumps(value)} holds a number, "
+                f'not text; it is read as the text JSON writes{more}; write answers as strings ("5") to be sure'
+            )
+    return notes
+
+
+def _has_number(value: Any) -> bool:
+    values = value if isinstance(value, list) else [value]
+    return any(isinstance(v, (int, float)) for v in values)
 
 
 @dataclass(frozen=True)
@@ -298,10 +333,12 @@ def problems_error(problems: Sequence[str], check_hint: str) -> DataError:
 def read_jsonl(path: str | Path) -> Table:
     """One JSON object per line (blank lines skipped)."""
     path = Path(path)
-    rows = []
+    rows, long_rows = [], []
     for number, line in enumerate(read_text(path).splitlines(), start=1):
         if not line.strip():
             continue
+        if len(line) > LONG_ROW:
+            long_rows.append((number, len(line)))
         try:
             rows.append((number, json.loads(line)))
         except json.JSONDecodeError as e:
@@ -309,7 +346,7 @@ def read_jsonl(path: str | Path) -> Table:
                 f"{path} line {number}: invalid JSON at column {e.colno} ({e.msg}); "
                 "each line must be one JSON object"
             ) from None
-    return Table(str(path), rows)
+    return Table(str(path), rows, long_rows=tuple(long_rows))
 
 
 def read_csv(path: str | Path) -> Table:

@@ -40,6 +40,7 @@ from badit.data.rows import (
     read_csv,
     read_jsonl,
     table_columns,
+    table_notes,
 )
 from badit.data.tasks import (
     OWN_DATA_SIZES,
@@ -141,7 +142,7 @@ class TableSource:
         self.by_task: dict[str, list[Example]] = defaultdict(list)
         for example in examples:
             self.by_task[example.task].append(example)
-        self._notes = []
+        self._notes = [note for table in tables for note in table_notes(table, columns)]
         if examples and not any(columns.task in table_columns(t) for t in tables):
             self._notes.append(f"no {columns.task!r} column: every row belongs to task {default_task!r}")
         if examples and all(e.split is None for e in examples):
@@ -332,6 +333,7 @@ def check_data(
             )
         rows.append((name, *(counts[s] for s in splits)))
 
+    problems = list(dict.fromkeys(problems))  # a split error is raised for each split of a task: once
     width = max(len("task"), *(len(r[0]) for r in rows)) if rows else len("task")
     lines = [f"{path} ({_describe(source)})"]
     lines.append(f"{'task':<{width}}  " + "  ".join(f"{s:>6}" for s in splits))

@@ -294,7 +294,8 @@ def split_indices(n: int, task: str, sizes: SplitSizes, source: str = "") -> dic
     if n <= n_test + n_dev:
         raise DataError(
             f"{source or task}: {n} instances, but test ({n_test}) + dev ({n_dev}) leave none "
-            "for training; lower the test/dev sizes (data.split_sizes), add examples or drop the task"
+            "for training; lower the test/dev sizes (data.split_sizes.test / .dev; `badit data check`: "
+            "--test-size / --dev-size), add examples or drop the task"
         )
     order = list(range(n))
     rng = random.Random(f"{sizes.seed}/{task}")  # str seeds are hashed with SHA-512: stable across runs
