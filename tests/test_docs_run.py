@@ -169,8 +169,8 @@ def test_readme_train_on_your_own_tasks(tmp_path):
             ".venv/bin/badit data check": f"{badit_cli} data check",
             ".venv/bin/badit train configs/own_tasks.yaml": f"{badit_cli} train {REPO / 'configs/own_tasks.yaml'} "
             f"model.name_or_path={tiny} training.report_to=[] data.max_source_length=64",
-            "training.max_steps=30 evaluation.max_examples_per_task=5": "training.max_steps=2 "
-            "evaluation.max_examples_per_task=1 evaluation.max_new_tokens=2",
+            "training.max_steps=30": "training.max_steps=2",
+            "evaluation.max_examples_per_task=5": "evaluation.max_examples_per_task=1 evaluation.max_new_tokens=2",
         },
     )
     done = subprocess.run(
