@@ -1,0 +1,130 @@
+"""A paired interval for a difference of mean task scores that counts seeds *and* examples.
+
+Data: D[s, i] = score of method A minus score of method B on test example i (of task t(i)) in seed s;
+both methods are scored on the same examples, and seed s of A is paired with seed s of B. The
+statistic is the mean over tasks of the mean over a task's examples of the mean over seeds:
+
+    theta = 1/T * sum_t 1/n_t * sum_{i in t} Dbar[i],    Dbar[i] = 1/S * sum_s D[s, i]
+
+Two sources of chance move theta: which test examples were drawn (example variance) and which
+training runs the seeds gave (seed variance). Its variance is estimated as the sum of
+
+    V_examples = 1/T^2 * sum_t var_{i in t}(Dbar[i]) / n_t      (stratified by task; n_t - 1 df each)
+    V_seeds    = var_s(theta_s) / S,   theta_s = theta computed on seed s alone   (S - 1 df)
+
+(the seed-by-example interaction enters both, so the sum errs on the wide side), and the interval is
+theta +- t_q * sqrt(V_examples + V_seeds) with Welch-Satterthwaite degrees of freedom
+(V_e + V_s)^2 / (V_e^2 / df_e + V_s^2 / (S - 1)). With few seeds the seed term has few degrees of
+freedom, and the t quantile widens the interval as it must: with 3 seeds t_{0.975, 2} = 4.30.
+
+Why not a hierarchical bootstrap (seeds, then examples): with 3 seeds it has 10 distinct seed resamples
+and shrinks the seed variance by (S-1)/S, so its percentile interval is too narrow exactly when seeds
+matter (docs/method.md, "Intervals that count seeds", has the simulated error rates). Written by hand:
+scipy's t-tests take one sample (seeds or examples), not two variance components with strata; the
+formulas are a few lines of numpy over arrays that may carry leading batch axes (the simulations in
+tests/test_statistics.py run thousands of intervals at once).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from scipy import stats
+
+LEVEL = 0.95
+METHOD = "seed-paired t interval over seeds and examples (variance components, Welch-Satterthwaite df)"
+
+
+def _task_means(x: np.ndarray, one_hot: np.ndarray) -> np.ndarray:
+    """(..., T) mean over each task's examples of x (..., N); one_hot (N, T)."""
+    return (x @ one_hot) / one_hot.sum(axis=0)
+
+
+def interval_arrays(differences: np.ndarray, task_index: np.ndarray, level: float = LEVEL) -> dict:
+    """The interval of the module docstring for ``differences`` (..., S, N) and ``task_index`` (N,) in
+    0..T-1; returns arrays of shape (...): mean, low, high, std_error, df. Vectorised over leading axes.
+
+    One seed: V_seeds is unknown and left out (the interval counts examples only, df from examples)."""
+    D = np.asarray(differences, dtype=float)
+    S, N = D.shape[-2:]
+    tasks = np.unique(task_index)
+    one_hot = (np.asarray(task_index)[:, None] == tasks[None, :]).astype(float)  # (N, T)
+    T, counts = len(tasks), one_hot.sum(axis=0)
+    if np.any(counts < 2):
+        raise ValueError("every task needs at least 2 test examples for an interval")
+    per_example = D.mean(axis=-2)  # (..., N): Dbar
+    task_means = _task_means(per_example, one_hot)  # (..., T)
+    mean = task_means.mean(axis=-1)
+    # within-task sample variance of Dbar, per task
+    centred = per_example - task_means @ one_hot.T
+    within = ((centred**2) @ one_hot) / (counts - 1)  # (..., T)
+    v_examples = (within / counts).sum(axis=-1) / T**2
+    df_examples = float(N - T)
+    if S > 1:
+        per_seed = _task_means(D, one_hot).mean(axis=-1)  # (..., S): theta_s
+        v_seeds = per_seed.var(axis=-1, ddof=1) / S
+        total = v_examples + v_seeds
+        denominator = v_examples**2 / df_examples + v_seeds**2 / (S - 1)
+        df = np.where(denominator > 0, total**2 / np.where(denominator > 0, denominator, 1.0), df_examples)
+    else:
+        total, df = v_examples, np.full_like(mean, df_examples)
+    std_error = np.sqrt(total)
+    half = stats.t.ppf(0.5 + level / 2, df) * std_error
+    return {"mean": mean, "low": mean - half, "high": mean + half, "std_error": std_error, "df": df}
+
+
+def aligned_scores(
+    runs: Sequence[Sequence[dict]], metric: str = "rougeL"
+) -> tuple[list[tuple[str, str]], np.ndarray]:
+    """(keys, scores (S, N)) from one list of prediction records per seed, examples keyed (task, id) in
+    sorted order; every seed must hold the same examples."""
+    tables = [{(r["task"], str(r["id"])): float(r[metric]) for r in records} for records in runs]
+    keys = sorted(tables[0])
+    for table in tables[1:]:
+        if set(table) != set(keys):
+            raise ValueError("the seeds were scored on different test examples (same data settings needed)")
+    return keys, np.array([[table[k] for k in keys] for table in tables])
+
+
+def paired_interval(
+    method: Sequence[Sequence[dict]],
+    reference: Sequence[Sequence[dict]],
+    metric: str = "rougeL",
+    level: float = LEVEL,
+) -> dict:
+    """Mean over tasks of (method - reference) with its seed- and example-aware interval, from one list
+    of prediction records per seed on each side (seed s of one paired with seed s of the other).
+
+    Returns {"mean", "ci95": [low, high], "seeds", "examples", "tasks", "df", "std_error", "interval"}:
+    the counts that the interval rests on travel with it."""
+    if len(method) != len(reference):
+        raise ValueError(
+            f"pairing by seed needs as many seeds on both sides, got {len(method)} and {len(reference)}"
+        )
+    keys, a = aligned_scores(method, metric)
+    ref_keys, b = aligned_scores(reference, metric)
+    if keys != ref_keys:
+        raise ValueError("both sides must be scored on the same test examples (same data settings)")
+    names = sorted({task for task, _ in keys})
+    task_index = np.array([names.index(task) for task, _ in keys])
+    out = interval_arrays(a - b, task_index, level)
+    return {
+        "mean": float(out["mean"]),
+        "ci95": [float(out["low"]), float(out["high"])],
+        "seeds": len(method),
+        "examples": len(keys),
+        "tasks": len(names),
+        "df": float(out["df"]),
+        "std_error": float(out["std_error"]),
+        "interval": METHOD,
+    }
+
+
+def describe(result: dict) -> str:
+    """``+1.23 [-0.50, +2.96] (n = 24 examples x 3 seeds)``: an interval never printed without its counts."""
+    low, high = result["ci95"]
+    return (
+        f"{result['mean']:+.2f} [{low:+.2f}, {high:+.2f}] "
+        f"(n = {result['examples']} examples x {result['seeds']} seed{'s' if result['seeds'] != 1 else ''})"
+    )
