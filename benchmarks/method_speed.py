@@ -85,7 +85,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--methods", nargs="+", default=["lora", "badit"])
+    parser.add_argument("--methods", nargs="+", default=["lora", "badit", "hydralora"])
     parser.add_argument("--surgery", nargs="+", default=["none", "pcgrad"])
     parser.add_argument("--tasks", type=int, default=4)
     parser.add_argument("--batch", type=int, default=8)

@@ -108,3 +108,16 @@ def test_hydralora_trains_through_the_run_config(tmp_path):
     losses = [r["loss"] for r in result.log_history if "loss" in r]
     assert result.global_step == 6 and losses[-1] < losses[0], losses
     assert (tmp_path / "stage" / "adapter" / "adapter_config.json").is_file()
+
+
+def test_router_lr_multiplier_reaches_the_hydralora_routers(tmp_path):
+    from transformers import TrainingArguments
+
+    from badit.training.trainer import BaditTrainer
+
+    model = get_peft_model(make_tiny_model("llama"), build_peft_config(MethodConfig(name="hydralora")))
+    args = TrainingArguments(output_dir=str(tmp_path), learning_rate=1e-3, weight_decay=0.0, report_to=[])
+    optimizer = BaditTrainer(model=model, args=args, router_lr_multiplier=10.0).create_optimizer()
+    routers = {id(p) for n, p in model.named_parameters() if ".hydra_router." in n}
+    fast = {id(p) for g in optimizer.param_groups if abs(g["lr"] - 1e-2) < 1e-12 for p in g["params"]}
+    assert len(routers) == 2 and fast == routers  # tiny llama: 2 layers x gate_proj

@@ -101,3 +101,13 @@ def test_a_single_run_merges_into_a_run_folder_that_compare_reads(tmp_path):
     with pytest.raises(MergeError, match="needs a `setting: single` run"):
         merge_run(merged_dir, tmp_path / "again", "task-arithmetic")
     assert not (tmp_path / "again").exists()
+
+
+def test_only_evaluation_fields_can_be_overridden():
+    from badit.experiments.config import from_dict
+    from badit.experiments.merge import _with_evaluation_overrides
+
+    config = from_dict({})
+    assert _with_evaluation_overrides(config, ("evaluation.split=dev",)).evaluation.split == "dev"
+    with pytest.raises(MergeError, match="changes only evaluation fields"):
+        _with_evaluation_overrides(config, ("training.learning_rate=1",))

@@ -125,11 +125,14 @@ def merge_run(
     weight: float = DEFAULT_WEIGHT,
     density: float = DEFAULT_DENSITY,
     overwrite: bool = False,
+    overrides: tuple[str, ...] = (),
 ) -> dict:
     """Merge the task adapters of the single-task run ``run_dir`` into a run folder ``output_dir``: the
     merged adapter (``adapter/``), ``merge.json`` (what was merged, how), and its evaluation on every task
-    (predictions, metrics.json, summary.md). Returns the metrics. Nothing is written before the inputs
-    are checked and the merge is done; a failure afterwards removes the new folder."""
+    (predictions, metrics.json, summary.md). ``overrides``: ``evaluation.field=value`` changes of the
+    evaluation (e.g. ``evaluation.split=dev`` to choose λ on dev). Returns the metrics. Nothing is
+    written before the inputs are checked and the merge is done; a failure afterwards removes the new
+    folder."""
     from badit.adapter.integrity import check_adapter_folder
     from badit.data.files import atomic_write_json
     from badit.experiments.folder import (
@@ -169,6 +172,8 @@ def merge_run(
     for folder in adapters.values():
         check_adapter_folder(folder)
     merged = resolve_paths(merged_config(config, output_dir, method))
+    if overrides:
+        merged = _with_evaluation_overrides(merged, overrides)
     check_output_dir(output_dir)
     _, eval_tasks = load_run_tasks(merged, names)
     base, tokenizer = load_base_model(merged)
@@ -188,3 +193,18 @@ def merge_run(
         if fresh and is_run_dir(output_dir):
             remove_run_dir(output_dir)
         raise
+
+
+def _with_evaluation_overrides(config, overrides: tuple[str, ...]):
+    """``config`` with ``evaluation.*`` overrides applied and checked (other sections are the source run's)."""
+    from badit.experiments.config import apply_override, from_dict
+
+    data = config.to_dict()
+    for override in overrides:
+        if not override.strip().startswith("evaluation."):
+            raise MergeError(
+                f"override {override!r}: badit merge changes only evaluation fields (e.g. evaluation.split=dev); "
+                "the rest is the single run's"
+            )
+        apply_override(data, override)
+    return from_dict(data, source="badit merge")
