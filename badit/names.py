@@ -32,6 +32,9 @@ DATA_FORMATS = ("auto", "superni", "jsonl", "csv", "datasets")
 METRICS = {"rougeL": "ROUGE-L", "exact_match": "EM"}
 """The scores of every prediction (``metrics.json``), with their short names in tables."""
 
+MERGE_METHODS = ("ties", "task-arithmetic")
+"""``badit merge --method``: TIES-Merging or task arithmetic of a single run's LoRAs (badit.experiments.merge)."""
+
 EXPORT_FORMATS = ("lora", "merged")
 """``badit export --format``: a plain PEFT LoRA folder, or the merged full model."""
 

@@ -111,3 +111,13 @@ def test_only_evaluation_fields_can_be_overridden():
     assert _with_evaluation_overrides(config, ("evaluation.split=dev",)).evaluation.split == "dev"
     with pytest.raises(MergeError, match="changes only evaluation fields"):
         _with_evaluation_overrides(config, ("training.learning_rate=1",))
+
+
+def test_the_command_refuses_a_folder_that_is_not_a_run_in_one_line(tmp_path, capsys):
+    from badit.cli.main import main
+
+    code = main(["merge", str(tmp_path), "--method", "ties", "--output", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert err.startswith("badit merge: error:") and "not a run folder" in err
+    assert not (tmp_path / "out").exists()

@@ -1,4 +1,4 @@
-"""The ``badit`` command: train, eval, compare, report, analyze, data check, demo.
+"""The ``badit`` command: train, eval, compare, report, analyze, data check, demo, export, merge, sweep.
 
 Until a command needs them, torch, transformers and PEFT are not imported (only the standard library and
 badit's light modules: names, errors, the config and data readers), so that ``badit --help`` answers at
@@ -237,6 +237,35 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument("--output", metavar="DIR", required=True, help="the folder to write")
 
+    from badit.experiments.merge import DEFAULT_DENSITY, DEFAULT_WEIGHT
+    from badit.names import MERGE_METHODS
+
+    merge = _command(
+        commands,
+        "merge",
+        "merge a single-task LoRA run's adapters (TIES, task arithmetic) into one evaluated run",
+        "Merge the one-LoRA-per-task adapters of a `setting: single`, `method.name: lora` run with\n"
+        "PEFT's add_weighted_adapter and evaluate the result on every task: a multi-task run folder\n"
+        'that compare and report read like any other (docs/method.md, "Merged single-task LoRAs").',
+    )
+    merge.add_argument("run", help="a `setting: single` lora run folder")
+    merge.add_argument("--method", choices=MERGE_METHODS, required=True, help="how the task deltas combine")
+    merge.add_argument("--output", metavar="DIR", required=True, help="the run folder to write")
+    merge.add_argument("--weight", type=float, default=DEFAULT_WEIGHT, help=f"λ (default {DEFAULT_WEIGHT})")
+    merge.add_argument(
+        "--density",
+        type=float,
+        default=DEFAULT_DENSITY,
+        help=f"ties: fraction kept (default {DEFAULT_DENSITY})",
+    )
+    merge.add_argument("--overwrite", action="store_true", help="replace an existing run in DIR")
+    merge.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="evaluation.field=value",
+        help="change an evaluation field, e.g. evaluation.split=dev (choose --weight on dev)",
+    )
+
     report = _command(
         commands,
         "report",
@@ -401,6 +430,18 @@ def _export(args) -> int:
     return 0
 
 
+def _merge(args) -> int:
+    from badit.experiments.folder import summary_table
+    from badit.experiments.merge import merge_run
+
+    metrics = merge_run(
+        args.run, args.output, args.method, args.weight, args.density, args.overwrite, tuple(args.overrides)
+    )
+    print(summary_table(metrics, f"{args.run} merged ({args.method})"))
+    print(f"merged run: {Path(args.output).resolve()}")
+    return 0
+
+
 def _report(args) -> int:
     from badit.experiments.report import write_report
 
@@ -542,6 +583,7 @@ def main(argv: list[str] | None = None) -> int:
         "demo": _demo,
         "report": _report,
         "export": _export,
+        "merge": _merge,
         "sweep": _sweep,
     }
     try:

@@ -15,6 +15,7 @@ and its interference score against the single run it came from is the cost of me
 
 Defaults and their sources are in docs/method.md, "Merged single-task LoRAs". Only ``lora`` runs:
 PiSSA/OLoRA adapters each move the base weight (their residual), so their deltas do not add.
+torch and PEFT are imported inside the functions: ``badit --help`` reads the defaults without them.
 """
 
 from __future__ import annotations
@@ -23,13 +24,11 @@ import dataclasses
 import math
 from pathlib import Path
 
-import torch
-from peft import PeftModel
-from peft.tuners.lora import LoraLayer
-from peft.utils.merge_utils import ties
+from badit.errors import BaditError
+from badit.names import MERGE_METHODS
 
-MERGE_METHODS = {"task-arithmetic": "cat", "ties": "ties_svd"}
-"""``--method`` -> PEFT's ``combination_type``."""
+COMBINATION_TYPES = {"task-arithmetic": "cat", "ties": "ties_svd"}
+"""``--method`` (``badit.names.MERGE_METHODS``) -> PEFT's ``combination_type``."""
 DEFAULT_WEIGHT = 1.0
 """λ, the same for every task: the plain sum of task vectors (task arithmetic) or the disjoint mean (TIES)."""
 DEFAULT_DENSITY = 0.2
@@ -38,7 +37,7 @@ MERGED_ADAPTER = "default"  # PEFT saves the "default" adapter at the folder's t
 MERGE_FILE = "merge.json"  # in the merged run folder: what was merged and how (merge_loaded's record)
 
 
-class MergeError(ValueError):
+class MergeError(BaditError, ValueError):
     """The run or the options cannot be merged as asked (one line, with the fix)."""
 
 
@@ -52,7 +51,7 @@ def check_options(method: str, weight: float, density: float) -> None:
 
 
 def merge_loaded(
-    model: PeftModel,
+    model,
     tasks: list[str],
     method: str,
     weight: float = DEFAULT_WEIGHT,
@@ -64,6 +63,8 @@ def merge_loaded(
 
     ``svd_rank`` (ties only): rank of the merged adapter, default Σ r_t (capped by each layer's size).
     """
+    from peft.tuners.lora import LoraLayer
+
     check_options(method, weight, density)
     if len(tasks) < 2:
         raise MergeError(f"merging needs at least two task adapters, got {len(tasks)}")
@@ -76,7 +77,7 @@ def merge_loaded(
         svd_rank = min(svd_rank or sum(ranks), limit)
         kwargs = {"svd_rank": svd_rank, "density": density, "majority_sign_method": "total"}
         record.update(density=density, majority_sign_method="total", svd_rank=svd_rank)
-    combination = MERGE_METHODS[method]
+    combination = COMBINATION_TYPES[method]
     model.add_weighted_adapter(
         adapters=list(tasks),
         weights=[weight] * len(tasks),
@@ -95,8 +96,11 @@ def merge_loaded(
     return record
 
 
-def _ties_svd_error(layer: LoraLayer, tasks: list[str], weight: float, density: float) -> float | None:
-    """||ΔW_merged - TIES(ΔW_t)||_F / ||TIES(ΔW_t)||_F of one layer: what the rank truncation lost."""
+def _ties_svd_error(layer, tasks: list[str], weight: float, density: float) -> float | None:
+    """||ΔW_merged - TIES(ΔW_t)||_F / ||TIES(ΔW_t)||_F of one LoRA layer: what the rank truncation lost."""
+    import torch
+    from peft.utils.merge_utils import ties
+
     if MERGED_ADAPTER not in layer.lora_A:
         return None
     with torch.no_grad():
@@ -133,6 +137,8 @@ def merge_run(
     evaluation (e.g. ``evaluation.split=dev`` to choose λ on dev). Returns the metrics. Nothing is
     written before the inputs are checked and the merge is done; a failure afterwards removes the new
     folder."""
+    from peft import PeftModel
+
     from badit.adapter.integrity import check_adapter_folder
     from badit.data.files import atomic_write_json
     from badit.experiments.folder import (
