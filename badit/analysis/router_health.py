@@ -93,7 +93,7 @@ def routing_problem(layers: Mapping[str, Mapping]) -> str | None:
     if all(v["deviation"] < UNIFORM_DEVIATION for v in values):
         return (
             f"routing never left uniform: in all {len(values)} layers the weights stay within "
-            f"{UNIFORM_DEVIATION:.2f} of 1/K (router not learning: learning rate, steps, router_lr?)"
+            f"{UNIFORM_DEVIATION:.2f} of 1/K (router not learning: raise training.learning_rate, the steps, or method.router_lr_multiplier)"
         )
     return None
 

@@ -551,10 +551,52 @@ def _quiet_libraries(args) -> None:
         transformers.logging.disable_progress_bar()
 
 
+def _dashed_training_fields(extra: list[str]) -> list[str]:
+    """``--name value`` / ``--name=value`` of ``badit train`` as the override ``training.name=value`` when
+    ``name`` (dashes read as underscores) is a ``training:`` field (badit's or any TrainingArguments
+    field); a lone ``--flag`` means ``true``. Any other ``--name`` stops with one line that shows the
+    override form. Imports transformers (for the field names): train needs it anyway."""
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    from badit.experiments.config import TrainingConfig
+
+    fields = {f.name for f in dataclasses.fields(TrainingConfig)} | {
+        f.name for f in dataclasses.fields(TrainingArguments)
+    }
+    result, i = [], 0
+    while i < len(extra):
+        word = extra[i]
+        if not word.startswith("--"):
+            result.append(word)
+            i += 1
+            continue
+        name, has_value, value = word[2:].partition("=")
+        if not has_value:
+            following = extra[i + 1] if i + 1 < len(extra) else None
+            has_value = following is not None and not following.startswith("--") and "=" not in following
+            value = following if has_value else "true"
+            i += 1 if has_value else 0
+        key = name.replace("-", "_")
+        if key not in fields:
+            print(
+                f"badit train: error: unrecognized option {word}; config fields are given as "
+                f"section.field=value, e.g. training.learning_rate=1e-4 or method.r=8 (`badit train --help`)",
+                file=sys.stderr,
+            )
+            raise SystemExit(2)
+        result.append(f"training.{key}={value}")
+        i += 1
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     # Overrides may follow options (`train CONFIG --resume a.b=1`): argparse leaves those unparsed.
     args, extra = parser.parse_known_args(argv)
+    if args.command == "train" and any(a.startswith("--") for a in extra):
+        extra = _dashed_training_fields(extra)  # `--learning_rate 1e-4` (the Trainer/TRL habit)
     stray = [a for a in extra if a.startswith("-") or "=" not in a or not hasattr(args, "overrides")]
     if stray:
         parser.error(f"unrecognized arguments: {' '.join(stray)}")
@@ -572,7 +614,8 @@ def main(argv: list[str] | None = None) -> int:
         warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation notices
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         logging.getLogger("badit").setLevel(logging.INFO)
-    if args.command != "train":  # train: after its config is read (see _train)
+    # train: after its config is read (see _train); data check never needs transformers (nor torch)
+    if args.command not in ("train", "data"):
         _quiet_libraries(args)
     handlers = {
         "train": _train,
