@@ -113,7 +113,7 @@ def test_export_of_a_trained_badit_run(trained_runs, tmp_path, capsys):
     from peft import PeftModel
 
     from badit.experiments.export import task_routing
-    from badit.experiments.folder import load_run_config
+    from badit.experiments.folder import RunFolder
     from badit.experiments.stage import load_base_model
 
     runs, _ = trained_runs
@@ -130,7 +130,7 @@ def test_export_of_a_trained_badit_run(trained_runs, tmp_path, capsys):
         "On the run's 6 test prompts (the first 8 of each task)"
         in (tmp_path / "lora" / "README.md").read_text()
     )
-    config = load_run_config(runs["badit"])
+    config = RunFolder(runs["badit"]).config()
     base, tokenizer = load_base_model(config)
     model = PeftModel.from_pretrained(base, str(runs["badit"] / "adapter")).eval()
     routing = task_routing(config, model, tokenizer, ["demo_copy_words"])["demo_copy_words"]

@@ -13,7 +13,7 @@ import yaml
 
 from badit.cli.main import main
 from badit.experiments.config import from_dict
-from badit.experiments.folder import MARKER_FILE, prepare_run_dir, resolve_paths
+from badit.experiments.folder import MARKER_FILE, RunFolder, resolve_paths
 from tests.helpers import tiny_run_config
 
 
@@ -28,7 +28,7 @@ def _fake_run(root: Path) -> Path:
     from badit.experiments.stage import adapter_model
 
     config = resolve_paths(from_dict(tiny_run_config(root, "badit")))
-    prepare_run_dir(config, is_main=True)
+    RunFolder(config.output_dir).prepare(config)
     model, _ = adapter_model(config)
     model.save_pretrained(Path(config.output_dir) / "adapter")
     return Path(config.output_dir)
@@ -356,7 +356,7 @@ def test_no_code_removes_unmarked_folders():
         "adapter/export.py: shutil.rmtree(staging, ignore_errors=True)",  # its own staging folder
         "data/files.py: Path(tmp).unlink(missing_ok=True)",  # its own temp file
         "data/files.py: Path(tmp).unlink(missing_ok=True)  # our own temp file, never the target",
-        "experiments/folder.py: shutil.rmtree(folder)",  # remove_run_dir: only a marked run folder
+        "experiments/folder.py: shutil.rmtree(folder)",  # RunFolder.remove: only a marked run folder
         "training/model_loading.py: shutil.rmtree(staging, ignore_errors=True)",  # its own staging folder
         "training/trainer.py: shutil.rmtree(staging, ignore_errors=True)",  # its own staging folder
         "training/trainer.py: shutil.rmtree(adapter_dir, ignore_errors=True)",  # the run's adapter, replaced

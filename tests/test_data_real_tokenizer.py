@@ -133,7 +133,8 @@ def test_chat_template_prompt_keeps_its_frame_when_truncated(tokenizer):
 def test_evaluate_writes_predictions_and_metrics(tokenizer, tmp_path):
     model = make_tiny_model("llama", vocab_size=len(tokenizer)).train()  # evaluate switches to eval and back
     tasks = [make_task("task001_a", 3), make_task("task002_b", 2, outputs=lambda i: ["x", f"word{i}"])]
-    metrics = evaluate(model, tokenizer, tasks, tmp_path / "run", max_new_tokens=5, batch_size=2)
+    files = (tmp_path / "run" / "predictions.jsonl", tmp_path / "run" / "metrics.json")
+    metrics = evaluate(model, tokenizer, tasks, *files, max_new_tokens=5, batch_size=2)
     records = [
         json.loads(line) for line in Path(tmp_path / "run" / "predictions.jsonl").read_text().splitlines()
     ]

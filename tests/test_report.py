@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from badit.experiments.folder import RunFolder
 from badit.experiments.report import ReportError, build_report, collect, write_report
 from badit.experiments.report.scores import group_runs, interference
 from tests.helpers import tiny_run_config
@@ -190,7 +191,10 @@ def test_bad_inputs_give_one_line_errors_and_no_page(tmp_path):
         write_report([unfinished], out)
     broken = _hand_run(tmp_path / "broken", "lora", "multitask", 0, {"t1": 1.0})
     (broken / "metrics.json").write_text('{"tasks": {"t1": {"rougeL": "x"}}, "average": {}}')
-    with pytest.raises(ReportError, match="task 't1' has no number for 'rougeL'"):
+    # the one metrics.json check (badit.experiments.folder.metrics_problem), as in `badit compare`
+    with pytest.raises(
+        ReportError, match=r"not a badit metrics file \('tasks.t1.rougeL' is missing or not a number\)"
+    ):
         write_report([broken], out)
     assert out.read_text() == "previous page"  # nothing half-written
 
@@ -307,7 +311,8 @@ def test_router_health_is_logged_during_training(trained):
     from badit.training.router_logging import router_warning
 
     assert last["summary"]["deviation"] > 0.01
-    assert router_warning(trained / "run-badit-multitask") is None
+    run = RunFolder(trained / "run-badit-multitask")
+    assert router_warning(run.path, run.router_logs()) is None
 
 
 def test_router_warning_names_collapse_and_the_adapter(tmp_path):
@@ -322,7 +327,7 @@ def test_router_warning_names_collapse_and_the_adapter(tmp_path):
         (logs / "router_health.jsonl").write_text(
             json.dumps({"step": 1, "layers": {}}) + "\n" + json.dumps(record) + "\n"
         )
-    warning = router_warning(tmp_path)
+    warning = router_warning(tmp_path, RunFolder(tmp_path).router_logs())
     assert warning.startswith(
         "routing collapsed: one expert takes at least 95% of the weight in every one of the 2 layers"
     )

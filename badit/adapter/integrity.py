@@ -32,6 +32,15 @@ class IntegrityError(BaditError, ValueError):
     """A saved file is damaged: the message names the file and what to do."""
 
 
+class UnreadableWeightsError(IntegrityError):
+    """A weights file that cannot be read as safetensors at all (truncated, empty); ``reason``: the reader's
+    own words."""
+
+    def __init__(self, message: str, reason: str):
+        super().__init__(message)
+        self.reason = reason
+
+
 def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -122,7 +131,7 @@ def nonfinite_tensor(path: str | os.PathLike) -> str | None:
                 if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
                     return name
     except (SafetensorError, OSError, RuntimeError) as e:
-        raise IntegrityError(f"{path}: not a readable safetensors file ({e})") from None
+        raise UnreadableWeightsError(f"{path}: not a readable safetensors file ({e})", str(e)) from None
     return None
 
 
@@ -137,8 +146,8 @@ def check_saved_folder(folder: str | os.PathLike, fix: str) -> None:
     if weights.is_file():
         try:
             name = nonfinite_tensor(weights)
-        except IntegrityError as e:
-            raise IntegrityError(f"{e}: {fix}") from None
+        except UnreadableWeightsError as e:
+            raise UnreadableWeightsError(f"{e}: {fix}", e.reason) from None
         if name is not None:
             raise IntegrityError(f"{weights}: tensor {name} holds NaN or inf values: {fix}")
 

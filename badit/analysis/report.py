@@ -51,10 +51,12 @@ def analyze(
     neuron_module_suffix: str = "down_proj",
     neuron_top_fraction: float = 0.01,
     progress: bool = False,
+    result_name: str = "analysis.json",
 ) -> dict:
     """Measure gradient conflict, expert usage (BADIT models) and neuron overlap between tasks.
 
-    Writes ``analysis.json`` and PNG heatmaps into `output_dir` and returns the JSON-ready dict.
+    Writes the result (JSON, named `result_name`) and PNG heatmaps into `output_dir` and returns the
+    JSON-ready dict.
     `progress`: show a progress bar per measurement (one step per task).
     """
     out = Path(output_dir)
@@ -110,5 +112,5 @@ def analyze(
         neurons["mean_jaccard"], short, short, "top-neuron Jaccard overlap", out / "neuron_overlap.png", 0, 1
     )
 
-    atomic_write_json(out / "analysis.json", result)
+    atomic_write_json(out / result_name, result)
     return result

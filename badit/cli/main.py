@@ -400,9 +400,10 @@ def _train(args) -> int:
 
 def _warn_router(run_dir) -> None:
     """Once, at the end of training: a collapsed or still-uniform router (BADIT runs)."""
+    from badit.experiments.folder import RunFolder
     from badit.training.router_logging import router_warning
 
-    warning = router_warning(run_dir)
+    warning = router_warning(run_dir, RunFolder(run_dir).router_logs())
     if warning:
         print(f"badit train: warning: {warning}", file=sys.stderr)
 
@@ -488,7 +489,7 @@ def _sweep(args) -> int:
 
 def _analyze(args) -> int:
     from badit.experiments.analyze import analyze_run
-    from badit.experiments.folder import RunError
+    from badit.experiments.folder import ANALYSIS_FILE, RunError, RunFolder
 
     if args.examples_per_task < 1:
         raise RunError(f"--examples-per-task must be at least 1, got {args.examples_per_task}")
@@ -500,7 +501,7 @@ def _analyze(args) -> int:
         f"most conflicting pair: {a} vs {b} ({cosine:+.3f}); most conflicting layer: {conflict['most_conflicting_layer']}"
     )
     print(f"mean top-neuron overlap between tasks (Jaccard): {result['neuron_overlap']['mean_offdiag']:.3f}")
-    print(f"written: {Path(args.output or Path(args.run) / 'analysis')}/ (analysis.json, *.png)")
+    print(f"written: {Path(args.output or RunFolder(args.run).analysis_dir)}/ ({ANALYSIS_FILE}, *.png)")
     return 0
 
 

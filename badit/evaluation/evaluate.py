@@ -81,7 +81,8 @@ def evaluate(
     model,
     tokenizer,
     tasks: Sequence[Task],
-    output_dir: str | Path,
+    predictions_file: str | Path,
+    metrics_file: str | Path,
     *,
     template: PromptTemplate | None = None,
     max_source_length: int = 1024,
@@ -91,8 +92,8 @@ def evaluate(
     remove_articles: bool = False,
     progress: str | None = "eval",
 ) -> dict:
-    """Greedy-decode every instance of `tasks`, score it, write predictions.jsonl and metrics.json
-    into `output_dir`; return the metrics. Batches mix tasks (BADIT routes each sequence by itself).
+    """Greedy-decode every instance of `tasks`, score it, write one record per example to
+    `predictions_file` (JSON lines) and the metrics to `metrics_file` (JSON); return the metrics. Batches mix tasks (BADIT routes each sequence by itself).
     `progress`: the label of the progress bar (examples/s, ETA); None hides it."""
     template = template or PromptTemplate()
     prompts = encode_prompts(tokenizer, tasks, template, max_source_length)
@@ -135,7 +136,6 @@ def evaluate(
         "num_pos_examples": template.num_pos_examples,
         "use_chat_template": template.use_chat_template,
     }
-    output_dir = Path(output_dir)
-    atomic_write_jsonl(output_dir / "predictions.jsonl", records)
-    atomic_write_json(output_dir / "metrics.json", metrics)
+    atomic_write_jsonl(Path(predictions_file), records)  # the predictions first: metrics mean both are there
+    atomic_write_json(Path(metrics_file), metrics)
     return metrics

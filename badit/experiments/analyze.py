@@ -4,13 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from peft import PeftModel
-
-from badit.adapter.integrity import check_adapter_folder
 from badit.analysis import analyze
 from badit.data import DataCollator, tokenize_tasks
-from badit.experiments.folder import RunError, final_adapter_dir, load_run_config, require_adapter
-from badit.experiments.stage import data_source, load_base_model, prompt_template, task_names
+from badit.experiments.folder import RunError, RunFolder
+from badit.experiments.stage import data_source, prompt_template, task_names
 
 
 def analyze_run(
@@ -24,16 +21,14 @@ def analyze_run(
     """
     if examples_per_task < 1:
         raise ValueError(f"examples_per_task must be at least 1, got {examples_per_task}")
-    run_dir = Path(run_dir)
-    config = load_run_config(run_dir)
-    adapter_dir = require_adapter(final_adapter_dir(run_dir, config), run_dir)
-    check_adapter_folder(adapter_dir)
+    run = RunFolder(run_dir)
+    config = run.config()
+    run.require_adapter(run.final_adapter(config))
     source = data_source(config)
     tasks = source.load("train", task_names(config, source))
     if len(tasks) < 2:
-        raise RunError(f"{run_dir}: interference needs at least 2 tasks, the run has {len(tasks)}")
-    base, tokenizer = load_base_model(config)
-    model = PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=True)  # gradients are measured
+        raise RunError(f"{run.path}: interference needs at least 2 tasks, the run has {len(tasks)}")
+    model, tokenizer = run.load_trained(config, trainable=True)  # gradients are measured
     collate = DataCollator(pad_token_id=tokenizer.pad_token_id)
     batches = {}
     for task in tasks:
@@ -46,4 +41,6 @@ def analyze_run(
             max_target_length=config.data.max_target_length,
         )
         batches[task.name] = collate(examples)
-    return analyze(model, batches, output_dir or run_dir / "analysis", progress=True)
+    return analyze(
+        model, batches, output_dir or run.analysis_dir, progress=True, result_name=run.analysis_file.name
+    )

@@ -8,16 +8,12 @@ taken among the runs given, preferring one of the same method and model.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from badit.evaluation import continual_metrics, interference_score
 from badit.evaluation.continual import CONTINUAL_KEYS, DEFINITIONS, GEM_KEYS
-from badit.experiments.folder import METRICS_FILE, RunError, format_score
-from badit.names import METRICS
-
-METRIC_NAMES = METRICS
+from badit.experiments.folder import METRIC_NAMES, RunError, RunFolder, format_score
 
 
 @dataclass
@@ -39,20 +35,7 @@ class RunScores:
 
 
 def load_run_scores(run_dir: str | Path) -> RunScores:
-    path = Path(run_dir) / METRICS_FILE
-    if not path.is_file():
-        raise RunError(
-            f"{run_dir}: no {METRICS_FILE} (not a finished run; `badit eval {run_dir}` evaluates one)"
-        )
-    try:
-        metrics = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise RunError(
-            f"{path}: not a badit metrics file ({error}); `badit eval {run_dir}` rewrites it"
-        ) from None
-    problem = _shape_problem(metrics)
-    if problem:
-        raise RunError(f"{path}: not a badit metrics file ({problem}); `badit eval {run_dir}` rewrites it")
+    metrics = RunFolder(run_dir).metrics()
     info = metrics.get("run") if isinstance(metrics.get("run"), dict) else {}
     return RunScores(
         path=Path(run_dir),
@@ -70,33 +53,6 @@ def load_run_scores(run_dir: str | Path) -> RunScores:
 
 def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _shape_problem(metrics) -> str | None:
-    """What keeps ``metrics`` from being a metrics.json as ``write_results`` writes it, None if nothing."""
-    if not isinstance(metrics, dict):
-        return f"the top level is a {type(metrics).__name__}, not an object"
-    for key in ("tasks", "average"):
-        if not isinstance(metrics.get(key), dict):
-            return f"'{key}' is missing or not an object"
-    scores = {f"tasks.{t}": s for t, s in metrics["tasks"].items()} | {"average": metrics["average"]}
-    for where, values in scores.items():
-        if not isinstance(values, dict):
-            return f"'{where}' is not an object"
-        for metric in METRIC_NAMES:
-            if not _is_number(values.get(metric)):
-                return f"'{where}.{metric}' is missing or not a number"
-    continual = metrics.get("continual")
-    if continual is not None:
-        for metric in METRIC_NAMES:
-            values = continual.get(metric) if isinstance(continual, dict) else None
-            if not isinstance(values, dict) or not all(
-                values.get(key) is None or _is_number(values[key]) for key in CONTINUAL_KEYS
-            ):
-                return (
-                    f"'continual.{metric}' does not hold the continual metrics ({', '.join(CONTINUAL_KEYS)})"
-                )
-    return None
 
 
 def _label(runs: list[RunScores]) -> None:

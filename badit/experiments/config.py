@@ -21,6 +21,7 @@ import importlib.util
 import math
 import types
 import typing
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Union
@@ -189,8 +190,12 @@ def from_dict(data: dict[str, Any], source: str = "config") -> RunConfig:
     return config
 
 
-def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
-    """Read a YAML config file and apply ``section.field=value`` overrides."""
+def load_config(
+    path: str | Path, overrides: Sequence[str] | Mapping[str, Any] = (), source: str | None = None
+) -> RunConfig:
+    """Read a YAML config file and apply overrides: ``section.field=value`` strings (the command line's;
+    values parsed as YAML) or a mapping of dotted fields to values (a program's: used as they are).
+    ``source`` names the config in errors (default: the file)."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -209,9 +214,13 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         ) from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections (model:, data:, ...)")
-    for override in overrides:
-        apply_override(data, override)
-    return from_dict(data, source=str(path))
+    if isinstance(overrides, Mapping):
+        for key, value in overrides.items():
+            set_field(data, key, value, f"{key}={value!r}")
+    else:
+        for override in overrides:
+            apply_override(data, override)
+    return from_dict(data, source=source or str(path))
 
 
 def apply_override(data: dict[str, Any], override: str) -> None:
@@ -221,17 +230,23 @@ def apply_override(data: dict[str, Any], override: str) -> None:
         raise ConfigError(
             f"override {override!r}: expected section.field=value, e.g. training.learning_rate=1e-4"
         )
-    parts = key.strip().split(".")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    set_field(data, key.strip(), value, override)
+
+
+def set_field(data: dict[str, Any], key: str, value: Any, override: str) -> None:
+    """Set the dotted field ``key`` (``a.b.c``) of nested dicts to ``value``; ``override`` names it in errors."""
+    parts = key.split(".")
     node = data
     for part in parts[:-1]:
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
             raise ConfigError(f"override {override!r}: {part!r} is a value, not a section")
         node = child
-    try:
-        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
-        node[parts[-1]] = raw
+    node[parts[-1]] = value
 
 
 def _type_hints(cls: type, method_class: type | None = None) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from badit.experiments.config import RunConfig, from_dict
+from badit.experiments.folder import RunFolder
 from badit.names import EMBEDDED_MODEL
 
 DEMO_TRAIN_PER_TASK = 300
@@ -115,6 +116,6 @@ def run_demo(
     atomic_write_text(output_dir / "comparison.md", table)
     analysis_dir = None
     if analysis and "badit" in run_dirs:
-        analysis_dir = run_dirs["badit"] / "analysis"
+        analysis_dir = RunFolder(run_dirs["badit"]).analysis_dir
         analyze_run(run_dirs["badit"], analysis_dir)
     return DemoResult(output_dir, table, time.perf_counter() - start, run_dirs, analysis_dir)

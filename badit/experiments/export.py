@@ -11,7 +11,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from peft import PeftModel
 from tqdm.auto import tqdm
 
 from badit.adapter.card import public_model_name
@@ -24,17 +23,9 @@ from badit.adapter.export import (
     mean_routing,
     routing_distance,
 )
-from badit.adapter.integrity import check_adapter_folder
 from badit.data import DataCollator, DataError, encode_prompts, tokenize_tasks
-from badit.experiments.folder import (
-    ADAPTER_CONFIG_FILE,
-    CONFIG_FILE,
-    RunError,
-    final_adapter_dir,
-    load_run_config,
-    require_adapter,
-)
-from badit.experiments.stage import load_base_model, load_run_tasks, prompt_template, task_names
+from badit.experiments.folder import ADAPTER_CONFIG_FILE, CONFIG_FILE, RunError, RunFolder, load_adapter
+from badit.experiments.stage import load_run_tasks, prompt_template, task_names
 from badit.names import EXPORT_FORMATS
 from badit.training.model_loading import (
     ModelNotFoundError,
@@ -214,13 +205,14 @@ def export(
     source = Path(source)
     steps = tqdm(total=4, desc="export", unit="step", delay=2)  # shown only when it takes over 2 s
     config = tokenizer = None
-    if (source / CONFIG_FILE).is_file():
-        config = load_run_config(source)
-        adapter_dir = require_adapter(final_adapter_dir(source, config), source)
+    run = RunFolder(source)
+    if run.has_config():
+        config = run.config()
         if base is not None:
             config.model.name_or_path = base
         base_name = config.model.name_or_path
-        model_base, tokenizer = load_base_model(config)  # the tokenizer: task routing, test prompts
+        model, tokenizer = run.load_trained(config)  # the tokenizer: task routing, test prompts
+        adapter_dir = run.final_adapter(config)
     elif (source / ADAPTER_CONFIG_FILE).is_file():
         if task is not None:
             raise ExportError(f"{source}: --task needs a run folder (its tasks' prompts); use --weights")
@@ -233,19 +225,24 @@ def export(
                 f"{source / ADAPTER_CONFIG_FILE}: no base_model_name_or_path to load the base from; "
                 "name the base model with --base MODEL (a folder or hub name)"
             )
-        model_base = _load_base(base_name)
-        if fmt == "merged":  # copied beside the merged model when the base has one
-            try:
-                tokenizer = load_tokenizer(base_name)
-            except (OSError, ValueError):
-                tokenizer = None
+
+        def load_base():
+            base_tokenizer = None
+            if fmt == "merged":  # copied beside the merged model when the base has one
+                try:
+                    base_tokenizer = load_tokenizer(base_name)
+                except (OSError, ValueError):
+                    pass
+            return _load_base(base_name), base_tokenizer
+
+        model, tokenizer = load_adapter(
+            load_base, adapter_dir, "restore the folder or export another adapter"
+        )
     else:
         raise RunError(
             f"{source}: neither a run folder ({CONFIG_FILE}) nor an adapter folder ({ADAPTER_CONFIG_FILE})"
         )
     steps.update()
-    check_adapter_folder(adapter_dir)
-    model = PeftModel.from_pretrained(model_base, str(adapter_dir)).eval()
     if not badit_layers(model):
         raise ExportError(
             f"{adapter_dir}: not a BADIT adapter (export is for BADIT; a LoRA folder is served as is)"

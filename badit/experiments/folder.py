@@ -1,4 +1,5 @@
-"""The run folder: its layout, its config.yaml, and the checks that keep two runs out of one folder.
+"""The run folder: one object that owns its layout, the name of every file in it, one validated reader per
+file, and the checks that keep two runs out of one folder. No other module spells a run file's name.
 
 Run folder::
 
@@ -8,9 +9,15 @@ Run folder::
     RUN/metrics.json           per-task scores, averages, run information (+ continual metrics)
     RUN/predictions.jsonl      one line per evaluated example
     RUN/summary.md             the scores as a table
-    RUN/adapter/, checkpoints/, logs/          (multitask)
-    RUN/tasks/<task>/...                       (single: one such folder per task)
-    RUN/stages/<NN>-<task>/...                 (continual: one per stage)
+    RUN/analysis/              `badit analyze`: analysis.json and heatmaps
+    RUN/adapter/, checkpoints/, logs/          (multitask: the run folder is its own stage)
+    RUN/tasks/<task>/...                       (single: one stage per task)
+    RUN/stages/<NN>-<task>/...                 (continual: one stage per task, in training order)
+    RUN/stages/base/                           (continual: the untrained adapter's scores)
+
+A stage folder (`StageFolder`) holds one trained adapter: ``adapter/``, ``checkpoints/``, ``logs/``
+(train_log.jsonl, regroup.jsonl, router_health.jsonl, tensorboard/), its evaluation
+(metrics.json, predictions.jsonl) and, once adapter and evaluation are complete, ``done.json``.
 """
 
 from __future__ import annotations
@@ -20,12 +27,16 @@ import json
 import math
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from badit.data.files import atomic_write_json, atomic_write_text
 from badit.errors import BaditError
-from badit.experiments.config import RunConfig, load_config
-from badit.training.methods import effective_scale
+from badit.names import METRICS
+
+if TYPE_CHECKING:
+    from badit.experiments.config import RunConfig
+    from badit.training.trainer import StagePaths
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.json"
@@ -35,69 +46,480 @@ DONE_FILE = "done.json"  # written in a stage folder once its adapter and evalua
 ADAPTER_CONFIG_FILE = "adapter_config.json"  # PEFT's: present once an adapter has been saved
 MARKER_FILE = ".badit-run"  # written first when badit creates a run folder: {"badit_run": MARKER_VERSION}
 MARKER_VERSION = 1
+ADAPTER_DIR, CHECKPOINT_DIR, LOG_DIR, TENSORBOARD_DIR = "adapter", "checkpoints", "logs", "tensorboard"
+TASKS_DIR, STAGES_DIR, BASE_STAGE, ANALYSIS_DIR = "tasks", "stages", "base", "analysis"
+ANALYSIS_FILE = "analysis.json"  # in ANALYSIS_DIR, written by `badit.analysis.analyze`
+LOG_FILES = {"train": "train_log.jsonl", "regroup": "regroup.jsonl", "router": "router_health.jsonl"}
+SWEEP_FILE, SWEEP_TABLE, SWEEP_LOG_DIR = "sweep.json", "sweep.md", "logs"  # a `badit sweep` folder's own
+METRIC_NAMES = METRICS  # the scores every metrics.json holds
+
+
+# This module imports no torch (badit report reads run folders without it): the writers come from
+# badit.data.files, whose package imports torch, only when something is written.
+
+
+def _write_json(path: Path, data) -> None:
+    from badit.data.files import atomic_write_json
+
+    atomic_write_json(path, data)
+
+
+def _write_text(path: Path, text: str) -> None:
+    from badit.data.files import atomic_write_text
+
+    atomic_write_text(path, text)
 
 
 class RunError(BaditError, RuntimeError):
     """A run folder cannot be used as asked (exists, config differs, incomplete...)."""
 
 
-def load_run_config(run_dir: str | Path) -> RunConfig:
-    """The config.yaml of a run folder, read by ``load_config`` (with its errors), with ``output_dir``
-    the folder where it is now: a moved or copied run works in its new place and never writes to the old
-    one."""
-    path = Path(run_dir) / CONFIG_FILE
-    if not path.is_file():
-        raise RunError(f"{run_dir}: not a run folder (no {CONFIG_FILE}); run `badit train CONFIG` first")
-    return dataclasses.replace(load_config(path), output_dir=str(Path(run_dir).resolve()))
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def metrics_problem(metrics) -> str | None:
+    """What keeps ``metrics`` from being a metrics.json as `RunFolder.write_results` writes it (per-task
+    and average numbers for every metric of ``METRIC_NAMES``, continual metrics where present), None if
+    nothing. The one check of a metrics.json's shape: every reader goes through `StageFolder.metrics`."""
+    if not isinstance(metrics, dict):
+        return f"the top level is a {type(metrics).__name__}, not an object"
+    for key in ("tasks", "average"):
+        if not isinstance(metrics.get(key), dict):
+            return f"'{key}' is missing or not an object"
+    if not metrics["tasks"]:
+        return "'tasks' holds no task"
+    scores = {f"tasks.{t}": s for t, s in metrics["tasks"].items()} | {"average": metrics["average"]}
+    for where, values in scores.items():
+        if not isinstance(values, dict):
+            return f"'{where}' is not an object"
+        for metric in METRIC_NAMES:
+            if not _is_number(values.get(metric)):
+                return f"'{where}.{metric}' is missing or not a number"
+    continual = metrics.get("continual")
+    if continual is not None:
+        from badit.evaluation.continual import CONTINUAL_KEYS  # only here: badit.evaluation imports torch
+
+        for metric in METRIC_NAMES:
+            values = continual.get(metric) if isinstance(continual, dict) else None
+            if not isinstance(values, dict) or not all(
+                values.get(key) is None or _is_number(values[key]) for key in CONTINUAL_KEYS
+            ):
+                return (
+                    f"'continual.{metric}' does not hold the continual metrics ({', '.join(CONTINUAL_KEYS)})"
+                )
+    return None
+
+
+def read_jsonl(path: Path, tolerate_torn_tail: bool = False) -> list[dict]:
+    """The JSON lines of ``path``. With ``tolerate_torn_tail`` (logs: appended while training), a missing
+    file is [] and a truncated last line (a run killed mid-write) is skipped; any other bad line is a
+    ``RunError`` naming the file and line."""
+    if tolerate_torn_tail and not path.is_file():
+        return []
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    records = []
+    for i, line in enumerate(lines):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if tolerate_torn_tail and i == len(lines) - 1:
+                break
+            raise RunError(
+                f"{path}: line {i + 1} is not JSON; delete the file or re-run the step that wrote it"
+            ) from None
+    return records
+
+
+def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
+    out = []
+    for key in sorted(set(a) | set(b)):
+        x, y = a.get(key), b.get(key)
+        if isinstance(x, dict) and isinstance(y, dict):
+            out += _differences(x, y, f"{prefix}{key}.")
+        elif x != y:
+            out.append(f"{prefix}{key}: {x!r} (saved) vs {y!r} (now)")
+    return out
+
+
+@dataclass(frozen=True)
+class StageFolder:
+    """The folder of one trained adapter (the multitask run folder itself, ``tasks/<t>``, ``stages/NN-<t>``)."""
+
+    path: Path
+
+    def __post_init__(self):
+        object.__setattr__(self, "path", Path(self.path))
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def adapter(self) -> Path:
+        return self.path / ADAPTER_DIR
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / CHECKPOINT_DIR
+
+    @property
+    def logs(self) -> Path:
+        return self.path / LOG_DIR
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.path / METRICS_FILE
+
+    @property
+    def predictions_file(self) -> Path:
+        return self.path / PREDICTIONS_FILE
+
+    @property
+    def done_file(self) -> Path:
+        return self.path / DONE_FILE
+
+    def log_file(self, kind: str) -> Path:
+        """``logs/<file>`` of ``kind`` in ``LOG_FILES`` (train, regroup, router)."""
+        return self.logs / LOG_FILES[kind]
+
+    def training_paths(self) -> StagePaths:
+        """Where `badit.training.trainer.train_stage` writes this stage's adapter and logs."""
+        from badit.training.trainer import StagePaths
+
+        return StagePaths(
+            folder=self.path,
+            adapter=self.adapter,
+            train_log=self.log_file("train"),
+            regroup_log=self.log_file("regroup"),
+            router_log=self.log_file("router"),
+            tensorboard=self.logs / TENSORBOARD_DIR,
+        )
+
+    # -- readers (one per file) ------------------------------------------------------------------
+
+    def has_metrics(self) -> bool:
+        return self.metrics_file.is_file()
+
+    def metrics(self, run: Path | None = None) -> dict:
+        """metrics.json, its shape checked (`metrics_problem`); ``RunError`` naming the file and the fix
+        (``badit eval RUN``, RUN = ``run`` or this folder) when it is missing, not JSON or of another shape."""
+        run = run or self.path
+        path = self.metrics_file
+        if not path.is_file():
+            raise RunError(
+                f"{self.path}: no {METRICS_FILE} yet (training or evaluation not finished); finish it with "
+                f"`badit train {run} --resume` or `badit eval {run}`"
+            )
+        try:
+            metrics = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise RunError(
+                f"{path}: not a badit metrics file ({error}); `badit eval {run}` rewrites it"
+            ) from None
+        problem = metrics_problem(metrics)
+        if problem:
+            raise RunError(f"{path}: not a badit metrics file ({problem}); `badit eval {run}` rewrites it")
+        return metrics
+
+    def predictions(self) -> list[dict]:
+        """predictions.jsonl: one record per evaluated example (task, id, prediction, references, scores)."""
+        return read_jsonl(self.predictions_file)
+
+    def logs_of(self, kind: str) -> list[dict]:
+        """The records of one log (``LOG_FILES``); [] when missing, a torn last line skipped."""
+        return read_jsonl(self.log_file(kind), tolerate_torn_tail=True)
+
+    def done(self) -> dict | None:
+        """The record of a finished stage (adapter saved and evaluated), None if it is not finished."""
+        path = self.done_file
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+    def has_adapter(self) -> bool:
+        return (self.adapter / ADAPTER_CONFIG_FILE).is_file()
+
+    # -- writers ---------------------------------------------------------------------------------
+
+    def mark_done(self, record: dict) -> None:
+        _write_json(self.done_file, record)
+
+
+class RunFolder(StageFolder):
+    """A run folder: its stages, config.yaml, marker, results; see the module docstring for the layout."""
+
+    @property
+    def config_file(self) -> Path:
+        return self.path / CONFIG_FILE
+
+    @property
+    def summary_file(self) -> Path:
+        return self.path / SUMMARY_FILE
+
+    @property
+    def marker_file(self) -> Path:
+        return self.path / MARKER_FILE
+
+    @property
+    def analysis_dir(self) -> Path:
+        return self.path / ANALYSIS_DIR
+
+    @property
+    def analysis_file(self) -> Path:
+        return self.analysis_dir / ANALYSIS_FILE
+
+    def analysis(self) -> dict | None:
+        """analysis/analysis.json (`badit analyze`), None when the run has none."""
+        path = self.analysis_file
+        if not path.is_file():
+            return None
+        try:
+            value = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise RunError(
+                f"{path}: cannot be read as JSON ({error}); run `badit analyze {self.path}` again"
+            ) from None
+        if not isinstance(value, dict):
+            raise RunError(f"{path}: expected a JSON object; run `badit analyze {self.path}` again")
+        return value
+
+    # -- layout ----------------------------------------------------------------------------------
+
+    def task_stage(self, task: str) -> StageFolder:
+        """Setting single: the stage of ``task``'s own adapter."""
+        return StageFolder(self.path / TASKS_DIR / task)
+
+    def continual_stage(self, index: int, task: str) -> StageFolder:
+        """Setting continual: stage ``index`` (0-based), training ``task``."""
+        return StageFolder(self.path / STAGES_DIR / f"{index:02d}-{task}")
+
+    @property
+    def base_stage(self) -> StageFolder:
+        """Setting continual: the untrained adapter's evaluation (baseline of forward transfer)."""
+        return StageFolder(self.path / STAGES_DIR / BASE_STAGE)
+
+    def stages(self, setting: str) -> list[StageFolder]:
+        """The stage folders that exist, in order: the run itself (multitask), ``tasks/*`` by name (single),
+        ``stages/NN-*`` in training order (continual; not the base evaluation)."""
+        if setting == "single":
+            root = self.path / TASKS_DIR
+            return [StageFolder(p) for p in sorted(root.glob("*")) if p.is_dir()]
+        if setting == "continual":
+            root = self.path / STAGES_DIR
+            return [StageFolder(p) for p in sorted(root.glob("*")) if p.is_dir() and p.name[:2].isdigit()]
+        return [self]
+
+    def final_adapter(self, config: RunConfig) -> Path:
+        """The adapter a multitask run trained, or the last stage's of a continual run."""
+        if config.setting == "single":
+            raise RunError(
+                f"{self.path} is a single-task run: it has one adapter per task, under {TASKS_DIR}/<task>/{ADAPTER_DIR}"
+            )
+        if config.setting == "continual":
+            stages = self.stages("continual")
+            if not stages:
+                raise RunError(f"{self.path}: no finished stage (`badit train {self.path} --resume`)")
+            return stages[-1].adapter
+        return self.adapter
+
+    def require_adapter(self, adapter_dir: Path) -> Path:
+        """``adapter_dir`` if it holds a trained adapter, else a ``RunError`` that says how to finish the run."""
+        if not (adapter_dir / ADAPTER_CONFIG_FILE).is_file():
+            raise RunError(
+                f"{adapter_dir}: no trained adapter (did the run finish? `badit train {self.path} --resume`)"
+            )
+        return adapter_dir
+
+    def training_started(self) -> bool:
+        """Whether a training step of the run has been logged or checkpointed (in any stage)."""
+        return any(self.path.rglob(LOG_FILES["train"])) or any(self.path.rglob("checkpoint-*"))
+
+    def router_logs(self) -> list[Path]:
+        """Every stage's router_health.jsonl (one per trained adapter), in path order."""
+        return sorted(self.path.glob(f"**/{LOG_DIR}/{LOG_FILES['router']}"))
+
+    # -- config.yaml -----------------------------------------------------------------------------
+
+    def has_config(self) -> bool:
+        return self.config_file.is_file()
+
+    def saved_config(self) -> dict:
+        """config.yaml as plain data, unchecked: for readers that show a few fields of runs made by other
+        badit versions without building a RunConfig (``badit report``, which imports no torch); {} when it
+        is not a mapping. Everything that runs a model uses `config`."""
+        import yaml
+
+        try:
+            data = yaml.safe_load(self.config_file.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+            raise RunError(f"{self.config_file}: not a readable YAML run config ({error})") from None
+        return data if isinstance(data, dict) else {}
+
+    def config(self, overrides=()) -> RunConfig:
+        """config.yaml read by ``load_config`` (its errors, ``overrides`` as there), with ``output_dir``
+        the folder where the run is now: a moved or copied run works in its new place and never writes to
+        the old one."""
+        from badit.experiments.config import load_config
+
+        if not self.has_config():
+            raise RunError(
+                f"{self.path}: not a run folder (no {CONFIG_FILE}); run `badit train CONFIG` first"
+            )
+        config = load_config(self.config_file, overrides)
+        return dataclasses.replace(config, output_dir=str(self.path.resolve()))
+
+    # -- the marker, creating and deleting -------------------------------------------------------
+
+    def is_run(self) -> bool:
+        """Whether badit created this folder as a run folder (it holds a valid marker file)."""
+        try:
+            data = json.loads(self.marker_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return False
+        return isinstance(data, dict) and isinstance(data.get("badit_run"), int)
+
+    def mark(self) -> None:
+        """Write the marker that makes this folder a badit run folder (one ``--overwrite`` may delete)."""
+        _write_json(self.marker_file, {"badit_run": MARKER_VERSION})
+
+    def remove(self) -> None:
+        """Delete the run folder, only if badit marked it as one: no code path removes a user's files."""
+        folder = self.path
+        if folder.is_symlink() or not self.is_run():
+            raise RunError(
+                f"{folder}: not marked as a badit run (no valid {MARKER_FILE}); badit deletes only folders it "
+                "created: delete it yourself or choose another output_dir"
+            )
+        shutil.rmtree(folder)
+
+    def check_writable(self) -> None:
+        """A ``RunError`` naming the fix when this path cannot hold a run folder: it is a file, lies under a
+        file, or its nearest existing folder is not writable. Cheap: called before data or model is loaded."""
+        run_dir = self.path
+        fix = "set output_dir (or --output) to a folder you can write"
+        if run_dir.exists() and not run_dir.is_dir():
+            raise RunError(f"output_dir {run_dir} is a file, not a folder; {fix}")
+        existing = run_dir
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if not existing.is_dir():
+            raise RunError(f"output_dir {run_dir} lies under {existing}, which is a file; {fix}")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise RunError(f"output_dir {run_dir}: {existing} is not writable (permissions); {fix}")
+
+    def prepare(self, config: RunConfig, resume: bool = False, overwrite: bool = False) -> None:
+        """Check the folder and write config.yaml (main process only); refuses to mix two runs in one folder."""
+        self._check_reuse(config, resume, overwrite)
+        self.path.mkdir(parents=True, exist_ok=True)
+        if not self.is_run():  # a new run, or one resumed with the same config (badit wrote it)
+            self.mark()
+        _write_text(self.config_file, config.to_yaml())
+
+    def _check_reuse(self, config: RunConfig, resume: bool, overwrite: bool) -> None:
+        run_dir, saved = self.path, self.config_file
+        self.check_writable()
+        if overwrite and run_dir.is_dir() and any(run_dir.iterdir()):
+            if not self.is_run():
+                raise RunError(
+                    f"{run_dir} is not a folder badit created (no {MARKER_FILE}), so --overwrite will not "
+                    "delete it; choose another output_dir (or delete the folder yourself)"
+                )
+            self.remove()
+        elif saved.is_file():
+            if not resume:
+                raise RunError(
+                    f"{run_dir} already holds a run; pass --resume to continue it, --overwrite to replace it, "
+                    "or set output_dir to another folder"
+                )
+            before, now = self.config().to_dict(), config.to_dict()
+            # evaluation settings may change on resume, and the run folder may have been moved or copied
+            for key in ("evaluation", "output_dir"):
+                before.pop(key), now.pop(key)
+            diff = _differences(before, now)
+            if diff:
+                raise RunError(
+                    f"{saved} differs from the config given to --resume: {'; '.join(diff)}. "
+                    f"Resume with the same config (e.g. `badit train {run_dir} --resume`) or use another output_dir"
+                )
+        elif run_dir.exists() and any(run_dir.iterdir()) and not self.is_run():
+            raise RunError(
+                f"{run_dir} exists and is not empty (and is not a badit run): choose another output_dir"
+            )
+
+    # -- results ---------------------------------------------------------------------------------
+
+    def write_results(self, config: RunConfig, metrics: dict, info: dict) -> dict:
+        """metrics.json (with the run's information), the adapters' model cards and summary.md; returns
+        the metrics written."""
+        metrics = {**metrics, "run": {**info, **_run_info(config)}}
+        _write_json(self.metrics_file, metrics)
+        self._cards_with_scores(config, metrics)
+        _write_text(
+            self.summary_file,
+            summary_table(metrics, f"{config.name}: {config.method.name}, {config.setting}"),
+        )
+        return metrics
+
+    def _cards_with_scores(self, config: RunConfig, metrics: dict) -> None:
+        """Put the tasks trained and their ROUGE-L into the model card of the run's BADIT adapter(s)."""
+        from peft import PeftConfig
+
+        from badit.adapter import BaditConfig
+        from badit.adapter.card import write_model_card
+
+        scores = {task: values.get("rougeL") for task, values in metrics.get("tasks", {}).items()}
+        if config.setting == "single":
+            adapters = {self.task_stage(task).adapter: {task: score} for task, score in scores.items()}
+        elif config.setting == "continual" and not self.stages("continual"):
+            return
+        else:
+            adapters = {self.final_adapter(config): scores}
+        for adapter_dir, tasks in adapters.items():
+            if (adapter_dir / ADAPTER_CONFIG_FILE).is_file():
+                adapter_config = PeftConfig.from_pretrained(str(adapter_dir))
+                if isinstance(adapter_config, BaditConfig):
+                    write_model_card(adapter_dir, adapter_config, tasks=tasks)
+
+    # -- the trained model -----------------------------------------------------------------------
+
+    def load_trained(
+        self, config: RunConfig, adapter_dir: Path | None = None, trainable: bool = False
+    ) -> tuple:
+        """(model, tokenizer): the run's base model with a trained adapter (default: `final_adapter`).
+        The adapter folder's integrity is checked first (manifest, readable and finite weights), then the
+        base model and the adapter are loaded."""
+        from badit.experiments.stage import load_base_model
+
+        adapter_dir = self.require_adapter(adapter_dir or self.final_adapter(config))
+        fix = f"restore the folder or train it again (`badit train {self.path} --resume`)"
+        return load_adapter(lambda: load_base_model(config), adapter_dir, fix, trainable)
+
+
+def load_adapter(load_base, adapter_dir: Path, fix: str, trainable: bool = False) -> tuple:
+    """(model, tokenizer): ``load_base()``'s (model, tokenizer) with the adapter of ``adapter_dir`` (eval
+    mode unless ``trainable``). The folder is checked before anything is loaded
+    (`badit.adapter.integrity.check_adapter_folder`); weights that cannot be read are a ``RunError``
+    ending with ``fix``."""
+    from peft import PeftModel
+    from safetensors import SafetensorError
+
+    from badit.adapter.integrity import UnreadableWeightsError, check_adapter_folder
+
+    damaged = f"{adapter_dir}: the adapter's weights are damaged or truncated"
+    try:
+        check_adapter_folder(adapter_dir)  # not what was saved (manifest), unreadable or not finite
+    except UnreadableWeightsError as error:
+        raise RunError(f"{damaged} ({error.reason}); {fix}") from None
+    base, tokenizer = load_base()
+    try:
+        model = PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=trainable)
+    except SafetensorError as error:
+        raise RunError(f"{damaged} ({error}); {fix}") from None
+    return (model if trainable else model.eval()), tokenizer
 
 
 def is_run_dir(folder: str | Path) -> bool:
-    """Whether badit created ``folder`` as a run folder (it holds a valid marker file)."""
-    marker = Path(folder) / MARKER_FILE
-    try:
-        data = json.loads(marker.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(data, dict) and isinstance(data.get("badit_run"), int)
-
-
-def mark_run_dir(folder: Path) -> None:
-    """Write the marker that makes ``folder`` a badit run folder (and so one ``--overwrite`` may delete)."""
-    atomic_write_json(folder / MARKER_FILE, {"badit_run": MARKER_VERSION})
-
-
-def remove_run_dir(folder: str | Path) -> None:
-    """Delete a run folder, only if badit marked it as one: no code path removes a user's files."""
-    folder = Path(folder)
-    if folder.is_symlink() or not is_run_dir(folder):
-        raise RunError(
-            f"{folder}: not marked as a badit run (no valid {MARKER_FILE}); badit deletes only folders it "
-            "created: delete it yourself or choose another output_dir"
-        )
-    shutil.rmtree(folder)
-
-
-def check_output_dir(run_dir: Path) -> None:
-    """A ``RunError`` naming the fix when ``run_dir`` cannot hold a run folder: it is a file, lies under a
-    file, or its nearest existing folder is not writable. Cheap: called before data or model is loaded."""
-    fix = "set output_dir (or --output) to a folder you can write"
-    if run_dir.exists() and not run_dir.is_dir():
-        raise RunError(f"output_dir {run_dir} is a file, not a folder; {fix}")
-    existing = run_dir
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise RunError(f"output_dir {run_dir} lies under {existing}, which is a file; {fix}")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise RunError(f"output_dir {run_dir}: {existing} is not writable (permissions); {fix}")
-
-
-def read_json(path: Path) -> dict:
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    """Whether badit created ``folder`` as a run folder (`RunFolder.is_run`)."""
+    return RunFolder(folder).is_run()
 
 
 def resolve_paths(config: RunConfig) -> RunConfig:
@@ -120,96 +542,6 @@ def resolve_paths(config: RunConfig) -> RunConfig:
             config.training, deepspeed=absolute(config.training.deepspeed, must_exist=True)
         ),
     )
-
-
-def prepare_run_dir(config: RunConfig, is_main: bool, resume: bool = False, overwrite: bool = False) -> None:
-    """Check the run folder and write config.yaml (main process only; the others call with is_main=False
-    and must wait for it); refuses to mix two different runs in one folder."""
-    if not is_main:
-        return
-    run_dir = Path(config.output_dir)
-    _check_run_dir(run_dir, config, resume, overwrite)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if not is_run_dir(run_dir):  # a new run, or one resumed with the same config (badit wrote it)
-        mark_run_dir(run_dir)
-    atomic_write_text(run_dir / CONFIG_FILE, config.to_yaml())
-
-
-def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
-    out = []
-    for key in sorted(set(a) | set(b)):
-        x, y = a.get(key), b.get(key)
-        if isinstance(x, dict) and isinstance(y, dict):
-            out += _differences(x, y, f"{prefix}{key}.")
-        elif x != y:
-            out.append(f"{prefix}{key}: {x!r} (saved) vs {y!r} (now)")
-    return out
-
-
-def _check_run_dir(run_dir: Path, config: RunConfig, resume: bool, overwrite: bool) -> None:
-    check_output_dir(run_dir)
-    saved = run_dir / CONFIG_FILE
-    if overwrite and run_dir.is_dir() and any(run_dir.iterdir()):
-        if not is_run_dir(run_dir):
-            raise RunError(
-                f"{run_dir} is not a folder badit created (no {MARKER_FILE}), so --overwrite will not delete "
-                "it; choose another output_dir (or delete the folder yourself)"
-            )
-        remove_run_dir(run_dir)
-    elif saved.is_file():
-        if resume:
-            before = load_run_config(run_dir).to_dict()
-            now = config.to_dict()
-            # evaluation settings may change on resume, and the run folder may have been moved or copied
-            for key in ("evaluation", "output_dir"):
-                before.pop(key), now.pop(key)
-            diff = _differences(before, now)
-            if diff:
-                raise RunError(
-                    f"{saved} differs from the config given to --resume: {'; '.join(diff)}. "
-                    f"Resume with the same config (e.g. `badit train {run_dir} --resume`) or use another output_dir"
-                )
-        else:
-            raise RunError(
-                f"{run_dir} already holds a run; pass --resume to continue it, --overwrite to replace it, "
-                "or set output_dir to another folder"
-            )
-    elif run_dir.exists() and any(run_dir.iterdir()) and not is_run_dir(run_dir):
-        raise RunError(
-            f"{run_dir} exists and is not empty (and is not a badit run): choose another output_dir"
-        )
-
-
-def final_adapter_dir(run_dir: Path, config: RunConfig) -> Path:
-    """The adapter a multitask run trained, or the last stage's of a continual run."""
-    if config.setting == "single":
-        raise RunError(
-            f"{run_dir} is a single-task run: it has one adapter per task, under tasks/<task>/adapter"
-        )
-    if config.setting == "continual":
-        stages_dir = run_dir / "stages"
-        stages = (
-            sorted(p for p in stages_dir.iterdir() if p.name[:2].isdigit()) if stages_dir.is_dir() else []
-        )
-        if not stages:
-            raise RunError(f"{run_dir}: no finished stage (`badit train {run_dir} --resume`)")
-        return stages[-1] / "adapter"
-    return run_dir / "adapter"
-
-
-def require_adapter(adapter_dir: Path, run_dir: Path) -> Path:
-    """``adapter_dir`` if it holds a trained adapter, else a ``RunError`` that says how to finish the run."""
-    if not (adapter_dir / ADAPTER_CONFIG_FILE).is_file():
-        raise RunError(
-            f"{adapter_dir}: no trained adapter (did the run finish? `badit train {run_dir} --resume`)"
-        )
-    return adapter_dir
-
-
-def stage_done(stage_dir: Path) -> dict | None:
-    """The record of a finished stage (adapter saved and evaluated), None if it is not finished."""
-    path = stage_dir / DONE_FILE
-    return read_json(path) if path.is_file() else None
 
 
 def format_score(value: float | None, missing: str = "n/a") -> str:
@@ -238,41 +570,9 @@ def summary_table(metrics: dict, title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_results(run_dir: Path, config: RunConfig, metrics: dict, info: dict) -> dict:
-    """metrics.json (with the run's information) and summary.md; returns the metrics written."""
-    metrics = {**metrics, "run": {**info, **_run_info(config)}}
-    atomic_write_json(run_dir / METRICS_FILE, metrics)
-    _card_with_scores(run_dir, config, metrics)
-    atomic_write_text(
-        run_dir / SUMMARY_FILE,
-        summary_table(metrics, f"{config.name}: {config.method.name}, {config.setting}"),
-    )
-    return metrics
-
-
-def _card_with_scores(run_dir: Path, config: RunConfig, metrics: dict) -> None:
-    """Put the tasks trained and their ROUGE-L into the model card of the run's BADIT adapter(s)."""
-    from peft import PeftConfig
-
-    from badit.adapter import BaditConfig
-    from badit.adapter.card import write_model_card
-
-    scores = {task: values.get("rougeL") for task, values in metrics.get("tasks", {}).items()}
-    if config.setting == "single":
-        adapters = {run_dir / "tasks" / task / "adapter": {task: score} for task, score in scores.items()}
-    else:
-        stages = run_dir / "stages"
-        if config.setting == "continual" and not (stages.is_dir() and any(stages.iterdir())):
-            return
-        adapters = {final_adapter_dir(run_dir, config): scores}
-    for adapter_dir, tasks in adapters.items():
-        if (adapter_dir / ADAPTER_CONFIG_FILE).is_file():
-            adapter_config = PeftConfig.from_pretrained(str(adapter_dir))
-            if isinstance(adapter_config, BaditConfig):
-                write_model_card(adapter_dir, adapter_config, tasks=tasks)
-
-
 def _run_info(config: RunConfig) -> dict:
+    from badit.training.methods import effective_scale
+
     return {
         "name": config.name,
         "method": config.method.name,

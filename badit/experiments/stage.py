@@ -20,10 +20,9 @@ from peft import NoMatchingPeftModuleError
 from transformers import TrainerCallback, TrainingArguments
 
 from badit.data import Columns, DataCollator, PromptTemplate, Task, TaskSource, open_source, tokenize_tasks
-from badit.data.files import atomic_write_json
 from badit.evaluation import evaluate
 from badit.experiments.config import ConfigError, DataConfig, RunConfig, TrainingConfig
-from badit.experiments.folder import DONE_FILE, stage_done
+from badit.experiments.folder import RunFolder, StageFolder
 from badit.training.continual import ContinualCallback, build_continual_model, is_continual
 from badit.training.methods import build_peft_config
 from badit.training.model_loading import load_model_and_tokenizer
@@ -35,13 +34,17 @@ class RunContext:
     """What every stage of one run shares."""
 
     config: RunConfig
-    run_dir: Path
+    run: RunFolder
     task_ids: dict[str, int]
     """Task name -> id, over all the run's tasks (the same ids in every stage)."""
     resume: bool = False
     extra_callbacks: tuple[TrainerCallback, ...] = ()
     is_main: bool = True
     """Whether this process evaluates and writes results (the main process under a launcher)."""
+
+    @property
+    def run_dir(self) -> Path:
+        return self.run.path
 
     @classmethod
     def create(
@@ -54,7 +57,7 @@ class RunContext:
     ) -> RunContext:
         return cls(
             config=config,
-            run_dir=Path(config.output_dir),
+            run=RunFolder(config.output_dir),
             task_ids={name: i for i, name in enumerate(task_names)},
             resume=resume,
             extra_callbacks=tuple(extra_callbacks),
@@ -202,8 +205,8 @@ def linear_layer_names(model) -> list[str]:
     return sorted(names - {"lm_head"})
 
 
-def train(ctx: RunContext, model, tokenizer, tasks: Sequence[Task], stage_dir: Path) -> StageResult:
-    """Train ``model`` on ``tasks`` as the run config says; the adapter goes to ``stage_dir/adapter``."""
+def train(ctx: RunContext, model, tokenizer, tasks: Sequence[Task], stage: StageFolder) -> StageResult:
+    """Train ``model`` on ``tasks`` as the run config says; the adapter goes to ``stage.adapter``."""
     config = ctx.config
     examples = tokenize_tasks(
         tokenizer,
@@ -226,8 +229,8 @@ def train(ctx: RunContext, model, tokenizer, tasks: Sequence[Task], stage_dir: P
         model,
         tokenizer,
         examples,
-        stage_dir,
-        training_arguments(config.training, config.seed, stage_dir / "checkpoints"),
+        stage.training_paths(),
+        training_arguments(config.training, config.seed, stage.checkpoints),
         balanced_sampling=config.data.balanced_sampling,
         sampling_temperature=config.data.sampling_temperature,
         tensorboard=report_to is None or "tensorboard" in report_to,
@@ -239,15 +242,16 @@ def train(ctx: RunContext, model, tokenizer, tasks: Sequence[Task], stage_dir: P
     )
 
 
-def evaluate_model(config: RunConfig, model, tokenizer, tasks: Sequence[Task], output_dir: Path) -> dict:
-    """Greedy evaluation of ``model`` on ``tasks``; writes predictions.jsonl and metrics.json there."""
+def evaluate_model(config: RunConfig, model, tokenizer, tasks: Sequence[Task], stage: StageFolder) -> dict:
+    """Greedy evaluation of ``model`` on ``tasks``; writes the stage's predictions and metrics."""
     if torch.cuda.is_available() and model.device.type != "cuda":
         model.to("cuda")
     return evaluate(
         model,
         tokenizer,
         tasks,
-        output_dir,
+        stage.predictions_file,
+        stage.metrics_file,
         template=prompt_template(config.data),
         max_source_length=config.data.max_source_length,
         max_new_tokens=config.evaluation.max_new_tokens,
@@ -295,11 +299,11 @@ def run_stage(
     ctx: RunContext,
     train_tasks: Sequence[Task],
     eval_tasks: Sequence[Task],
-    stage_dir: Path,
+    stage: StageFolder,
     init_adapter: Path | None = None,
     mark_done: bool = True,
 ) -> dict | None:
-    """Train an adapter (fresh, or from ``init_adapter``) on ``train_tasks`` into ``stage_dir``, evaluate
+    """Train an adapter (fresh, or from ``init_adapter``) on ``train_tasks`` into ``stage``, evaluate
     it on ``eval_tasks`` there (predictions.jsonl, metrics.json) and, with ``mark_done``, mark the stage
     done so that a resumed run skips it (the multitask setting's one stage is never skipped: a resume
     continues from its last checkpoint and evaluates again, with the evaluation settings given then).
@@ -307,16 +311,16 @@ def run_stage(
     Returns the stage's record (timings, steps, losses); None on the other processes of a distributed
     launch, which only train.
     """
-    done = stage_done(stage_dir) if ctx.resume and mark_done else None
+    done = stage.done() if ctx.resume and mark_done else None
     if done is not None:
         return done
     model, tokenizer = adapter_model(ctx.config, init_adapter)
-    result = train(ctx, model, tokenizer, train_tasks, stage_dir)
+    result = train(ctx, model, tokenizer, train_tasks, stage)
     if not ctx.is_main:
         return None
     start = time.perf_counter()
-    evaluate_model(ctx.config, model, tokenizer, eval_tasks, stage_dir)
+    evaluate_model(ctx.config, model, tokenizer, eval_tasks, stage)
     done = _stage_info(result, time.perf_counter() - start)
     if mark_done:
-        atomic_write_json(stage_dir / DONE_FILE, done)
+        stage.mark_done(done)
     return done

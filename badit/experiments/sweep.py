@@ -51,7 +51,6 @@ stratifies), and this is 15 lines of numpy.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import queue
@@ -68,11 +67,10 @@ from typing import Any
 import yaml
 
 from badit.data.files import atomic_write_json, atomic_write_text
-from badit.experiments.config import METHODS, ConfigError, apply_override, from_dict
+from badit.experiments.config import METHODS, ConfigError, load_config
+from badit.experiments.folder import SWEEP_FILE, SWEEP_LOG_DIR, SWEEP_TABLE, RunFolder
 
 SCHEMA = "badit-sweep/1"
-SWEEP_JSON, SWEEP_MD = "sweep.json", "sweep.md"
-METRICS_FILE, PREDICTIONS_FILE = "metrics.json", "predictions.jsonl"
 KNOWN_KEYS = (
     "base",
     "overrides",
@@ -242,10 +240,7 @@ def job_overrides(sweep: Sweep, job: Job) -> dict[str, Any]:
 
 
 def job_config(sweep: Sweep, job: Job):
-    data = yaml.safe_load(sweep.base.read_text(encoding="utf-8")) or {}
-    for key, value in job_overrides(sweep, job).items():
-        apply_override(data, f"{key}={_yaml_value(value)}")
-    return from_dict(data, source=f"{sweep.source} ({job.name})")
+    return load_config(sweep.base, job_overrides(sweep, job), source=f"{sweep.source} ({job.name})")
 
 
 def _yaml_value(value: Any) -> str:
@@ -258,7 +253,7 @@ def _yaml_value(value: Any) -> str:
 
 
 def is_finished(run_dir: Path) -> bool:
-    return (run_dir / METRICS_FILE).is_file()
+    return RunFolder(run_dir).has_metrics()
 
 
 def visible_gpus() -> list[str]:
@@ -331,7 +326,7 @@ def run_jobs(sweep: Sweep, jobs: list[Job], progress: Progress, runner=None) -> 
 
 def _train_subprocess(sweep: Sweep, job: Job, gpu: str | None) -> None:
     run_dir = job.run_dir(sweep)
-    log = sweep.output_dir / "logs" / f"{job.name.replace('/', '-')}.log"
+    log = sweep.output_dir / SWEEP_LOG_DIR / f"{job.name.replace('/', '-')}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "badit.cli.main", "train", str(sweep.base)]
     command += [f"{k}={_yaml_value(v)}" for k, v in job_overrides(sweep, job).items()]
@@ -352,15 +347,6 @@ def _train_subprocess(sweep: Sweep, job: Job, gpu: str | None) -> None:
 
 # ----------------------------------------------------------------------------------------------
 # Selection and aggregation (pure functions of the run folders' files)
-
-
-def read_metrics(run_dir: Path) -> dict:
-    return json.loads((run_dir / METRICS_FILE).read_text(encoding="utf-8"))
-
-
-def read_predictions(run_dir: Path) -> list[dict]:
-    text = (run_dir / PREDICTIONS_FILE).read_text(encoding="utf-8")
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 def choose_learning_rate(dev_scores: dict[float, float]) -> float:
@@ -417,9 +403,9 @@ def summarize_sweep(sweep: Sweep, chosen: dict[str, float], dev: dict[str, dict[
     predictions = {}
     for method in sweep.methods:
         dirs = {s: sweep.output_dir / f"test/{method}-seed{s}" for s in sweep.seeds}
-        metrics = {s: read_metrics(d) for s, d in dirs.items()}
+        metrics = {s: RunFolder(d).metrics() for s, d in dirs.items()}
         tasks = sorted(next(iter(metrics.values()))["tasks"])
-        predictions[method] = per_example_scores([read_predictions(d) for d in dirs.values()])
+        predictions[method] = per_example_scores([RunFolder(d).predictions() for d in dirs.values()])
         infos = [m.get("run", {}) for m in metrics.values()]
         results[method] = {
             "learning_rate": chosen[method],
@@ -433,7 +419,7 @@ def summarize_sweep(sweep: Sweep, chosen: dict[str, float], dev: dict[str, dict[
         }
         if method in sweep.interference:
             single_dir = sweep.output_dir / f"single/{method}"
-            single = read_metrics(single_dir)["average"]["rougeL"]
+            single = RunFolder(single_dir).metrics()["average"]["rougeL"]
             multi = metrics[sweep.seeds[0]]["average"]["rougeL"]
             results[method]["interference"] = {
                 "single_run": str(single_dir),
@@ -595,7 +581,7 @@ def run_sweep(sweep: Sweep, echo=print, runner=None) -> dict:
     run_jobs(sweep, selection, progress, runner)
     dev: dict[str, dict[float, float]] = {m: {} for m in sweep.methods}
     for job in selection:
-        metrics = read_metrics(job.run_dir(sweep))
+        metrics = RunFolder(job.run_dir(sweep)).metrics()
         dev[job.method][job.learning_rate] = metrics["average"]["rougeL"]
     chosen = {m: choose_learning_rate(dev[m]) for m in sweep.methods}
     echo("chosen on dev: " + ", ".join(f"{m} {lr:g}" for m, lr in chosen.items()), flush=True)
@@ -603,8 +589,8 @@ def run_sweep(sweep: Sweep, echo=print, runner=None) -> dict:
     summary = summarize_sweep(sweep, chosen, dev)
     summary["wall_seconds"] = round(time.perf_counter() - start, 1)
     table = format_sweep(summary)
-    atomic_write_json(sweep.output_dir / SWEEP_JSON, summary)
-    atomic_write_text(sweep.output_dir / SWEEP_MD, table)
+    atomic_write_json(sweep.output_dir / SWEEP_FILE, summary)
+    atomic_write_text(sweep.output_dir / SWEEP_TABLE, table)
     write_plots(summary, sweep.output_dir)
     echo(table, end="")
     return summary

@@ -5,7 +5,7 @@ training batch, `badit.get_routing_weights`), and
 
 - adds ``router/entropy``, ``router/top_share``, ``router/deviation``, ``router/min_load`` (means
   over layers, the smallest load of any expert) to the Trainer's log record (TensorBoard, JSONL);
-- appends one line to ``logs/router_health.jsonl``: ``{"step", "epoch", "layers": {layer: load per
+- appends one line to its log file (a run's ``logs/router_health.jsonl``): ``{"step", "epoch", "layers": {layer: load per
   expert, entropy, top_share, deviation}, "summary": {...}}`` (read by `badit report`).
 
 The statistics and thresholds are in `badit.analysis.router_health`.
@@ -14,14 +14,12 @@ The statistics and thresholds are in `badit.analysis.router_health`.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from transformers import TrainerCallback
 
 from badit.analysis.router_health import model_health, routing_problem, summarize_health
-
-ROUTER_LOG_FILE = "router_health.jsonl"
 
 
 class RouterHealthCallback(TrainerCallback):
@@ -55,15 +53,17 @@ class RouterHealthCallback(TrainerCallback):
                 f.write(json.dumps(record) + "\n")
 
 
-def router_warning(run_dir: str | Path) -> str | None:
+def router_warning(run_dir: str | Path, log_files: Sequence[Path]) -> str | None:
     """One line when the router of a finished run collapsed or never left uniform, else None.
 
-    Reads the last record of every ``router_health.jsonl`` of the run (one per trained adapter: the
-    multitask one, each single-task or continual stage) and names the adapters concerned.
+    Reads the last record of each of the run's router logs (``log_files``, one per trained adapter: the
+    multitask one, each single-task or continual stage, each ``STAGE/logs/FILE``) and names the adapters
+    concerned.
     """
     run_dir = Path(run_dir)
-    problems = []
-    for path in sorted(run_dir.glob(f"**/logs/{ROUTER_LOG_FILE}")):
+    problems, log_name = [], None
+    for path in log_files:
+        log_name = path.relative_to(path.parent.parent)
         lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
         if not lines:
             continue
@@ -79,7 +79,4 @@ def router_warning(run_dir: str | Path) -> str | None:
         return None
     where, problem = problems[0]
     more = f" (and {len(problems) - 1} more adapter(s))" if len(problems) > 1 else ""
-    return (
-        f"{problem} at the end of training [{where}{more}]; see logs/{ROUTER_LOG_FILE} "
-        f"or `badit report {run_dir}`"
-    )
+    return f"{problem} at the end of training [{where}{more}]; see {log_name} or `badit report {run_dir}`"

@@ -41,7 +41,7 @@ from badit.training.loss import labelled_positions, lm_head_on, trainer_loss
 from badit.training.model_loading import gpu_half_dtype
 from badit.training.nonfinite import NonFiniteGuard
 from badit.training.replicas import check_replicas, world_size
-from badit.training.router_logging import ROUTER_LOG_FILE, RouterHealthCallback
+from badit.training.router_logging import RouterHealthCallback
 
 logger = logging.getLogger(__name__)
 
@@ -376,6 +376,19 @@ def save_adapter(model, tokenizer, adapter_dir: Path) -> None:
         seal(staging, adapter_dir)
 
 
+@dataclass(frozen=True)
+class StagePaths:
+    """Where one stage writes (given by the run folder, ``badit.experiments.folder.StageFolder``)."""
+
+    folder: Path
+    """The stage folder (named in messages)."""
+    adapter: Path
+    train_log: Path
+    regroup_log: Path
+    router_log: Path
+    tensorboard: Path
+
+
 @dataclass
 class StageResult:
     adapter_dir: Path
@@ -391,7 +404,7 @@ def train_stage(
     model,
     tokenizer,
     examples: Sequence[dict],
-    stage_dir: str | Path,
+    paths: StagePaths,
     args: TrainingArguments,
     *,
     balanced_sampling: bool = False,
@@ -403,17 +416,16 @@ def train_stage(
     on_nonfinite: str = "stop",
     gradient_surgery: str = "none",
 ) -> StageResult:
-    """Train ``model`` (a PEFT model) on tokenised ``examples`` and save the adapter to ``stage_dir/adapter``.
+    """Train ``model`` (a PEFT model) on tokenised ``examples`` and save the adapter to ``paths.adapter``.
 
-    ``args.output_dir`` is ``stage_dir/checkpoints``; ``stage_dir`` also receives ``logs/``
-    (train_log.jsonl, regroup.jsonl, router_health.jsonl, tensorboard/ when ``tensorboard``). A model whose adapter
+    Checkpoints go to ``args.output_dir``; the logs to ``paths`` (Trainer records, regroups, router
+    health, tensorboard/ when ``tensorboard``). A model whose adapter
     regroups gets the regroup callback, scheduled by its BaditConfig. With ``resume``, training
     continues from the newest checkpoint that verifies (`resumable_checkpoint`), if any. ``on_nonfinite``
     (stop | skip): what a NaN/inf loss or gradient does (badit.training.nonfinite); ``stop`` raises
     ``NonFiniteError`` and writes no adapter. ``gradient_surgery``: ``none`` or ``pcgrad`` (BaditTrainer).
     """
-    stage_dir = Path(stage_dir)
-    checkpoint_dir, log_dir = Path(args.output_dir), stage_dir / "logs"
+    stage_dir, checkpoint_dir = paths.folder, Path(args.output_dir)
     if not examples:
         raise ValueError(f"no training examples for {stage_dir}")
     trainer = BaditTrainer(
@@ -433,18 +445,18 @@ def train_stage(
     trainer.remove_callback(ProgressCallback)
     progress = ProgressBar()
     trainer.add_callback(progress)
-    trainer.add_callback(JsonlLogger(log_dir / "train_log.jsonl"))
+    trainer.add_callback(JsonlLogger(paths.train_log))
     if tensorboard:
-        tensorboard_callback = _tensorboard_callback(log_dir / "tensorboard")
+        tensorboard_callback = _tensorboard_callback(paths.tensorboard)
         if tensorboard_callback is not None:
             trainer.add_callback(tensorboard_callback)
     regroup = None
     schedule = regroup_config(model)
     if schedule is not None:
-        regroup = RegroupCallback(schedule, log_file=log_dir / "regroup.jsonl", log_fn=trainer.queue_logs)
+        regroup = RegroupCallback(schedule, log_file=paths.regroup_log, log_fn=trainer.queue_logs)
         trainer.add_callback(regroup)
     # a no-op on models without a router (LoRA...): it finds no routing weights
-    trainer.add_callback(RouterHealthCallback(log_dir / ROUTER_LOG_FILE, log_fn=trainer.queue_logs))
+    trainer.add_callback(RouterHealthCallback(paths.router_log, log_fn=trainer.queue_logs))
     for callback in extra_callbacks:
         trainer.add_callback(callback)
 
@@ -469,7 +481,7 @@ def train_stage(
     seconds = time.perf_counter() - start
     check_replicas(model, str(stage_dir))  # under DDP: every rank holds rank 0's adapter, or an error
 
-    adapter_dir = stage_dir / "adapter"
+    adapter_dir = paths.adapter
     if trainer.args.should_save:
         save_adapter(model, tokenizer, adapter_dir)
     return StageResult(

@@ -6,7 +6,8 @@ name order. A ``badit sweep`` folder (it has ``sweep.json``) contributes its ``t
 chosen learning rate, every seed) and ``single/`` runs; its ``select/`` runs are scored on the dev
 split at other learning rates and are left out.
 
-Files read per run (formats: badit/experiments/folder.py, badit/training/callbacks.py, badit/analysis/report.py):
+Files read per run, through ``badit.experiments.folder.RunFolder`` (formats: badit/experiments/folder.py,
+badit/training/callbacks.py, badit/analysis/report.py):
 
 - ``metrics.json``: per-task scores, averages, ``run`` information, ``continual`` (matrix, AP...);
 - ``logs/train_log.jsonl`` (multitask), ``tasks/<task>/logs/`` (single), ``stages/<NN>-<task>/logs/``
@@ -17,19 +18,13 @@ Files read per run (formats: badit/experiments/folder.py, badit/training/callbac
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from badit.errors import BaditError
-from badit.names import METRICS
+from badit.experiments.folder import CONFIG_FILE, SWEEP_FILE, RunError, RunFolder, StageFolder
 
-CONFIG_FILE = "config.yaml"
-METRICS_FILE = "metrics.json"
-ANALYSIS_FILE = Path("analysis") / "analysis.json"
-LOG_FILES = {"train": "train_log.jsonl", "regroup": "regroup.jsonl", "router": "router_health.jsonl"}
 SWEEP_DEPTH = 2  # a folder of runs holds runs (depth 1) or groups of runs (depth 2)
-SWEEP_FILE = "sweep.json"
 SWEEP_REPORTED = ("test", "single")  # the sweep's sub-folders with test-split runs
 
 
@@ -71,11 +66,11 @@ class Run:
 
     @property
     def metrics_file(self) -> Path:
-        return self.path / METRICS_FILE
+        return RunFolder(self.path).metrics_file
 
     @property
     def analysis_file(self) -> Path:
-        return self.path / ANALYSIS_FILE
+        return RunFolder(self.path).analysis_file
 
 
 def find_runs(inputs: list[str | Path]) -> list[Path]:
@@ -117,106 +112,46 @@ def find_runs(inputs: list[str | Path]) -> list[Path]:
     return unique
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ReportError(
-            f"{path}: cannot be read as JSON ({error}); re-run the step that writes it"
-        ) from None
-    if not isinstance(value, dict):
-        raise ReportError(f"{path}: expected a JSON object; re-run the step that writes it")
-    return value
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    """The JSON lines of `path` ([] when missing); a truncated last line (a run killed mid-write) is skipped."""
-    if not path.is_file():
-        return []
-    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    records = []
-    for i, line in enumerate(lines):
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            if i == len(lines) - 1:
-                break
-            raise ReportError(
-                f"{path}: line {i + 1} is not JSON; delete the file or re-run training"
-            ) from None
-    return records
-
-
-def _segment(name: str, folder: Path) -> LogSegment:
-    logs = folder / "logs"
+def _segment(stage: StageFolder, name: str) -> LogSegment:
     return LogSegment(
         name=name,
-        folder=folder,
-        train=_read_jsonl(logs / LOG_FILES["train"]),
-        regroup=_read_jsonl(logs / LOG_FILES["regroup"]),
-        router=_read_jsonl(logs / LOG_FILES["router"]),
+        folder=stage.path,
+        train=stage.logs_of("train"),
+        regroup=stage.logs_of("regroup"),
+        router=stage.logs_of("router"),
     )
 
 
-def _segments(path: Path, setting: str) -> list[LogSegment]:
-    if setting == "single":
-        folders = sorted(p for p in (path / "tasks").glob("*") if p.is_dir())
-        return [_segment(p.name, p) for p in folders]
-    if setting == "continual":
-        folders = sorted(p for p in (path / "stages").glob("*") if p.is_dir() and p.name[:2].isdigit())
-        segments, offset = [], 0
-        for folder in folders:
-            segment = _segment(folder.name, folder)
+def _segments(run: RunFolder, setting: str) -> list[LogSegment]:
+    if setting == "multitask":
+        return [_segment(run, "")]
+    segments, offset = [], 0
+    for stage in run.stages(setting):
+        segment = _segment(stage, stage.name)
+        if setting == "continual":  # stages are drawn one after another
             segment.offset = offset
             offset += max((r.get("step", 0) for r in segment.train), default=0)
-            segments.append(segment)
-        return segments
-    return [_segment("", path)]
-
-
-def _read_config(path: Path) -> dict:
-    import yaml
-
-    try:
-        config = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
-        raise ReportError(f"{path}: not a readable YAML run config ({error})") from None
-    return config if isinstance(config, dict) else {}
-
-
-def _check_scores(path: Path, metrics: dict) -> None:
-    tasks = metrics.get("tasks")
-    if not isinstance(tasks, dict) or not tasks or not isinstance(metrics.get("average"), dict):
-        raise ReportError(
-            f"{path}: no per-task scores ('tasks' and 'average'); re-run `badit eval {path.parent}`"
-        )
-    for task, scores in tasks.items():
-        for key in METRICS:
-            if not isinstance(scores, dict) or not isinstance(scores.get(key), (int, float)):
-                raise ReportError(
-                    f"{path}: task {task!r} has no number for {key!r}; re-run `badit eval {path.parent}`"
-                )
+        segments.append(segment)
+    return segments
 
 
 def load_run(path: str | Path) -> Run:
     """One run folder as a `Run`; ReportError when it is not a run or has no metrics yet."""
     path = Path(path)
-    if not (path / CONFIG_FILE).is_file():
+    folder = RunFolder(path)
+    if not folder.has_config():
         raise ReportError(
             f"{path}: not a run folder (no {CONFIG_FILE}); give folders written by `badit train`"
         )
-    metrics_path = path / METRICS_FILE
-    if not metrics_path.is_file():
-        raise ReportError(
-            f"{path}: no {METRICS_FILE} yet (training or evaluation not finished); "
-            f"finish it with `badit train {path} --resume` or `badit eval {path}`, or leave this run out"
-        )
-    metrics = _read_json(metrics_path)
-    _check_scores(metrics_path, metrics)
-    info = metrics.get("run") or {}
-    setting = info.get("setting", "multitask")
-    config = _read_config(path / CONFIG_FILE)
-    analysis_path = path / ANALYSIS_FILE
+    try:
+        metrics = folder.metrics()
+        info = metrics.get("run") or {}
+        setting = info.get("setting", "multitask")
+        config = folder.saved_config()
+        segments = _segments(folder, setting)
+        analysis = folder.analysis()
+    except RunError as error:
+        raise ReportError(f"{error}; or leave this run out") from None
     return Run(
         path=path,
         name=str(info.get("name", path.name)),
@@ -230,10 +165,10 @@ def load_run(path: str | Path) -> Run:
             t: {k: float(v) for k, v in s.items() if isinstance(v, (int, float))}
             for t, s in metrics["tasks"].items()
         },
-        average={k: float(v) for k, v in metrics["average"].items()},
+        average={k: float(v) for k, v in metrics["average"].items() if isinstance(v, (int, float))},
         continual=metrics.get("continual"),
-        segments=_segments(path, setting),
-        analysis=_read_json(analysis_path) if analysis_path.is_file() else None,
+        segments=segments,
+        analysis=analysis,
     )
 
 

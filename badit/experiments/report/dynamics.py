@@ -7,13 +7,14 @@ import statistics
 import torch
 
 from badit.analysis import router_health as health
+from badit.experiments.folder import StageFolder
 from badit.experiments.report import figures
-from badit.experiments.report.collect import LOG_FILES, Collection, LogSegment, Run
+from badit.experiments.report.collect import Collection, LogSegment, Run
 from badit.experiments.report.page import Section, figure, number, paragraph, table
 
 
 def _log_file(segment: LogSegment, kind: str):
-    return segment.folder / "logs" / LOG_FILES[kind]
+    return StageFolder(segment.folder).log_file(kind)
 
 
 def _segment_label(run: Run, segment: LogSegment) -> str:
