@@ -170,6 +170,7 @@ def test_config_field_is_checked(tmp_path):
 @pytest.mark.slow
 def test_badit_trains_with_pcgrad_through_the_run_config(tmp_path):
     from badit.data import load_tasks
+    from badit.experiments.folder import StageFolder
     from badit.experiments.stage import RunContext, adapter_model, train
     from tests.helpers import tiny_run_config
 
@@ -184,7 +185,7 @@ def test_badit_trains_with_pcgrad_through_the_run_config(tmp_path):
     model, tokenizer = adapter_model(config)
     tasks = load_tasks(config.data.path, "train")
     ctx = RunContext.create(config, [t.name for t in tasks], is_main=True)
-    result = train(ctx, model, tokenizer, tasks, tmp_path / "stage")
+    result = train(ctx, model, tokenizer, tasks, StageFolder(tmp_path / "stage"))
     assert result.global_step == 6
     losses = [r["loss"] for r in result.log_history if "loss" in r]
     assert len(losses) == 6 and losses[-1] < losses[0], losses

@@ -14,7 +14,7 @@ from badit.data import DataCollator, load_tasks, tokenize_tasks
 from badit.data.synthetic import TASKS, generate_demo_tasks, write_demo_tasks
 from badit.evaluation import continual_metrics
 from badit.experiments.config import from_dict
-from badit.experiments.folder import RunError
+from badit.experiments.folder import RunError, StageFolder
 from badit.experiments.settings import run
 from badit.experiments.stage import RunContext, adapter_model, prompt_template, train
 from tests.helpers import KillAfterSave, SimulatedKill, tiny_run_config
@@ -45,7 +45,7 @@ def test_each_method_trains_and_its_loss_decreases(tmp_path, method):
     assert trainable and all(("lora_" in n) or ("badit_" in n) for n in trainable)
     before = _fixed_batch_loss(model, tokenizer, tasks, config)
     ctx = RunContext.create(config, [t.name for t in tasks], is_main=True)
-    result = train(ctx, model, tokenizer, tasks, tmp_path / "stage")
+    result = train(ctx, model, tokenizer, tasks, StageFolder(tmp_path / "stage"))
     after = _fixed_batch_loss(model, tokenizer, tasks, config)
     assert result.global_step == 8
     assert after < 0.9 * before, (before, after)
