@@ -153,7 +153,7 @@ def test_no_run_file_name_outside_the_run_folder_module():
 
     names = re.compile(
         r"""["'](config\.yaml|metrics\.json|predictions\.jsonl|done\.json|summary\.md|\.badit-run|"""
-        r"""train_log\.jsonl|regroup\.jsonl|router_health\.jsonl|sweep\.json|sweep\.md)["']"""
+        r"""train_log\.jsonl|regroup\.jsonl|router_health\.jsonl|sweep\.json|sweep\.md|merge\.json)["']"""
         r"""|/ ["'](adapter|checkpoints|logs|tasks|stages|analysis)["']"""
     )
     root = Path(__file__).resolve().parents[1] / "badit"

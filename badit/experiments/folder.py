@@ -49,6 +49,7 @@ MARKER_VERSION = 1
 ADAPTER_DIR, CHECKPOINT_DIR, LOG_DIR, TENSORBOARD_DIR = "adapter", "checkpoints", "logs", "tensorboard"
 TASKS_DIR, STAGES_DIR, BASE_STAGE, ANALYSIS_DIR = "tasks", "stages", "base", "analysis"
 ANALYSIS_FILE = "analysis.json"  # in ANALYSIS_DIR, written by `badit.analysis.analyze`
+MERGE_FILE = "merge.json"  # a `badit merge` run: what was merged and how (experiments.merge.merge_loaded)
 LOG_FILES = {"train": "train_log.jsonl", "regroup": "regroup.jsonl", "router": "router_health.jsonl"}
 SWEEP_FILE, SWEEP_TABLE, SWEEP_LOG_DIR = "sweep.json", "sweep.md", "logs"  # a `badit sweep` folder's own
 METRIC_NAMES = METRICS  # the scores every metrics.json holds
@@ -258,6 +259,10 @@ class RunFolder(StageFolder):
     @property
     def marker_file(self) -> Path:
         return self.path / MARKER_FILE
+
+    @property
+    def merge_file(self) -> Path:
+        return self.path / MERGE_FILE
 
     @property
     def analysis_dir(self) -> Path:

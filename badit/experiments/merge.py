@@ -34,7 +34,6 @@ DEFAULT_WEIGHT = 1.0
 DEFAULT_DENSITY = 0.2
 """TIES: the fraction of each task delta's entries kept (the TIES code's ``topk20``)."""
 MERGED_ADAPTER = "default"  # PEFT saves the "default" adapter at the folder's top level
-MERGE_FILE = "merge.json"  # in the merged run folder: what was merged and how (merge_loaded's record)
 
 
 class MergeError(BaditError, ValueError):
@@ -141,24 +140,14 @@ def merge_run(
 
     from badit.adapter.integrity import check_adapter_folder
     from badit.data.files import atomic_write_json
-    from badit.experiments.folder import (
-        METRICS_FILE,
-        check_output_dir,
-        is_run_dir,
-        load_run_config,
-        prepare_run_dir,
-        read_json,
-        remove_run_dir,
-        require_adapter,
-        resolve_paths,
-        write_results,
-    )
+    from badit.experiments.folder import RunFolder, resolve_paths
     from badit.experiments.stage import evaluate_model, load_base_model, load_run_tasks, task_names
     from badit.training.trainer import save_adapter
 
     check_options(method, weight, density)
     run_dir, output_dir = Path(run_dir).resolve(), Path(output_dir).resolve()
-    config = load_run_config(run_dir)
+    run, out = RunFolder(run_dir), RunFolder(output_dir)
+    config = run.config()
     if config.setting != "single":
         raise MergeError(
             f"{run_dir} is a {config.setting} run; badit merge needs a `setting: single` run (one adapter per "
@@ -174,13 +163,13 @@ def merge_run(
             f"--output {output_dir} lies inside the run it merges; choose a folder outside {run_dir}"
         )
     names = task_names(config)
-    adapters = {name: require_adapter(run_dir / "tasks" / name / "adapter", run_dir) for name in names}
+    adapters = {name: run.require_adapter(run.task_stage(name).adapter) for name in names}
     for folder in adapters.values():
         check_adapter_folder(folder)
     merged = resolve_paths(merged_config(config, output_dir, method))
     if overrides:
         merged = _with_evaluation_overrides(merged, overrides)
-    check_output_dir(output_dir)
+    out.check_writable()
     _, eval_tasks = load_run_tasks(merged, names)
     base, tokenizer = load_base_model(merged)
     model = PeftModel.from_pretrained(base, str(adapters[names[0]]), adapter_name=names[0])
@@ -189,15 +178,15 @@ def merge_run(
     record = {**merge_loaded(model, names, method, weight, density), "source": str(run_dir)}
     model.eval()
     fresh = overwrite or not output_dir.exists()
-    prepare_run_dir(merged, is_main=True, overwrite=overwrite)
+    out.prepare(merged, overwrite=overwrite)
     try:
-        save_adapter(model, tokenizer, output_dir / "adapter")
-        atomic_write_json(output_dir / MERGE_FILE, record)
-        evaluate_model(merged, model, tokenizer, eval_tasks, output_dir)
-        return write_results(output_dir, merged, read_json(output_dir / METRICS_FILE), {"merge": record})
+        save_adapter(model, tokenizer, out.adapter)
+        atomic_write_json(out.merge_file, record)
+        evaluate_model(merged, model, tokenizer, eval_tasks, out)
+        return out.write_results(merged, out.metrics(), {"merge": record})
     except BaseException:
-        if fresh and is_run_dir(output_dir):
-            remove_run_dir(output_dir)
+        if fresh and out.is_run():
+            out.remove()
         raise
 
 
