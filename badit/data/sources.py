@@ -13,6 +13,12 @@ Every source gives the same `Task` objects, so training, evaluation and analysis
 format. Tasks without a given split have their test (and dev) examples split off per task with a seed
 (`badit.data.tasks.split_indices`): SuperNI raw files 1000 train / 100 test, own data 10% test.
 
+Dev is never test (`CarvedDevSource`): where a task's dev split is missing or shares examples with its
+test split (same id, or same input and answers; the SuperNI continual benchmark ships dev.json
+byte-identical to test.json), its dev examples are carved from its train split with a fixed seed that
+does not depend on the run seed (`DEV_SPLIT_SEED`), and training uses the rest; `data.dev_size` sets
+how many (default 10%, at most `DEV_CAP` per task).
+
 `check_data` (`badit data check PATH`): per-task counts and every problem found, without tracebacks,
 for every source.
 """
@@ -20,6 +26,7 @@ for every source.
 from __future__ import annotations
 
 import dataclasses
+import random
 import sys
 from collections import defaultdict
 from collections.abc import Mapping
@@ -196,6 +203,136 @@ class TableSource:
         )
 
 
+DEV_FRACTION = 0.1
+"""Default dev share of a task's train examples when dev is carved from train (`data.dev_size`)."""
+DEV_CAP = 100
+"""A fractional dev size keeps at most this many examples per task: 100 dev examples resolve a 5-point
+difference of ROUGE-L well enough to choose a learning rate, and more only costs evaluation time."""
+DEV_SPLIT_SEED = 0
+"""Seed of the dev examples carved from train: fixed, so that every run seed, method and learning
+rate of a sweep selects on the same dev examples and trains on the same rest."""
+
+
+def _key(instance) -> tuple[str, tuple[str, ...]]:
+    return instance.input, tuple(instance.outputs)
+
+
+def shared_examples(first: Task, second: Task) -> int:
+    """How many instances of ``first`` also occur in ``second`` (same id, or same input and answers)."""
+    ids = {inst.id for inst in second.instances}
+    contents = {_key(inst) for inst in second.instances}
+    return sum(inst.id in ids or _key(inst) in contents for inst in first.instances)
+
+
+def dev_count(size: int | float, n: int) -> int:
+    """Dev examples carved from a task's ``n`` train examples: a fraction in (0, 1) of them (rounded, at
+    least 1, at most `DEV_CAP`) or a count."""
+    if isinstance(size, float) and 0 < size < 1:
+        return min(DEV_CAP, max(1, round(size * n)))
+    return int(size)
+
+
+class CarvedDevSource:
+    """``source`` whose dev split never shares an example with its test split.
+
+    Per task, decided once: if the source's dev split is missing (no dev file, own data without dev
+    rows) or shares an example with test (`shared_examples`), dev is `dev_count(dev_size, n)` train
+    examples drawn with `DEV_SPLIT_SEED` (seeded by task name too: other tasks never change a task's
+    split) and train is the rest, in file order. Otherwise the source's splits are kept. ``carved``
+    maps each carved task to why (``"missing"`` or ``"shares N of M with test"``).
+    """
+
+    def __init__(self, source: TaskSource, dev_size: int | float = DEV_FRACTION):
+        if isinstance(dev_size, bool) or not isinstance(dev_size, (int, float)) or dev_size <= 0:
+            raise DataError(f"data.dev_size must be a fraction in (0, 1) or a count >= 1, got {dev_size!r}")
+        if isinstance(dev_size, float) and dev_size >= 1 and not dev_size.is_integer():
+            raise DataError(
+                f"data.dev_size={dev_size}: give a count (e.g. 50) or a fraction below 1 (e.g. 0.1)"
+            )
+        self.source, self.dev_size = source, dev_size
+        self.path, self.format = source.path, source.format
+        self.carved: dict[str, str] = {}
+        self._splits: dict[str, dict[str, Task]] = {}
+
+    def task_names(self) -> list[str]:
+        return self.source.task_names()
+
+    def notes(self) -> list[str]:
+        return self.source.notes()
+
+    def load(self, split: Split, names: list[str] | None = None) -> list[Task]:
+        names = self.task_names() if names is None else sorted(names)
+        return [self._task(name, split) for name in names]
+
+    def _task(self, name: str, split: Split) -> Task:
+        if split == "test":
+            return self._load(name, "test")
+        if name not in self._splits:
+            self._splits[name] = self._decide(name)
+        return self._splits[name][split]
+
+    def _load(self, name: str, split: Split) -> Task:
+        (task,) = self.source.load(split, [name])
+        return task
+
+    def _decide(self, name: str) -> dict[str, Task]:
+        train, test = self._load(name, "train"), self._load(name, "test")
+        try:
+            dev = self._load(name, "dev")
+        except DataError:
+            dev, reason = None, "missing"
+        if dev is not None:
+            shared = shared_examples(dev, test)
+            if not shared:
+                return {"train": train, "dev": dev}
+            reason = f"shares {shared} of {len(dev.instances)} examples with test"
+        n = len(train.instances)
+        k = dev_count(self.dev_size, n)
+        if k >= n:
+            raise DataError(
+                f"{train.source or self.path}: task {name!r} has {n} train examples, too few to carve "
+                f"{k} dev examples from; lower data.dev_size or add a dev split that is not the test split"
+            )
+        # Drawn among the train examples that are not also test examples (duplicated rows) when there
+        # are enough; otherwise the overlap cannot be avoided, and `badit sweep` refuses such data.
+        ids, contents = {x.id for x in test.instances}, {_key(x) for x in test.instances}
+        clean = [i for i, x in enumerate(train.instances) if x.id not in ids and _key(x) not in contents]
+        pool = clean if len(clean) >= k else list(range(n))
+        picked = set(random.Random(f"dev/{DEV_SPLIT_SEED}/{name}").sample(pool, k))
+        self.carved[name] = reason
+        return {
+            "train": dataclasses.replace(
+                train, instances=[x for i, x in enumerate(train.instances) if i not in picked]
+            ),
+            "dev": dataclasses.replace(
+                train, instances=[x for i, x in enumerate(train.instances) if i in picked]
+            ),
+        }
+
+    def describe_carving(self) -> str | None:
+        """One line saying which tasks' dev split was carved from train and why (None if none was)."""
+        if not self.carved:
+            return None
+        reasons = defaultdict(list)
+        for name, reason in sorted(self.carved.items()):
+            reasons["missing" if reason == "missing" else "shared with test"].append(name)
+        why = "; ".join(f"{why}: {_listed(names)}" for why, names in reasons.items())
+        size = (
+            f"{self.dev_size:.0%} (at most {DEV_CAP})"
+            if isinstance(self.dev_size, float)
+            else str(self.dev_size)
+        )
+        return (
+            f"dev split carved from train for {len(self.carved)} task(s) ({why}): {size} of each task's train "
+            f"examples with seed {DEV_SPLIT_SEED} (independent of the run seed), training uses the rest "
+            "(data.dev_size sets the size)"
+        )
+
+
+def _listed(names: list[str], limit: int = 3) -> str:
+    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
 def _size(value: int | float) -> str:
     return f"{value:.0%}" if isinstance(value, float) and 0 < value < 1 else str(int(value))
 
@@ -304,9 +441,9 @@ def check_data(
     problems = list(source.problems) if isinstance(source, TableSource) else []
     notes = source.notes()
     superni_folders = isinstance(source, SuperNISource) and "folder" in _describe(source)
-    rows = []
+    rows, dev_is_test = [], []
     for name in names:
-        counts, ids = {}, {}
+        counts, ids, loaded = {}, {}, {}
         for split in splits:
             if superni_folders and split == "dev" and not (Path(path) / name / "dev.json").exists():
                 counts[split] = "-"
@@ -323,6 +460,7 @@ def check_data(
                 continue
             counts[split] = str(len(task.instances))
             ids[split] = {inst.id for inst in task.instances}
+            loaded[split] = task
             notes.extend(
                 f"{name} ({split}): {note}" for note in task.notes if superni_folders or split == "train"
             )
@@ -331,7 +469,19 @@ def check_data(
             problems.append(
                 f"{name}: {len(leaked)} instance ids are in both train and test, e.g. {min(leaked)!r}"
             )
+        if "dev" in loaded and "test" in loaded:
+            shared = shared_examples(loaded["dev"], loaded["test"])
+            if shared:
+                dev_is_test.append(f"{name} ({shared} of {len(loaded['dev'].instances)})")
         rows.append((name, *(counts[s] for s in splits)))
+    if dev_is_test:
+        notes.insert(
+            0,
+            f"dev == test: the dev examples are test examples (same id, or same input and answers) in "
+            f"{len(dev_is_test)} of {len(rows)} tasks: {_listed(dev_is_test, 10)}; choosing on this dev split "
+            f"is choosing on test, so runs carve dev from train instead (data.dev_size: {DEV_FRACTION:.0%}, "
+            f"at most {DEV_CAP} per task, seed {DEV_SPLIT_SEED})",
+        )
 
     problems = list(dict.fromkeys(problems))  # a split error is raised for each split of a task: once
     width = max(len("task"), *(len(r[0]) for r in rows)) if rows else len("task")

@@ -69,6 +69,10 @@ class DataConfig:
     """Tasks without a given split (raw SuperNI files, own data without a split column): examples per
     split, counts or fractions, e.g. {test: 20} or {test: 0.2, dev: 0.1}; ``seed`` pins the split
     (default: the run's seed). Defaults: SuperNI {train: 1000, test: 100}, own data 10% test."""
+    dev_size: int | float = 0.1
+    """Where a task's dev split is missing or shares examples with its test split (the SuperNI continual
+    benchmark's dev.json is its test.json), dev is carved from train with a fixed seed, independent of
+    the run seed: a fraction of the train examples (at most 100 per task) or a count; 0: never carve."""
     tasks: list[str] | None = None
     """Task names to use (default: every task in ``path``)."""
     task_order: list[str] | None = None
@@ -501,6 +505,11 @@ def _check_fields(config: RunConfig, source: str) -> None:
             fail(
                 f"data.split_sizes.{key}: give a count (e.g. 20) or a fraction below 1 (e.g. 0.1), got {value}"
             )
+    dev_size = config.data.dev_size
+    if isinstance(dev_size, bool) or not isinstance(dev_size, (int, float)) or dev_size < 0:
+        fail(f"data.dev_size must be a fraction in (0, 1), a count, or 0 (never carve dev), got {dev_size!r}")
+    if isinstance(dev_size, float) and dev_size >= 1 and not dev_size.is_integer():
+        fail(f"data.dev_size: give a count (e.g. 50) or a fraction below 1 (e.g. 0.1), got {dev_size}")
     if config.data.format not in DATA_FORMATS:
         fail(f"data.format {config.data.format!r} is unknown; use one of {', '.join(DATA_FORMATS)}")
     if config.data.task_order is not None and config.data.tasks is not None:

@@ -11,6 +11,7 @@ Settings, each a short function over ``badit.experiments.stage.run_stage``:
 
 from __future__ import annotations
 
+import logging
 import shutil
 from collections.abc import Callable, Sequence
 
@@ -20,6 +21,7 @@ from transformers import TrainerCallback
 
 from badit.data import Task, task_order
 from badit.data.files import atomic_write_jsonl
+from badit.data.sources import CarvedDevSource
 from badit.evaluation import continual_metrics, metrics_from_records
 from badit.experiments.config import RunConfig
 from badit.experiments.folder import RunFolder, resolve_paths
@@ -35,6 +37,7 @@ from badit.experiments.stage import (
 from badit.names import METRICS
 
 SCORES = tuple(METRICS)
+logger = logging.getLogger(__name__)
 
 
 def run(
@@ -60,6 +63,9 @@ def run(
     source = data_source(config)
     names = task_names(config, source)
     train_tasks, eval_tasks = load_run_tasks(config, names, source)
+    carving = source.describe_carving() if isinstance(source, CarvedDevSource) else None
+    if carving and state.is_main_process:
+        logger.warning("%s", carving)  # once per run: every stage trains on the same carved splits
     fresh = overwrite or not folder.path.exists()  # --overwrite replaces the old run anyway
     if state.is_main_process:  # the other processes wait for it
         folder.prepare(config, resume=resume, overwrite=overwrite)

@@ -20,6 +20,7 @@ from peft import NoMatchingPeftModuleError
 from transformers import TrainerCallback, TrainingArguments
 
 from badit.data import Columns, DataCollator, PromptTemplate, Task, TaskSource, open_source, tokenize_tasks
+from badit.data.sources import CarvedDevSource
 from badit.evaluation import evaluate
 from badit.experiments.config import ConfigError, DataConfig, RunConfig, TrainingConfig
 from badit.experiments.folder import RunFolder, StageFolder
@@ -90,7 +91,8 @@ def load_base_model(config: RunConfig):
 
 def data_source(config: RunConfig) -> TaskSource:
     """The run's tasks: ``data.path`` in ``data.format`` with the configured columns; tasks without a
-    given split are split with ``data.split_sizes`` (seed: the run's unless the sizes name one)."""
+    given split are split with ``data.split_sizes`` (seed: the run's unless the sizes name one); a dev
+    split that is missing or shares examples with test is carved from train (``data.dev_size``)."""
     d = config.data
     columns = Columns(
         task=d.task_column,
@@ -99,7 +101,8 @@ def data_source(config: RunConfig) -> TaskSource:
         messages=d.messages_column,
         split=d.split_column,
     )
-    return open_source(d.path, d.format, columns, {"seed": config.seed, **(d.split_sizes or {})})
+    source = open_source(d.path, d.format, columns, {"seed": config.seed, **(d.split_sizes or {})})
+    return CarvedDevSource(source, d.dev_size) if d.dev_size else source
 
 
 def task_names(config: RunConfig, source: TaskSource | None = None) -> list[str]:
