@@ -20,7 +20,7 @@ LORA_METHODS = {"lora": True, "pissa": "pissa", "olora": "olora"}
 """method name -> ``LoraConfig.init_lora_weights`` (PEFT's LoRA with rank K*r)."""
 HYDRALORA = "hydralora"
 """HydraLoRA (badit.adapter.hydralora): a shared A of rank r and num_experts B heads mixed per token."""
-CONTINUAL_METHODS = ("o-lora", "inflora")
+CONTINUAL_METHODS = ("o-lora", "inflora", "gainlora")
 """Continual methods (``setting: continual`` only): one LoRA branch of rank K*r per task in one PEFT LoRA
 adapter (``badit.training.continual``; docs/method.md, "Continual baselines")."""
 METHODS = (*MIXTURE_METHODS, *LORA_METHODS, HYDRALORA, *CONTINUAL_METHODS)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -13,17 +14,22 @@ from peft import PeftModel
 from safetensors.torch import load_file
 
 from badit.cli.main import main
+from badit.data import DataCollator
 from badit.training.continual import (
     INFLORA_A_SCALE,
+    ContinualCallback,
+    GainLoraGates,
     build_continual_model,
     design_branch,
     extend_bases,
     extend_basis,
     factors,
     input_covariances,
+    load_continual_adapter,
     lora_layers,
     olora_penalty,
     orthogonality,
+    project_gate_update,
     restore_old_branches,
     set_new_branch,
 )
@@ -235,7 +241,7 @@ def test_scale_and_setting_of_the_continual_methods(tmp_path, capsys):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["o-lora", "inflora"])
+@pytest.mark.parametrize("name", ["o-lora", "inflora", "gainlora"])
 def test_badit_train_continual(tmp_path, name):
     order = ["demo_reverse_words", "demo_copy_words"]
     config = tiny_run_config(
@@ -249,8 +255,17 @@ def test_badit_train_continual(tmp_path, name):
     assert len(metrics["continual"]["score_matrix"]["rougeL"]) == 2
     adapter = run / "stages" / "01-demo_copy_words" / "adapter"
     info = json.loads((adapter / "continual.json").read_text())
-    assert info == {"method": name, "branch_rank": 6, "branches": 2}  # R = num_experts 3 * r 2
-    # a plain PEFT LoRA adapter of rank 2 * 6: PeftModel loads it as trained
+    saved_name = "gainlora/inflora" if name == "gainlora" else name
+    assert info == {"method": saved_name, "branch_rank": 6, "branches": 2}  # R = num_experts 3 * r 2
+    if name == "gainlora":  # `badit eval` loads the gates too and finds the same predictions
+        assert main(["eval", str(run), "--output", str(tmp_path / "again")]) == 0
+
+        def predictions(folder):
+            rows = [json.loads(line) for line in (folder / "predictions.jsonl").read_text().splitlines()]
+            return {row["id"]: row["prediction"] for row in rows}
+
+        assert predictions(tmp_path / "again") == predictions(run)
+    # a plain PEFT LoRA adapter of rank 2 * 6: PeftModel loads it (as trained, for o-lora and inflora)
     loaded = PeftModel.from_pretrained(make_tiny_model(), str(adapter))
     assert loaded.peft_config["default"].r == 12
     log = (run / "stages" / "01-demo_copy_words" / "logs" / "train_log.jsonl").read_text()
@@ -270,3 +285,129 @@ def test_badit_train_continual(tmp_path, name):
             assert torch.equal(value[:6], old_a[key])
         elif ".lora_B." in key:
             assert torch.equal(value[:, :6], old_a[key])
+
+
+# ----------------------------------------------------------------------------------------------
+# GainLoRA
+
+
+def test_gate_coefficient_by_hand():
+    gates = GainLoraGates(dim=2, hidden=2)
+    with torch.no_grad():
+        gates.w1.copy_(torch.eye(2))
+        gates.w2.copy_(torch.eye(2))
+        gates.key.copy_(torch.tensor([1.0, 0.0]))
+    x = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
+    # x = e1: hidden = silu(e1) = (0.7311, 0), output = silu(hidden) = (0.4835, 0): cos with the key = 1,
+    #   a = |2 sigmoid(4) - 1| = 2 * 0.98201 - 1 = 0.96403
+    # x = e2: output (0, 0.4835) is orthogonal to the key: cos = 0, a = |2 * 0.5 - 1| = 0
+    # x = -e1: hidden silu(-1) = -0.2689, output silu(-0.2689) = -0.1173: cos = -1, a = |2 sigmoid(-4) - 1| = 0.96403
+    a = gates(x)
+    assert a.shape == (3, 1)
+    assert a[:, 0].tolist() == pytest.approx([0.96403, 0.0, 0.96403], abs=1e-5)
+
+
+def test_gate_update_projected_out_of_the_old_inputs_by_hand():
+    gates = GainLoraGates(dim=2, hidden=1)
+    with torch.no_grad():
+        gates.w1.copy_(torch.tensor([[1.0, 1.0]]))
+    before = {
+        "w1": gates.w1.detach().clone(),
+        "w2": gates.w2.detach().clone(),
+        "key": gates.key.detach().clone(),
+    }
+    with torch.no_grad():
+        gates.w1.add_(torch.tensor([[0.5, -0.25]]))  # an optimizer step
+    project_gate_update(gates, before, {"basis0": torch.tensor([[1.0], [0.0]])}, renormalise=False)
+    # the step's part along the old inputs' direction e1 is removed: w1 = (1, 1) + (0, -0.25)
+    assert gates.w1.tolist() == [[1.0, 0.75]]
+    # so an old input x = e1 still gives w1 x = 1
+    assert (gates.w1 @ torch.tensor([1.0, 0.0])).item() == 1.0
+
+
+def _examples(low: int, high: int, generator, n: int = 16) -> list[dict]:
+    """Tokenised examples as a stage's (8 prompt tokens, 4 answer tokens) with ids in [low, high)."""
+    rows = []
+    for _ in range(n):
+        prompt = torch.randint(low, high, (8,), generator=generator).tolist()
+        answer = torch.randint(low, high, (4,), generator=generator).tolist()
+        rows.append({"input_ids": prompt + answer, "labels": [-100] * 8 + answer})
+    return rows
+
+
+def _stage_with_callback(model, method, examples, steps: int = 30) -> None:
+    """What train_stage's Trainer does with the continual callback, in a plain loop."""
+    collator = DataCollator(pad_token_id=0)
+    callback = ContinualCallback(model, method, examples, collator, batch_size=8)
+    args, state = SimpleNamespace(should_save=True), SimpleNamespace(global_step=0)
+    callback.on_train_begin(args, state, None, model=model)
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.01
+    )
+    batch = {k: v for k, v in collator(examples).items() if k != "task_ids"}
+    model.train()
+    for _ in range(steps):
+        loss = model(**batch).loss
+        term = callback.loss_term(model)
+        loss = loss + term if term is not None else loss
+        optimizer.zero_grad()
+        loss.backward()
+        callback.on_pre_optimizer_step(args, state, None, model=model)
+        optimizer.step()
+        callback.on_optimizer_step(args, state, None, model=model)
+        callback.on_step_end(args, state, None, model=model)
+        state.global_step += 1
+    callback.on_train_end(args, state, None, model=model)
+    model.eval()
+
+
+def _logits_and_gates(model, examples):
+    batch = DataCollator(pad_token_id=0)(examples)
+    with torch.no_grad():
+        out = model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]
+        )
+    return out.logits, model.continual_gates.coefficients
+
+
+@pytest.mark.parametrize("base", ["inflora", "o-lora"])
+def test_gainlora_new_gate_is_zero_on_old_inputs(tmp_path, base):
+    method = _method(
+        "gainlora",
+        gainlora_base=base,
+        target_modules=["q_proj", "v_proj", "down_proj"],
+        subspace_threshold=0.99999,
+    )
+    g = torch.Generator().manual_seed(0)
+    task1, task2 = _examples(4, 40, g), _examples(40, 79, g)
+    first = build_continual_model(make_tiny_model(), method, seed=0)
+    _stage_with_callback(first, method, task1)
+    before, _ = _logits_and_gates(first, task1)
+    second, _ = _next_stage(first, tmp_path, method)
+    _stage_with_callback(second, method, task2)
+    after, gates = _logits_and_gates(second, task1)
+    _, gates_new = _logits_and_gates(second, task2)
+    # measured (threshold 0.99999): the new gate gives <= 2e-6 on task 1's prompts and 0.33 / 0.86
+    # (inflora / o-lora) on task 2's; task 1's logits move by < 3e-6 relative
+    assert gates[:, 1].max() < 1e-4 and gates_new[:, 1].mean() > 0.2
+    assert ((after - before).norm() / before.norm()).item() < 1e-4
+    # the saved folder, loaded by badit's loader, gives the same model (gates included)
+    folder = tmp_path / "final"
+    save_adapter(second, char_tokenizer(), folder)
+    loaded = load_continual_adapter(make_tiny_model(), folder).eval()
+    assert torch.allclose(_logits_and_gates(loaded, task1)[0], after, atol=1e-5)
+
+
+def test_gainlora_gate_at_the_default_threshold(tmp_path):
+    method = _method("gainlora", target_modules=["q_proj", "v_proj", "down_proj"])  # threshold 0.995
+    g = torch.Generator().manual_seed(0)
+    task1, task2 = _examples(4, 40, g), _examples(40, 79, g)
+    first = build_continual_model(make_tiny_model(), method, seed=0)
+    _stage_with_callback(first, method, task1)
+    second, _ = _next_stage(first, tmp_path, method)
+    _stage_with_callback(second, method, task2)
+    # measured: mean 0.022, max 0.047 on task 1 (the 0.5% of the gate outputs' energy left out of the
+    # basis), 0.64 on task 2
+    _, old = _logits_and_gates(second, task1)
+    _, new = _logits_and_gates(second, task2)
+    assert old[:, 1].mean() < 0.05 and new[:, 1].mean() > 10 * old[:, 1].mean()

@@ -508,6 +508,7 @@ def load_adapter(load_base, adapter_dir: Path, fix: str, trainable: bool = False
     from safetensors import SafetensorError
 
     from badit.adapter.integrity import UnreadableWeightsError, check_adapter_folder
+    from badit.training.continual import is_continual_folder, load_continual_adapter
 
     damaged = f"{adapter_dir}: the adapter's weights are damaged or truncated"
     try:
@@ -516,7 +517,10 @@ def load_adapter(load_base, adapter_dir: Path, fix: str, trainable: bool = False
         raise RunError(f"{damaged} ({error.reason}); {fix}") from None
     base, tokenizer = load_base()
     try:
-        model = PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=trainable)
+        if is_continual_folder(adapter_dir):  # O-LoRA/InfLoRA: plain LoRA; GainLoRA: its gates too
+            model = load_continual_adapter(base, adapter_dir, is_trainable=trainable)
+        else:
+            model = PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=trainable)
     except SafetensorError as error:
         raise RunError(f"{damaged} ({error}); {fix}") from None
     return (model if trainable else model.eval()), tokenizer

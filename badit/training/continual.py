@@ -1,6 +1,7 @@
-"""Continual methods built on PEFT's LoRA: O-LoRA and InfLoRA (docs/method.md, "Continual baselines").
+"""Continual methods built on PEFT's LoRA: O-LoRA, InfLoRA and GainLoRA (docs/method.md, "Continual
+baselines").
 
-Both learn one LoRA branch of rank R per task and keep the earlier tasks' branches frozen. badit
+All three learn one LoRA branch of rank R per task and keep the earlier tasks' branches frozen. badit
 stores the branches as ONE PEFT LoRA adapter of rank ``t * R`` (t: tasks learned so far): branch i is
 rows ``i*R:(i+1)*R`` of each layer's ``lora_A`` and the same columns of ``lora_B``, and the forward
 pass is LoRA's own, ``sum_i B_i A_i x`` (a concatenation is exactly a sum of branches). So the saved
@@ -19,7 +20,10 @@ during the stage:
 - InfLoRA (Liang & Li, CVPR 2024, arXiv 2404.00228): before training, the new branch's A is set from
   the new task's layer inputs projected out of the earlier tasks' input subspace (`design_branch`) and
   only B is trained; after training, the subspace is extended with this task's inputs by GPM's energy
-  criterion (`extend_basis`), so the next branch leaves this task's layer outputs unchanged.
+  criterion (`extend_basis`), so the next branch leaves this task's layer outputs unchanged;
+- GainLoRA (Liang & Li, 2025, arXiv 2505.15424): O-LoRA's or InfLoRA's branches (``method.gainlora_base``),
+  each multiplied per sequence by its task's gate (`GainLoraGates`); a new task's gate is set up and
+  its updates projected so that it gives ~0 on the earlier tasks' inputs.
 
 Written here because no library provides these methods: PEFT has LoRA (used as is) but no continual
 branches, subspaces or penalties.
@@ -48,7 +52,10 @@ from badit.training.trainer import build_adapter_model
 INFO_FILE = "continual.json"
 """In a continual adapter folder: method, branch rank, number of branches."""
 STATE_FILE = "continual.safetensors"
-"""In a continual adapter folder: InfLoRA's per-layer bases of the earlier tasks' inputs."""
+"""In a continual adapter folder: InfLoRA's per-layer bases of the earlier tasks' inputs; GainLoRA's
+gates (every task's) and the bases of the earlier tasks' gate features."""
+GATE_CHECKPOINT_FILE = "gainlora_gate.safetensors"
+"""In a Trainer checkpoint of a GainLoRA stage: the current gate."""
 ADAPTER = "default"
 INFLORA_A_SCALE = 1 / math.sqrt(3)
 """InfLoRA's A rows are orthonormal directions divided by sqrt(3) (the GainLoRA code's InfLoRA,
@@ -61,13 +68,13 @@ def branch_rank(method: MethodConfig) -> int:
 
 
 def uses_subspaces(method: MethodConfig) -> bool:
-    """Whether the new branch's A is designed from input subspaces (InfLoRA)."""
-    return method.name == "inflora"
+    """Whether the new branch's A is designed from input subspaces (InfLoRA, GainLoRA on InfLoRA)."""
+    return method.name == "inflora" or (method.name == "gainlora" and method.gainlora_base == "inflora")
 
 
 def uses_orthogonality(method: MethodConfig) -> bool:
-    """Whether the O-LoRA penalty is in the loss (O-LoRA)."""
-    return method.name == "o-lora"
+    """Whether the O-LoRA penalty is in the loss (O-LoRA, GainLoRA on O-LoRA)."""
+    return method.name == "o-lora" or (method.name == "gainlora" and method.gainlora_base == "o-lora")
 
 
 @dataclass
@@ -83,6 +90,12 @@ class ContinualState:
     """Layer name -> (in_features, k) orthonormal basis of the inputs the earlier tasks gave that layer."""
     frozen: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict, repr=False)
     """Layer name -> copies of the old branches' (A rows, B columns), put back after each step."""
+    gates: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+    """GainLoRA: ``w1`` (T, h, d), ``w2`` (T, d, h), ``keys`` (T, d) of the gates of the tasks saved, and
+    ``basis0/1/2``: bases of the saved tasks' gate inputs (d), hidden features (h) and outputs (d)."""
+
+    gate_module: torch.nn.Module | None = field(default=None, repr=False, compare=False)
+    """GainLoRA: the model's gates (`GainLoraGates`), saved with the state."""
 
     @property
     def old(self) -> int:
@@ -92,10 +105,12 @@ class ContinualState:
     def save(self, folder: Path) -> None:
         info = {"method": self.method, "branch_rank": self.rank, "branches": self.branches}
         (Path(folder) / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
-        save_file(
-            {f"basis.{name}": b.contiguous().cpu() for name, b in self.bases.items()},
-            Path(folder) / STATE_FILE,
-        )
+        tensors = {f"basis.{name}": b.contiguous().cpu() for name, b in self.bases.items()}
+        gates = dict(self.gates)
+        if self.gate_module is not None:  # every task's gate as it is now (the current one included)
+            gates.update(self.gate_module.tensors())
+        tensors |= {f"gate.{name}": t.detach().contiguous().cpu() for name, t in gates.items()}
+        save_file(tensors, Path(folder) / STATE_FILE)
 
     @classmethod
     def load(cls, folder: Path) -> ContinualState:
@@ -108,7 +123,10 @@ class ContinualState:
         info = json.loads((folder / INFO_FILE).read_text())
         tensors = load_file(folder / STATE_FILE) if (folder / STATE_FILE).is_file() else {}
         bases = {k.removeprefix("basis."): v for k, v in tensors.items() if k.startswith("basis.")}
-        return cls(method=info["method"], rank=info["branch_rank"], branches=info["branches"], bases=bases)
+        gates = {k.removeprefix("gate."): v for k, v in tensors.items() if k.startswith("gate.")}
+        state = cls(method=info["method"], rank=info["branch_rank"], branches=info["branches"], bases=bases)
+        state.gates = gates
+        return state
 
 
 def lora_layers(model) -> list[tuple[str, LoraLayer]]:
@@ -140,14 +158,15 @@ def build_continual_model(
     saves it with the adapter.
     """
     rank = branch_rank(method)
-    previous, state = None, ContinualState(method=method.name, rank=rank, branches=1)
+    name = f"gainlora/{method.gainlora_base}" if method.name == "gainlora" else method.name
+    previous, state = None, ContinualState(method=name, rank=rank, branches=1)
     if init_adapter is not None:
         check_adapter_folder(init_adapter)
         previous_state = ContinualState.load(Path(init_adapter))
-        if previous_state.method != method.name or previous_state.rank != rank:
+        if (previous_state.method, previous_state.rank) != (state.method, rank):
             raise ValueError(
                 f"{init_adapter}: adapter of {previous_state.method} with branch rank {previous_state.rank}, "
-                f"but this stage is {method.name} with branch rank {rank}"
+                f"but this stage is {state.method} with branch rank {rank}"
             )
         previous = load_file(Path(init_adapter) / "adapter_model.safetensors")
         state = dataclasses.replace(previous_state, branches=previous_state.branches + 1)
@@ -159,6 +178,10 @@ def build_continual_model(
         _copy_branches(model, previous, state.old)
     freeze_old_branches(model, state, train_a=not uses_subspaces(method))
     model.continual_state = state
+    if method.name == "gainlora":
+        attach_gates(
+            model, GainLoraGates.for_stage(state, model.get_input_embeddings().embedding_dim, method)
+        )
     return model
 
 
@@ -264,7 +287,12 @@ def input_covariances(model, batches: Iterable[dict], layer_names: Sequence[str]
             input_ids = batch["input_ids"].to(device)
             attention_mask = batch["attention_mask"].to(device)
             mask["valid"] = attention_mask.bool()
-            model(input_ids=input_ids, attention_mask=attention_mask)
+            extra = {}
+            if (
+                hasattr(model, "continual_gates") and "labels" in batch
+            ):  # gates pool the prompt, as in training
+                extra["prompt_mask"] = batch["labels"].to(device) == -100
+            model(input_ids=input_ids, attention_mask=attention_mask, **extra)
             count += int(attention_mask.sum())
     finally:
         for handle in handles:
@@ -361,6 +389,193 @@ def extend_bases(state: ContinualState, covariances: dict, threshold: float, ene
 
 
 # ----------------------------------------------------------------------------------------------
+# GainLoRA: gates
+
+
+class GainLoraGates(torch.nn.Module):
+    """Every task's gate; task i's coefficient for an input sequence with pooled embedding x is
+
+        a_i(x) = |2 sigmoid(4 cos(g_i(x), k_i)) - 1|,   g_i(x) = SiLU(W2_i SiLU(W1_i x))
+
+    (GainLoRA's code: no biases, factor 4, |.| so that cos = 0 gives 0). The earlier tasks' W1, W2, k
+    are frozen buffers; the current task's are parameters. Shapes: W1 (h, d), W2 (d, h), k (d); the
+    coefficients of a batch are computed for all tasks at once (one einsum per layer of the gate).
+    """
+
+    def __init__(self, dim: int, hidden: int, old: dict[str, torch.Tensor] | None = None):
+        super().__init__()
+        old = old or {}
+        self.register_buffer("old_w1", old.get("w1", torch.zeros(0, hidden, dim)))
+        self.register_buffer("old_w2", old.get("w2", torch.zeros(0, dim, hidden)))
+        self.register_buffer("old_keys", old.get("keys", torch.zeros(0, dim)))
+        if len(self.old_w1):  # the new gate starts as the last one (GainLoRA's code loads it)
+            w1, w2 = self.old_w1[-1].clone(), self.old_w2[-1].clone()
+        else:  # nn.Linear's init, as the code's first gate
+            w1, w2 = (
+                torch.nn.Linear(dim, hidden, bias=False).weight,
+                torch.nn.Linear(hidden, dim, bias=False).weight,
+            )
+        self.w1 = torch.nn.Parameter(w1.detach().clone())
+        self.w2 = torch.nn.Parameter(w2.detach().clone())
+        self.key = torch.nn.Parameter(
+            torch.empty(dim).uniform_(-1, 1)
+        )  # its direction is set on the task's data
+        self.coefficients: torch.Tensor | None = None
+        """(batch, tasks) of the current forward (kept for the cached decoding steps)."""
+
+    @classmethod
+    def for_stage(cls, state: ContinualState, dim: int, method: MethodConfig) -> GainLoraGates:
+        return cls(
+            dim, method.gate_hidden, {k: state.gates[k] for k in ("w1", "w2", "keys") if k in state.gates}
+        )
+
+    def stacked(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(W1 (T, h, d), W2 (T, d, h), keys (T, d)): the earlier tasks' then the current one's."""
+        return (
+            torch.cat([self.old_w1, self.w1[None]]),
+            torch.cat([self.old_w2, self.w2[None]]),
+            torch.cat([self.old_keys, self.key[None]]),
+        )
+
+    def features(self, pooled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The current gate's hidden features (b, h) and output (b, d) for pooled inputs (b, d)."""
+        hidden = torch.nn.functional.silu(pooled @ self.w1.T)
+        return hidden, torch.nn.functional.silu(hidden @ self.w2.T)
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        """(b, d) pooled input embeddings -> (b, T) coefficients in [0, 1)."""
+        w1, w2, keys = self.stacked()
+        hidden = torch.nn.functional.silu(torch.einsum("bd,thd->bth", pooled, w1))
+        out = torch.nn.functional.silu(torch.einsum("bth,tdh->btd", hidden, w2))
+        cos = torch.nn.functional.cosine_similarity(out, keys[None], dim=-1)  # 0 for a zero output
+        return (2 * torch.sigmoid(4 * cos) - 1).abs()
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The gates of all tasks so far, as saved (`ContinualState.gates`)."""
+        w1, w2, keys = self.stacked()
+        return {"w1": w1.detach(), "w2": w2.detach(), "keys": keys.detach()}
+
+
+def pooled_prompt(embeddings: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
+    """Mean of the prompt tokens' embeddings: (b, s, d), (b, s) bool -> (b, d) (0 for an empty prompt)."""
+    weights = prompt.to(embeddings.dtype).unsqueeze(-1)
+    return (embeddings * weights).sum(1) / weights.sum(1).clamp(min=1)
+
+
+def _prompt_mask(kwargs: dict, tokens: torch.Tensor) -> torch.Tensor:
+    """The tokens a gate pools: ``prompt_mask`` (popped), else attended tokens whose label is -100 when
+    labels are given, else every attended token (generation's prefill: the prompt)."""
+    prompt = kwargs.pop("prompt_mask", None)
+    batch, length = tokens.shape[:2]
+    attention = kwargs.get("attention_mask")
+    if attention is None or attention.dim() != 2:
+        attention = torch.ones(batch, length, dtype=torch.bool, device=tokens.device)
+    attention = attention[:, -length:].bool()
+    if prompt is None and kwargs.get("labels") is not None:
+        prompt = kwargs["labels"] == -100
+    return attention if prompt is None else attention & prompt.bool()
+
+
+def attach_gates(model, gates: GainLoraGates) -> None:
+    """Make ``model`` (a PEFT LoRA model) gated: a pre-hook on the transformers model computes the
+    coefficients of each call from its prompt (reused on cached decoding steps, as BADIT's routing is),
+    and a pre-hook on each layer's ``lora_B`` multiplies branch i's R components by a_i.
+
+    The gates are ``model.continual_gates`` (a submodule: the Trainer trains the current gate).
+    """
+    model.continual_gates = gates
+    model.continual_state.gate_module = gates
+    rank = model.continual_state.rank
+    embed = model.get_input_embeddings()
+
+    def capture(module, args, kwargs):
+        tokens = kwargs.get("input_ids", args[0] if args else None)
+        cache = kwargs.get("past_key_values")
+        cached = cache is not None and hasattr(cache, "get_seq_length") and cache.get_seq_length() > 0
+        prompt = _prompt_mask(kwargs, tokens if tokens is not None else kwargs["inputs_embeds"])
+        if cached and gates.coefficients is not None:
+            return args, kwargs
+        with torch.no_grad():
+            embeddings = embed(tokens) if tokens is not None else kwargs["inputs_embeds"]
+        gates.coefficients = gates(pooled_prompt(embeddings.float(), prompt))
+        return args, kwargs
+
+    def scale(module, args):
+        per_component = gates.coefficients.repeat_interleave(rank, dim=1)  # (b, t*R)
+        return (args[0] * per_component[:, None, :].to(args[0].dtype),)
+
+    model.base_model.model.register_forward_pre_hook(capture, with_kwargs=True)
+    for _, layer in lora_layers(model):
+        layer.lora_B[ADAPTER].register_forward_pre_hook(scale)
+
+
+@torch.no_grad()
+def gate_features(model, batches: Iterable[dict]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(pooled inputs (n, d), current gate's hidden features (n, h), outputs (n, d)) over ``batches``'
+    sequences, pooled on their prompt tokens as in training."""
+    gates, embed = model.continual_gates, model.get_input_embeddings()
+    device = next(p for p in model.parameters()).device
+    pooled = []
+    for batch in batches:
+        ids = batch["input_ids"].to(device)
+        prompt = batch["attention_mask"].to(device).bool()
+        if "labels" in batch:
+            prompt &= batch["labels"].to(device) == -100
+        pooled.append(pooled_prompt(embed(ids).float(), prompt))
+    x = torch.cat(pooled)
+    hidden, out = gates.features(x)
+    return x, hidden, out
+
+
+def _covariance(rows: torch.Tensor) -> torch.Tensor:
+    return rows.T.double() @ rows.double() / max(len(rows), 1)
+
+
+def set_gate_key(model, batches: Iterable[dict], energy: str) -> None:
+    """The new gate's key: the top direction of its outputs on the new task outside the earlier tasks'
+    gate outputs (so cos with those is ~0), at the norm of its random init (GainLoRA's code)."""
+    gates, state = model.continual_gates, model.continual_state
+    _, _, out = gate_features(model, batches)
+    direction = design_branch(_covariance(out), state.gates.get("basis2"), 1, energy)[0]
+    direction = direction / direction.norm().clamp(min=1e-12)
+    with torch.no_grad():
+        gates.key.copy_((direction * gates.key.norm()).to(gates.key.dtype))
+
+
+def extend_gate_bases(model, batches: Iterable[dict], threshold: float, energy: str) -> None:
+    """After a task: its gate inputs, hidden features and outputs join the bases the next gate's
+    updates are kept out of, and the gates of all tasks so far go to the state (saved)."""
+    gates, state = model.continual_gates, model.continual_state
+    for i, rows in enumerate(gate_features(model, batches)):
+        state.gates[f"basis{i}"] = extend_basis(
+            state.gates.get(f"basis{i}"), _covariance(rows).float(), threshold, energy
+        )
+    state.gates.update(gates.tensors())
+
+
+@torch.no_grad()
+def project_gate_update(
+    gates: GainLoraGates, before: dict[str, torch.Tensor], bases: dict, renormalise: bool
+) -> None:
+    """GainLoRA's constraint on the new gate: its optimizer step minus the step's part inside the
+    earlier tasks' subspaces (W1's rows against the pooled inputs' basis, W2's rows against the hidden
+    features', the key against the outputs'), so the earlier tasks' gate features do not move.
+    ``renormalise`` (GainLoRA's code): then scale each row back to the norm the plain step gave it
+    (this makes the constraint inexact; off by default)."""
+    for name, basis_name in (("w1", "basis0"), ("w2", "basis1"), ("key", "basis2")):
+        basis = bases.get(basis_name)
+        if basis is None:
+            continue
+        param = getattr(gates, name)
+        m = basis.to(param.device, param.dtype)
+        step = param - before[name]
+        kept = before[name] + step - (step @ m) @ m.T
+        if renormalise:
+            kept = kept * param.norm(dim=-1, keepdim=True) / kept.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+        param.copy_(kept)
+
+
+# ----------------------------------------------------------------------------------------------
 # In the Trainer
 
 
@@ -373,8 +588,12 @@ class ContinualCallback(TrainerCallback):
     so measuring the subspaces draws nothing from the training sampler's random state.
     """
 
+    resume_from: str | None = None
+    """The checkpoint training resumes from (set by ``train_stage``): the current gate is read from it."""
+
     def __init__(self, model, method: MethodConfig, examples: Sequence[dict], collator, batch_size: int):
         self.state: ContinualState = model.continual_state
+        self._gate_before: dict[str, torch.Tensor] = {}
         self.method = method
         limit = method.subspace_examples
         self.examples = list(examples)[:limit] if limit else list(examples)
@@ -391,6 +610,14 @@ class ContinualCallback(TrainerCallback):
         return olora_penalty(model, self.state, m.orthogonality_weight, m.l2_weight)
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
+        gated = hasattr(model, "continual_gates")
+        if gated and self.resume_from and (Path(self.resume_from) / GATE_CHECKPOINT_FILE).is_file():
+            saved = load_file(Path(self.resume_from) / GATE_CHECKPOINT_FILE)
+            with torch.no_grad():
+                for name, value in saved.items():
+                    getattr(model.continual_gates, name).copy_(value)
+        if gated and state.global_step == 0:
+            set_gate_key(model, self._batches(), self.method.subspace_energy)
         if uses_subspaces(self.method):
             for _, layer in lora_layers(model):  # a resumed checkpoint's load may have made A trainable
                 factors(layer)[0].requires_grad_(False)
@@ -398,14 +625,61 @@ class ContinualCallback(TrainerCallback):
                 covariances = input_covariances(model, self._batches())
                 set_new_branch(model, self.state, covariances, self.method.subspace_energy)
 
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        if hasattr(model, "continual_gates") and "basis0" in self.state.gates:
+            gates = model.continual_gates
+            self._gate_before = {n: getattr(gates, n).detach().clone() for n in ("w1", "w2", "key")}
+
+    def on_optimizer_step(self, args, state, control, model=None, **kwargs):
+        if self._gate_before:
+            project_gate_update(
+                model.continual_gates, self._gate_before, self.state.gates, self.method.gate_renormalise
+            )
+            self._gate_before = {}
+
     def on_step_end(self, args, state, control, model=None, **kwargs):
         restore_old_branches(model, self.state)
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
-        if uses_subspaces(self.method):
+        m = self.method
+        if uses_subspaces(m):
             covariances = input_covariances(model, self._batches())
-            extend_bases(self.state, covariances, self.method.subspace_threshold, self.method.subspace_energy)
+            extend_bases(self.state, covariances, m.subspace_threshold, m.subspace_energy)
+        if hasattr(model, "continual_gates"):
+            extend_gate_bases(model, self._batches(), m.subspace_threshold, m.subspace_energy)
+
+    def save_checkpoint_state(self, folder, args, state, model) -> None:
+        """The current gate into a Trainer checkpoint (PEFT saves only the LoRA weights)."""
+        if hasattr(model, "continual_gates") and args.should_save:
+            gates = model.continual_gates
+            tensors = {n: getattr(gates, n).detach().contiguous().cpu() for n in ("w1", "w2", "key")}
+            save_file(tensors, Path(folder) / GATE_CHECKPOINT_FILE)
 
 
 def is_continual(method: MethodConfig) -> bool:
     return method.name in CONTINUAL_METHODS
+
+
+def load_continual_adapter(base_model, folder: str | Path, is_trainable: bool = False):
+    """A saved continual adapter as it was trained (evaluation, analysis): PEFT's LoRA (all branches),
+    plus every task's gate for GainLoRA (whose folder alone, loaded by PEFT, would sum the branches
+    ungated)."""
+    from peft import PeftModel
+
+    folder = Path(folder)
+    state = ContinualState.load(folder)
+    model = PeftModel.from_pretrained(base_model, str(folder), is_trainable=is_trainable)
+    model.continual_state = state
+    if state.method.startswith("gainlora"):
+        w1, w2, keys = state.gates["w1"], state.gates["w2"], state.gates["keys"]
+        gates = GainLoraGates(w1.shape[2], w1.shape[1], {"w1": w1[:-1], "w2": w2[:-1], "keys": keys[:-1]})
+        with torch.no_grad():
+            gates.w1.copy_(w1[-1])
+            gates.w2.copy_(w2[-1])
+            gates.key.copy_(keys[-1])
+        attach_gates(model, gates.to(next(model.parameters()).device))
+    return model
+
+
+def is_continual_folder(folder: str | Path) -> bool:
+    return (Path(folder) / INFO_FILE).is_file()

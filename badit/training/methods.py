@@ -39,7 +39,7 @@ def _badit_default(name: str):
 class MethodConfig:
     name: str = "badit"
     """One of ``METHODS``: badit, svd-moe, loramoe, lora, pissa, olora, hydralora; continual only: o-lora,
-    inflora."""
+    inflora, gainlora."""
     r: int = _badit_default("r")
     """Rank per expert (LoRA baselines use rank num_experts * r; hydralora: the shared A's rank)."""
     num_experts: int = _badit_default("num_experts")
@@ -75,7 +75,7 @@ class MethodConfig:
     router_lr_multiplier: float = 1.0
     """The routers' learning rate is ``training.learning_rate`` times this (mixtures and hydralora; 1: the same).
     A zero-initialised router moves slowly at an adapter's learning rate (docs/benchmarks.md)."""
-    # Continual methods (o-lora, inflora); defaults from the papers' public code (docs/method.md)
+    # Continual methods (o-lora, inflora, gainlora); defaults from the papers' public code (docs/method.md)
     orthogonality_weight: float = 0.5
     """O-LoRA's lambda_1: weight of ``sum_layers |A_old A_new^T|_1`` in the loss (O-LoRA's scripts: 0.5)."""
     l2_weight: float = 0.0
@@ -87,6 +87,12 @@ class MethodConfig:
     InfLoRA/GainLoRA code computes it (docs/method.md)."""
     subspace_examples: int | None = None
     """InfLoRA: training examples read to measure a task's layer inputs (None: all of the stage's)."""
+    gainlora_base: Literal["inflora", "o-lora"] = "inflora"
+    """GainLoRA: the method its branches follow (the paper reports both)."""
+    gate_hidden: int = 100
+    """GainLoRA: hidden width of each task's gate (GainLoRA's scripts: ``mlp_hidden_dim 100``)."""
+    gate_renormalise: bool = False
+    """GainLoRA: rescale the gate's rows after the projected step, as GainLoRA's code does (inexact)."""
 
 
 def mixture_config(method: MethodConfig) -> BaditConfig:
@@ -133,6 +139,10 @@ def _check_continual(method: MethodConfig) -> None:
         raise ValueError(f"method.subspace_threshold must be in (0, 1), got {method.subspace_threshold}")
     if method.subspace_energy not in ("paper", "code"):
         raise ValueError(f"method.subspace_energy must be paper or code, got {method.subspace_energy!r}")
+    if method.gainlora_base not in ("inflora", "o-lora"):
+        raise ValueError(f"method.gainlora_base must be inflora or o-lora, got {method.gainlora_base!r}")
+    if method.gate_hidden < 1:
+        raise ValueError(f"method.gate_hidden must be at least 1, got {method.gate_hidden}")
     if method.subspace_examples is not None and method.subspace_examples < 1:
         raise ValueError(
             f"method.subspace_examples must be at least 1 or null, got {method.subspace_examples}"

@@ -283,6 +283,8 @@ def padded_tokens_at(checkpoint: str | Path | None) -> int:
 def routes_from_labels(model: torch.nn.Module) -> bool:
     """Whether ``model``'s adapter routes on the prompt tokens it finds from the labels (BADIT's
     routing state, badit.adapter.routing), which then need ``prompt_mask`` when no labels are passed."""
+    if getattr(model, "continual_gates", None) is not None:  # GainLoRA's gates pool the prompt too
+        return True
     return getattr(getattr(model, "base_model", None), "routing_state", None) is not None
 
 
@@ -472,6 +474,9 @@ def train_stage(
         logger.info("no checkpoint in %s: training from the start", checkpoint_dir)
     if regroup is not None:
         regroup.resume_from = checkpoint
+    for callback in extra_callbacks:  # e.g. GainLoRA's gate, kept in the checkpoint by its callback
+        if hasattr(callback, "resume_from"):
+            callback.resume_from = checkpoint
     trainer.padded_tokens = padded_tokens_at(checkpoint)
     start = time.perf_counter()
     try:
