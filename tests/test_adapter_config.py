@@ -21,6 +21,8 @@ from tests.helpers import make_tiny_model
         ({"router_scale": "sum"}, "router_scale='sum' is not one of .*use 'preserve'"),
         ({"lora_dropout": 1.0}, r"lora_dropout=1.0 is not in \[0, 1\)"),
         ({"regroup_every": 0}, "regroup_every=0 is neither 'epoch' nor a positive integer"),
+        # the schedule is checked here once; regroup_due (badit.regrouping.schedule) only reads it
+        ({"regroup_every": "daily"}, "regroup_every='daily' is neither 'epoch' nor a positive integer"),
         ({"regroup_ema": 1.5}, "regroup_ema=1.5 is not None or a decay"),
         ({"target_modules": []}, "target_modules=\\[\\] is empty"),
     ],

@@ -115,7 +115,8 @@ def test_mean_routing_averages_every_sequence(trained):
     halves = [{k: v[:2] for k, v in inputs.items()}, {k: v[2:] for k, v in inputs.items()}]
     logits(trained, inputs)
     per_sequence = {
-        k: v.clone() for k, v in badit_layers(trained)["model.layers.0.mlp.gate_proj"].routing_weights.items()
+        k: s.routing_weights.clone()
+        for k, s in badit_layers(trained)["model.layers.0.mlp.gate_proj"].badit_state.items()
     }
     means = mean_routing(trained, halves)
     assert sorted(means) == ["model.layers.0.mlp.gate_proj", "model.layers.1.mlp.gate_proj"]

@@ -34,7 +34,7 @@ def test_dense_preserving_init_reproduces_the_pretrained_model(family, target_mo
     model = get_peft_model(make_tiny_model(family), config).eval()
     assert (logits(model, batch) - reference).abs().max() <= 1e-4
     for layer in badit_layers(model):
-        torch.testing.assert_close(layer.routing_weights["default"], torch.ones(3, 6))
+        torch.testing.assert_close(layer.badit_state["default"].routing_weights, torch.ones(3, 6))
 
 
 def test_bf16_init_differs_from_the_bf16_base_by_the_rounding_of_the_residual():
@@ -60,13 +60,13 @@ def test_paper_router_scale_shrinks_the_top_directions_k_fold(family):
     ).eval()
     layer = badit_layers(model)[0]
     pretrained = layer.pretrained_weight()
-    top = layer.scaling["default"] * layer.badit_B0["default"] @ layer.badit_A0["default"]
+    top = layer.badit_state["default"].scaling * layer.badit_B0["default"] @ layer.badit_A0["default"]
     x = torch.randn(2, 7, layer.in_features)
     with torch.no_grad():
         out = layer(x)
     # Softmax weights 1/K: the layer computes W - (1 - 1/K) * (top K*r components).
     torch.testing.assert_close(out, x @ (pretrained - (1 - 1 / 6) * top).T, atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(layer.routing_weights["default"], torch.full((2, 6), 1 / 6))
+    torch.testing.assert_close(layer.badit_state["default"].routing_weights, torch.full((2, 6), 1 / 6))
 
 
 def test_experts_are_the_ordered_orthogonal_top_singular_components(family):
@@ -87,10 +87,10 @@ def test_experts_are_the_ordered_orthogonal_top_singular_components(family):
         # Component j carries the j-th singular value: scaling * |a_j| * |b_j| = s_j, expert 0 the largest.
         s = torch.linalg.svdvals(weight.double())[:12]
         torch.testing.assert_close(
-            layer.scaling["default"] * a.norm(dim=1) * b.norm(dim=0), s, rtol=1e-5, atol=1e-6
+            layer.badit_state["default"].scaling * a.norm(dim=1) * b.norm(dim=0), s, rtol=1e-5, atol=1e-6
         )
         # The frozen base keeps the residual; A0 / B0 are the initial factors.
-        residual = weight.double() - layer.scaling["default"] * b @ a
+        residual = weight.double() - layer.badit_state["default"].scaling * b @ a
         torch.testing.assert_close(layer.get_base_layer().weight.double(), residual, atol=1e-5, rtol=0)
         torch.testing.assert_close(layer.badit_A0["default"], layer.badit_A["default"])
         torch.testing.assert_close(layer.badit_B0["default"], layer.badit_B["default"])

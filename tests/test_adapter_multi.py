@@ -217,4 +217,46 @@ def test_plain_module_with_default_task_type():
     # Each row routes on itself: row 0 alone gives the same output as within the batch.
     with torch.no_grad():
         torch.testing.assert_close(model(x[:1])[0], out[0], atol=TOL, rtol=0)
-    assert layer.routing_weights["default"].shape == (1, 3)
+    assert layer.badit_state["default"].routing_weights.shape == (1, 3)
+
+
+@torch.no_grad()
+def test_the_residual_invariant_holds_through_add_merge_delete_and_unload():
+    # One nn.Linear(8, 6), adapters "a" (r=2, K=3) and "b" (r=1, K=2). The base weight must always be
+    # W - sum_n s_n B0_n @ A0_n + (merged n: s_n B_n diag(g) A_n); worked term by term below.
+    torch.manual_seed(0)
+    base = nn.Linear(8, 6, bias=False)
+    w = base.weight.detach().double().clone()
+    layer = BaditLinear(base, "a", config(), layer_name="lin")
+    layer.update_layer("b", config(r=1, num_experts=2))
+    for name in ("a", "b"):
+        layer.badit_A[name].add_(0.1 * torch.randn_like(layer.badit_A[name]))  # trained: A != A0
+
+    def initial(name):  # s * B0 @ A0
+        return layer.badit_state[name].scaling * (
+            layer.badit_B0[name].double() @ layer.badit_A0[name].double()
+        )
+
+    def merged_delta(name, g):  # s * B diag(g repeated r times) A
+        state = layer.badit_state[name]
+        gate = (torch.tensor(g, dtype=torch.float64) * state.scaling).repeat_interleave(state.r)
+        return layer.badit_B[name].double() @ (gate[:, None] * layer.badit_A[name].double())
+
+    def base_weight():
+        return layer.get_base_layer().weight.double()
+
+    close = dict(atol=1e-5, rtol=0)
+    torch.testing.assert_close(base_weight(), w - initial("a") - initial("b"), **close)
+    torch.testing.assert_close(layer.pretrained_weight().double(), w, **close)
+    layer.set_fixed_routing("a", torch.tensor([1.0, 2.0, 0.5]))
+    layer.merge(adapter_names=["a"])
+    torch.testing.assert_close(
+        base_weight(), w - initial("a") - initial("b") + merged_delta("a", [1.0, 2.0, 0.5]), **close
+    )
+    torch.testing.assert_close(layer.pretrained_weight().double(), w, **close)
+    layer.delete_adapter("a")  # while merged: its merge and its initial components both go back
+    assert layer.merged_adapters == [] and set(layer.badit_state) == {"b"}
+    torch.testing.assert_close(base_weight(), w - initial("b"), **close)
+    torch.testing.assert_close(
+        layer.unload_and_optionally_merge_module(False, False, None).weight.double(), w, **close
+    )

@@ -45,7 +45,7 @@ def test_quantised_base_keeps_the_quantised_model_within_the_bound(kind):
             "Params4bit" if kind == "4bit" else "Int8Params"
         )
         # The experts come from the dequantised weight: their product is its top-(K*r) part.
-        s, b0, a0 = layer.scaling["default"], layer.badit_B0["default"], layer.badit_A0["default"]
+        s, b0, a0 = layer.badit_state["default"].scaling, layer.badit_B0["default"], layer.badit_A0["default"]
         top = torch.linalg.svdvals(s * b0 @ a0)[:6]
         torch.testing.assert_close(top, torch.linalg.svdvals(pretrained[i])[:6], atol=1e-3, rtol=1e-4)
         # Residual stored quantised; the initial model differs from W_q by at most R's quantisation error.

@@ -56,7 +56,7 @@ def test_batched_layer_equals_a_per_sequence_reference():
     layer.routing_state = state
     with torch.no_grad():
         out = layer(x)
-    a, b, s = layer.badit_A["default"], layer.badit_B["default"], layer.scaling["default"]
+    a, b, s = layer.badit_A["default"], layer.badit_B["default"], layer.badit_state["default"].scaling
     residual = layer.get_base_layer().weight
     for i in range(3):
         logits = layer.badit_router["default"].weight @ x[i, mask[i]].mean(dim=0)
@@ -65,7 +65,7 @@ def test_batched_layer_equals_a_per_sequence_reference():
         gate[kept] = 4.0 * F.softmax(logits[kept], dim=0)
         delta = sum(gate[e] * b[:, 2 * e : 2 * e + 2] @ a[2 * e : 2 * e + 2] for e in range(4))
         torch.testing.assert_close(out[i], x[i] @ (residual + s * delta).T, atol=1e-4, rtol=1e-4)
-        torch.testing.assert_close(layer.routing_weights["default"][i], gate)
+        torch.testing.assert_close(layer.badit_state["default"].routing_weights[i], gate)
         assert (gate == 0).sum() == 1
 
 

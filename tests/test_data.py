@@ -149,7 +149,7 @@ def test_invalid_task_content(tmp_path, content, message):
     with pytest.raises(DataError, match=message) as err:
         load_tasks(tmp_path / "d", "train")
     assert "task1_bad/train.json" in str(err.value)
-    assert isinstance(err.value, ValueError)
+    assert "'Definition'" in str(err.value) and "'Instances'" in str(err.value)  # the fix: the fields needed
 
 
 def test_invalid_json_and_non_utf8(tmp_path):

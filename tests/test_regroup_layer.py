@@ -185,9 +185,10 @@ def test_regroup_with_trained_routing_gives_each_moved_component_its_new_experts
     x = torch.randn(3, 5, IN, generator=torch.Generator().manual_seed(7))
     with torch.no_grad():
         before = layer(x)
-        gate = layer.routing_weights["default"]  # (batch, K): the router is not touched by a regroup
+        state = layer.badit_state["default"]
+        gate = state.routing_weights  # (batch, K): the router is not touched by a regroup
         # scaling * (x . a_j) b_j of every old rank-1 component j, before its gate: (K*R, batch, seq, out)
-        contributions = layer.scaling["default"] * torch.einsum("bsi,ji,oj->jbso", x, lora_A, lora_B)
+        contributions = state.scaling * torch.einsum("bsi,ji,oj->jbso", x, lora_A, lora_B)
         base = layer.base_layer(x)
     assert (gate.max(dim=1).values - gate.min(dim=1).values > 0.1).all()
 

@@ -127,14 +127,6 @@ def test_regroup_schedule(fields, step, total, epoch_end, due):
     assert regroup_due(config, step=step, total_steps=total, epoch_end=epoch_end) is due
 
 
-def test_regroup_schedule_is_validated_once_by_the_config():
-    # regroup_due only reads the fields: a bad schedule is refused when the BaditConfig is built.
-    from badit import BaditConfig
-
-    with pytest.raises(ValueError, match="regroup_every='daily' is neither 'epoch' nor a positive integer"):
-        BaditConfig(regroup_every="daily")
-
-
 @pytest.mark.parametrize("seed", range(3))
 def test_sign_flips_change_neither_the_plan_nor_its_statistics(seed):
     """Negating any rows (components whose SVD sign is flipped) gives the same permutation and the same

@@ -27,6 +27,7 @@ from torch import nn
 
 from badit.adapter.layer import BaditLinear
 from badit.errors import BaditError
+from badit.regrouping.gradients import is_badit_layer
 
 Routing = torch.Tensor | Mapping[str, torch.Tensor] | None
 """A (K,) vector for every layer, a dict layer name -> (K,), or None for uniform routing."""
@@ -38,13 +39,13 @@ class ExportError(BaditError, ValueError):
 
 def badit_layers(model: nn.Module) -> dict[str, BaditLinear]:
     """Adapted layers by name (as in the base model, e.g. "model.layers.0.mlp.gate_proj")."""
-    return {m.layer_name: m for m in model.modules() if isinstance(m, BaditLinear)}
+    return {m.layer_name: m for m in model.modules() if is_badit_layer(m)}
 
 
 def uniform_routing(layer: BaditLinear, adapter_name: str) -> torch.Tensor:
     """Every expert weighted equally, in `set_fixed_routing`'s scale: router_scale / K each (1 with "preserve")."""
-    k = layer.num_experts[adapter_name]
-    return torch.full((k,), layer.router_scale[adapter_name] / k)
+    state = layer.badit_state[adapter_name]
+    return torch.full((state.num_experts,), state.router_scale / state.num_experts)
 
 
 def layer_routing(routing: Routing, layer: BaditLinear, adapter_name: str) -> torch.Tensor:
@@ -57,7 +58,7 @@ def layer_routing(routing: Routing, layer: BaditLinear, adapter_name: str) -> to
         weights = torch.as_tensor(routing[layer.layer_name])
     else:
         weights = torch.as_tensor(routing)
-    k = layer.num_experts[adapter_name]
+    k = layer.badit_state[adapter_name].num_experts
     if weights.shape != (k,):
         raise ExportError(
             f"export: layer '{layer.layer_name}' has {k} experts but the routing has shape {tuple(weights.shape)}; "
@@ -85,7 +86,7 @@ def mean_routing(
         for batch in batches:
             model(**batch)
             for name, layer in layers.items():
-                weights = layer.routing_weights[adapter_name].float().cpu()
+                weights = layer.badit_state[adapter_name].routing_weights.float().cpu()
                 sums[name] = sums.get(name, 0) + weights.sum(dim=0)
             count += next(iter(batch.values())).shape[0]
     finally:
@@ -99,14 +100,14 @@ def lora_factors(
     layer: BaditLinear, adapter_name: str, routing: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """lora_A (2Kr, in) and lora_B (out, 2Kr) whose product times the layer's scaling is its weight change."""
-    if adapter_name in layer._residual_pending:
+    if not layer.badit_state[adapter_name].removed:
         raise ExportError(f"export: adapter '{adapter_name}' of layer '{layer.layer_name}' was never loaded")
     a, b = (
         layer.badit_A[adapter_name].detach().float().cpu(),
         layer.badit_B[adapter_name].detach().float().cpu(),
     )
     a0, b0 = layer.badit_A0[adapter_name].float().cpu(), layer.badit_B0[adapter_name].float().cpu()
-    component_gate = routing.repeat_interleave(layer.r[adapter_name])
+    component_gate = routing.repeat_interleave(layer.badit_state[adapter_name].r)
     return torch.cat([a, a0], dim=0), torch.cat([b * component_gate[None, :], -b0], dim=1)
 
 
@@ -162,16 +163,15 @@ def export_lora(
     Returns the folder. It loads with `PeftModel.from_pretrained(base, folder)` without badit.
     """
     layers = _check_exportable(model, adapter_name)
-    first = next(iter(layers.values()))
-    rank = 2 * first.num_experts[adapter_name] * first.r[adapter_name]
+    first = next(iter(layers.values())).badit_state[adapter_name]
+    rank, scaling = 2 * first.num_experts * first.r, first.scaling
+    fan_in_fan_out = next(iter(layers.values())).fan_in_fan_out
     state = {}
     for name, layer in layers.items():
-        if (
-            2 * layer.num_experts[adapter_name] * layer.r[adapter_name] != rank
-            or layer.scaling[adapter_name] != first.scaling[adapter_name]
-        ):
+        adapter = layer.badit_state[adapter_name]
+        if 2 * adapter.num_experts * adapter.r != rank or adapter.scaling != scaling:
             raise ExportError(f"export: layer '{name}' has another rank or scaling than the others")
-        if layer.fan_in_fan_out != first.fan_in_fan_out:  # one LoraConfig flag for all layers
+        if layer.fan_in_fan_out != fan_in_fan_out:  # one LoraConfig flag for all layers
             raise ExportError(
                 f"export: layer '{name}' mixes nn.Linear and Conv1D targets; export them as separate adapters"
             )
@@ -184,12 +184,12 @@ def export_lora(
         base_model_name_or_path = badit_config.base_model_name_or_path
     config = LoraConfig(
         r=rank,
-        lora_alpha=first.scaling[adapter_name] * rank,  # scaling = lora_alpha / r = BADIT's s
+        lora_alpha=scaling * rank,  # scaling = lora_alpha / r = BADIT's s
         lora_dropout=0.0,
         target_modules=sorted(layers),
         bias="none",
         # GPT-2's Conv1D layers store (in, out): PEFT's LoRA merges into them transposed with this flag
-        fan_in_fan_out=first.fan_in_fan_out,
+        fan_in_fan_out=fan_in_fan_out,
         task_type=getattr(badit_config, "task_type", None),
         base_model_name_or_path=base_model_name_or_path,
     )
@@ -268,7 +268,7 @@ def routing_distance(
     """
     layers = _check_exportable(model, adapter_name)
     fixed = {name: layer_routing(routing, layer, adapter_name) for name, layer in layers.items()}
-    before = {name: layer.fixed_routing.get(adapter_name) for name, layer in layers.items()}
+    before = {name: layer.badit_state[adapter_name].fixed_routing for name, layer in layers.items()}
     largest, agree, count = [], 0, 0
     was_training = model.training
     model.eval()

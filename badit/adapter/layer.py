@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -42,21 +45,40 @@ def is_adaptable(module: nn.Module) -> bool:
     return isinstance(module, (nn.Linear, Conv1D))
 
 
+@dataclass
+class AdapterState:
+    """What a BADIT layer keeps per adapter besides its tensors (badit_A, badit_B, badit_A0, badit_B0, the
+    router and the dropout, which PEFT's containers hold).
+
+    The residual invariant: the base layer's weight is always the pretrained weight minus, for every
+    adapter, `BaditLinear._taken_out`: its initial components s * B0 @ A0 while `removed` is True, less
+    its merged delta while `merged_routing` is set. Every change of the base weight goes through
+    `BaditLinear._keeping_residual`, which applies exactly the change of `_taken_out`.
+    """
+
+    r: int
+    num_experts: int
+    top_k: int | None
+    scaling: float
+    router_scale: float
+    """Multiplies the softmax: K with router_scale="preserve" (each expert starts at weight 1), else 1."""
+    train_router: bool = True
+    removed: bool = False
+    """Whether s * B0 @ A0 is out of the base weight: False while the factors are still to be loaded
+    (created on the meta device, PEFT's low_cpu_mem_usage) and after unload / delete gave them back."""
+    fixed_routing: torch.Tensor | None = None
+    """(K,) mixing weights used for every input instead of the router (`set_fixed_routing`)."""
+    routing_weights: torch.Tensor | None = None
+    """The last forward's mixing weights (batch, K), detached."""
+    merged_routing: torch.Tensor | None = None
+    """The routing folded into the base weight while the adapter is merged."""
+
+
 class BaditLayer(BaseTunerLayer):
-    """PEFT bookkeeping shared by BADIT layers (one per adapter name in every dict)."""
+    """PEFT bookkeeping shared by BADIT layers (one entry per adapter name in each container)."""
 
     adapter_layer_names = ("badit_A", "badit_B", "badit_router")
-    other_param_names = (
-        "badit_A0",
-        "badit_B0",
-        "badit_dropout",
-        "r",
-        "num_experts",
-        "top_k",
-        "scaling",
-        "router_scale",
-        "fixed_routing",
-    )
+    other_param_names = ("badit_A0", "badit_B0", "badit_dropout", "badit_state")
 
 
 class BaditLinear(nn.Module, BaditLayer):
@@ -64,7 +86,9 @@ class BaditLinear(nn.Module, BaditLayer):
 
     Per adapter name n: `badit_A[n]` (K*r, in) and `badit_B[n]` (out, K*r) pack the K experts (expert e owns
     rows / columns e*r:(e+1)*r), `badit_router[n]` maps the mean of the prompt tokens' inputs to K logits,
-    `badit_A0[n]` / `badit_B0[n]` keep the initial factors. The wrapped base layer holds the residual
+    `badit_A0[n]` / `badit_B0[n]` keep the initial factors, `badit_state[n]` the rest (`AdapterState`:
+    sizes, scaling, routing, whether its components are out of the base weight). The wrapped base layer
+    holds the residual
     W - sum over adapters n of scaling_n * B0_n @ A0_n, so with one adapter
 
         output = base(x) + scaling * ((dropout(x) @ A.T) * gate.repeat_interleave(r)) @ B.T
@@ -91,18 +115,7 @@ class BaditLinear(nn.Module, BaditLayer):
         self.badit_A0 = BufferDict(persistent=True)
         self.badit_B0 = BufferDict(persistent=True)
         self.badit_dropout = nn.ModuleDict()
-        self.r: dict[str, int] = {}
-        self.num_experts: dict[str, int] = {}
-        self.top_k: dict[str, int] = {}
-        self.scaling: dict[str, float] = {}
-        self.router_scale: dict[str, float] = {}
-        self.frozen_routers: set[str] = set()  # adapters whose router is not trained (train_router=False)
-        self.fixed_routing: dict[str, torch.Tensor] = {}
-        self.routing_weights: dict[str, torch.Tensor] = {}
-        # Adapters created on the meta device (PEFT's low_cpu_mem_usage): the base weight is still the
-        # pretrained one; the residual is formed when their initial factors are loaded.
-        self._residual_pending: set[str] = set()
-        self.merged_routing: dict[str, torch.Tensor] = {}
+        self.badit_state: dict[str, AdapterState] = {}
         self.merged_adapters = []
         self.routing_state: RoutingState | None = None
         self.quantization: str | None = None  # "4bit" / "8bit" for a bitsandbytes base (quantized.py)
@@ -136,11 +149,15 @@ class BaditLinear(nn.Module, BaditLayer):
                 f"num_experts * r = {k} * {r} = {rank} components: at most min(in, out) = "
                 f"{min(self.in_features, self.out_features)}. Lower r or num_experts, or exclude this module."
             )
-        self.r[adapter_name] = r
-        self.num_experts[adapter_name] = k
-        self.top_k[adapter_name] = config.top_k
-        self.scaling[adapter_name] = config.scaling
-        self.router_scale[adapter_name] = float(k) if config.router_scale == "preserve" else 1.0
+        state = AdapterState(
+            r=r,
+            num_experts=k,
+            top_k=config.top_k,
+            scaling=config.scaling,
+            router_scale=float(k) if config.router_scale == "preserve" else 1.0,
+            train_router=config.train_router,
+        )
+        self.badit_state[adapter_name] = state
         self.badit_dropout[adapter_name] = (
             nn.Dropout(config.lora_dropout) if config.lora_dropout else nn.Identity()
         )
@@ -154,7 +171,6 @@ class BaditLinear(nn.Module, BaditLayer):
             # Real (small) placeholders: PEFT moves buffer-only modules with .to(), which meta tensors refuse.
             self.badit_A0[adapter_name] = torch.zeros(rank, self.in_features, device=device)
             self.badit_B0[adapter_name] = torch.zeros(self.out_features, rank, device=device)
-            self._residual_pending.add(adapter_name)
         else:
             pretrained = self.pretrained_weight()  # before this adapter's factors exist
             a, b = self._initial_factors(pretrained, config, rank)
@@ -165,20 +181,18 @@ class BaditLinear(nn.Module, BaditLayer):
                     nn.init.zeros_(self.badit_router[adapter_name].weight)
             self.badit_A0[adapter_name] = a.detach().clone()
             self.badit_B0[adapter_name] = b.detach().clone()
-            # The base weight keeps every adapter's residual: W - sum_n s_n B0_n A0_n. Only this adapter's
-            # initial components leave it, so the earlier adapters (and disable_adapter) stay exact.
-            current = self._base_weight()
-            self._set_residual(current - self._initial_delta_weight(adapter_name))
-        self.frozen_routers.discard(adapter_name)
-        if not config.train_router:
-            self.frozen_routers.add(adapter_name)
+            # Only this adapter's initial components leave the base weight, so the earlier adapters (and
+            # disable_adapter) stay exact.
+            with self._keeping_residual(adapter_name):
+                state.removed = True
         self.set_adapter(self.active_adapters, inference_mode=inference_mode)
 
     def set_adapter(self, adapter_names, inference_mode: bool = False) -> None:
         """PEFT's ``set_adapter``, then the routers of ``train_router=False`` adapters stay frozen."""
         super().set_adapter(adapter_names, inference_mode=inference_mode)
-        for name in self.frozen_routers & set(self.badit_router):
-            self.badit_router[name].requires_grad_(False)
+        for name, state in self.badit_state.items():
+            if not state.train_router and name in self.badit_router:
+                self.badit_router[name].requires_grad_(False)
 
     def _initial_factors(
         self, pretrained: torch.Tensor, config: BaditConfig, rank: int
@@ -197,18 +211,35 @@ class BaditLinear(nn.Module, BaditLayer):
 
     def _initial_delta_weight(self, adapter_name: str) -> torch.Tensor:
         """scaling * B0 @ A0 in float32: what the residual lacks for this adapter."""
-        return self.scaling[adapter_name] * (
+        return self.badit_state[adapter_name].scaling * (
             self.badit_B0[adapter_name].float() @ self.badit_A0[adapter_name].float()
         )
 
+    def _taken_out(self, name: str) -> torch.Tensor | float:
+        """What adapter `name` has taken out of the pretrained weight (float32 (out, in), or 0.0): its initial
+        components while `removed`, less its delta while merged. The base weight is the pretrained weight
+        minus every adapter's `_taken_out` (see `AdapterState`)."""
+        state = self.badit_state[name]
+        taken = self._initial_delta_weight(name) if state.removed else 0.0
+        if state.merged_routing is not None:
+            taken = taken - self._delta_weight(name, state.merged_routing)
+        return taken
+
+    @contextmanager
+    def _keeping_residual(self, name: str) -> Iterator[None]:
+        """Around a change of adapter `name`'s state or initial factors: the base weight changes by what
+        `_taken_out(name)` changes, so the residual invariant holds after it. The one writer of the residual."""
+        before = self._taken_out(name)
+        yield
+        after = self._taken_out(name)
+        if isinstance(before, torch.Tensor) or isinstance(after, torch.Tensor):
+            self._set_residual(self._base_weight() + before - after)
+
     def pretrained_weight(self) -> torch.Tensor:
-        """The original weight (float32): the residual plus every adapter's initial components."""
+        """The original weight (float32): the residual plus what every adapter took out of it."""
         weight = self._base_weight()
-        for name in self.badit_A0:
-            if name in self.merged_adapters:
-                weight = weight - self._delta_weight(name, self.merged_routing[name])
-            if name not in self._residual_pending:
-                weight = weight + self._initial_delta_weight(name)
+        for name in self.badit_state:
+            weight = weight + self._taken_out(name)
         return weight
 
     def _base_weight(self) -> torch.Tensor:
@@ -231,22 +262,18 @@ class BaditLinear(nn.Module, BaditLayer):
         A checkpoint's A0 / B0 (e.g. from another run of the randomized SVD) differ from the ones this layer
         was created with, so the base weight becomes W - s * B0_loaded @ A0_loaded before they are copied in.
         """
-        for name in list(self.badit_A0):
+        for name, state in self.badit_state.items():
             a0, b0 = state_dict.get(f"{prefix}badit_A0.{name}"), state_dict.get(f"{prefix}badit_B0.{name}")
             if a0 is None or b0 is None:
                 continue  # nothing to rebuild; PyTorch reports missing keys itself
             if a0.shape != self.badit_A0[name].shape or b0.shape != self.badit_B0[name].shape:
                 continue  # PyTorch reports the size mismatch itself
-            if name not in self._residual_pending and same_components(
-                (self.badit_A0[name], self.badit_B0[name]), (a0, b0)
-            ):
+            if state.removed and same_components((self.badit_A0[name], self.badit_B0[name]), (a0, b0)):
                 continue  # e.g. resuming after a regroup: the residual is already exact, keep it
-            residual = self._base_weight()
-            if name not in self._residual_pending:
-                residual = residual + self._initial_delta_weight(name)
-            loaded = self.scaling[name] * (b0.to(residual) @ a0.to(residual))
-            self._set_residual(residual - loaded)
-            self._residual_pending.discard(name)
+            with self._keeping_residual(name), torch.no_grad():  # the loaded components leave the base weight
+                self.badit_A0[name].copy_(a0)
+                self.badit_B0[name].copy_(b0)
+                state.removed = True
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _move_adapter_to_device_of_base_layer(
@@ -275,7 +302,7 @@ class BaditLinear(nn.Module, BaditLayer):
         for name in self.badit_A:
             if name in self.merged_adapters:
                 continue
-            if name in self._residual_pending:
+            if not self.badit_state[name].removed:
                 raise RuntimeError(
                     f"BADIT adapter '{name}' of layer '{self.layer_name}' was created on the meta device and "
                     "its weights were never loaded"
@@ -318,11 +345,13 @@ class BaditLinear(nn.Module, BaditLayer):
     def _initial_output(self, name: str, x: torch.Tensor) -> torch.Tensor:
         """scaling * x @ A0.T @ B0.T: the pretrained components this adapter took out of the base weight."""
         a0, b0 = self.badit_A0[name], self.badit_B0[name]
-        return F.linear(F.linear(self._cast_input_dtype(x, a0.dtype), a0), b0) * self.scaling[name]
+        return (
+            F.linear(F.linear(self._cast_input_dtype(x, a0.dtype), a0), b0) * self.badit_state[name].scaling
+        )
 
     def _adapter_output(self, name: str, x: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
         """Adapter `name`'s output on x; `rows` (mixed batches): which sequences of the full batch x holds."""
-        a, b = self.badit_A[name], self.badit_B[name]
+        a, b, state = self.badit_A[name], self.badit_B[name], self.badit_state[name]
         x = self._cast_input_dtype(x, a.dtype)
         if x.dim() == 3:  # (batch, seq, in): language models
             sequences = x
@@ -332,7 +361,7 @@ class BaditLinear(nn.Module, BaditLayer):
             sequences = x.reshape(1, -1, x.shape[-1])
         gate = self._gate(name, sequences, rows, use_prompt_mask=x.dim() == 3)  # (batch, K)
         # One weight per rank-1 component, scaling folded in: (batch, 1, ..., K*r).
-        component_gate = (gate * self.scaling[name]).repeat_interleave(self.r[name], dim=-1)
+        component_gate = (gate * state.scaling).repeat_interleave(state.r, dim=-1)
         if x.dim() == 3:
             component_gate = component_gate[:, None, :]
         elif x.dim() != 2:
@@ -352,11 +381,11 @@ class BaditLinear(nn.Module, BaditLayer):
         `rows`: the sequences' indices in the model's batch when they are a subset (mixed batches).
         `use_prompt_mask`: False for inputs that are not (batch, seq, in) token sequences; they pool all rows.
         """
-        batch = sequences.shape[0]
-        if name in self.fixed_routing:
-            gate = self.fixed_routing[name].to(sequences).expand(batch, -1)
+        batch, state = sequences.shape[0], self.badit_state[name]
+        if state.fixed_routing is not None:
+            gate = state.fixed_routing.to(sequences).expand(batch, -1)
         elif self.routing_state is not None and self.routing_state.reuse:
-            gate = self.routing_weights.get(name)
+            gate = state.routing_weights
             if gate is None or gate.shape[0] != batch:
                 raise RuntimeError(
                     f"BADIT layer '{self.layer_name}': a cached decoding step arrived without the prefill's "
@@ -375,30 +404,30 @@ class BaditLinear(nn.Module, BaditLayer):
                 )
             router = self.badit_router[name]
             pooled = masked_mean(sequences, mask)
-            gate = mixing_weights(
-                router(pooled.to(router.weight.dtype)), self.top_k[name], self.router_scale[name]
-            )
-        self.routing_weights[name] = gate.detach()
+            gate = mixing_weights(router(pooled.to(router.weight.dtype)), state.top_k, state.router_scale)
+        state.routing_weights = gate.detach()
         return gate
 
     # ------------------------------------------------------------------ merging
 
     def set_fixed_routing(self, adapter_name: str, weights: torch.Tensor | None) -> None:
         """Use the mixing weights `weights` (K,) for every input, or the router again when None."""
+        state = self.badit_state[adapter_name]
         if weights is None:
-            self.fixed_routing.pop(adapter_name, None)
+            state.fixed_routing = None
             return
         weights = torch.as_tensor(weights, dtype=torch.float32, device=self.badit_A[adapter_name].device)
-        if weights.shape != (self.num_experts[adapter_name],):
+        if weights.shape != (state.num_experts,):
             raise ValueError(
-                f"fixed routing for layer '{self.layer_name}' must have shape ({self.num_experts[adapter_name]},) "
+                f"fixed routing for layer '{self.layer_name}' must have shape ({state.num_experts},) "
                 f"(one mixing weight per expert), got {tuple(weights.shape)}"
             )
-        self.fixed_routing[adapter_name] = weights
+        state.fixed_routing = weights
 
     def _delta_weight(self, name: str, routing: torch.Tensor) -> torch.Tensor:
         """scaling * B diag(gate per component) A in float32."""
-        component_gate = (routing.float() * self.scaling[name]).repeat_interleave(self.r[name])
+        state = self.badit_state[name]
+        component_gate = (routing.float() * state.scaling).repeat_interleave(state.r)
         return self.badit_B[name].float() @ (component_gate[:, None] * self.badit_A[name].float())
 
     def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
@@ -406,21 +435,24 @@ class BaditLinear(nn.Module, BaditLayer):
         for name in check_adapters_to_merge(self, adapter_names):
             if name not in self.badit_A:
                 continue
-            if name not in self.fixed_routing:
+            state = self.badit_state[name]
+            if state.fixed_routing is None:
                 raise ValueError(
                     f"Cannot merge BADIT adapter '{name}' of layer '{self.layer_name}': its expert mixing weights "
                     "depend on each input sequence (the router), so no single weight matrix reproduces it. Fix "
                     "a routing vector first with model.set_fixed_routing(weights) (e.g. the mean of "
                     "badit.get_routing_weights(model) over a task), then merge."
                 )
-            routing = self.fixed_routing[name].clone()
-            merged = self._base_weight() + self._delta_weight(name, routing)
-            if safe_merge and not torch.isfinite(merged).all():
+            routing = state.fixed_routing.clone()
+            if (
+                safe_merge
+                and not torch.isfinite(self._base_weight() + self._delta_weight(name, routing)).all()
+            ):
                 raise ValueError(
                     f"merging BADIT adapter '{name}' into '{self.layer_name}' gives non-finite weights"
                 )
-            self._set_residual(merged)
-            self.merged_routing[name] = routing
+            with self._keeping_residual(name):
+                state.merged_routing = routing
             self.merged_adapters.append(name)
 
     def unmerge(self) -> None:
@@ -430,8 +462,8 @@ class BaditLinear(nn.Module, BaditLayer):
             return
         while self.merged_adapters:
             name = self.merged_adapters.pop()
-            routing = self.merged_routing.pop(name)
-            self._set_residual(self._base_weight() - self._delta_weight(name, routing))
+            with self._keeping_residual(name):
+                self.badit_state[name].merged_routing = None
 
     def unload_and_optionally_merge_module(
         self, merge: bool, safe_merge: bool, adapter_names: list[str] | None
@@ -443,20 +475,21 @@ class BaditLinear(nn.Module, BaditLayer):
         """
         if merge:
             self.merge(safe_merge=safe_merge, adapter_names=adapter_names)
-        weight = self._base_weight()
-        for name in self.badit_A0:
-            if name not in self.merged_adapters and name not in self._residual_pending:
-                weight = weight + self._initial_delta_weight(name)
-        self._set_residual(weight)
+        for name, state in self.badit_state.items():
+            if name not in self.merged_adapters:
+                with self._keeping_residual(name):
+                    state.removed = False  # its initial components go back into the weight
         self.merged_adapters = []
         return self.get_base_layer()
 
     def delete_adapter(self, adapter_name: str) -> None:
-        """Remove an adapter, giving its initial components back to the base weight."""
-        if adapter_name in self.badit_A0 and adapter_name not in self._residual_pending:
-            self._set_residual(self._base_weight() + self._initial_delta_weight(adapter_name))
-        self._residual_pending.discard(adapter_name)
-        self.routing_weights.pop(adapter_name, None)
+        """Remove an adapter, giving its initial components (and a merged delta) back to the base weight."""
+        if adapter_name in self.badit_state:
+            with self._keeping_residual(adapter_name):
+                self.badit_state[adapter_name].removed = False
+                self.badit_state[adapter_name].merged_routing = None
+        if adapter_name in self.merged_adapters:
+            self.merged_adapters.remove(adapter_name)
         super().delete_adapter(adapter_name)
 
     def __repr__(self) -> str:

@@ -15,6 +15,7 @@ from badit.adapter.config import BaditConfig
 from badit.adapter.layer import BaditLayer, BaditLinear, is_adaptable
 from badit.adapter.routing import RoutingState
 from badit.regrouping import attach_gradient_tracking
+from badit.regrouping.gradients import is_badit_layer
 
 
 class BaditModel(BaseTuner):
@@ -66,7 +67,7 @@ class BaditModel(BaseTuner):
         **optional_kwargs: Any,
     ) -> None:
         progress = self.__dict__.get("_init_progress")
-        if isinstance(target, BaditLinear):
+        if is_badit_layer(target):
             target.update_layer(adapter_name, config)
             if progress is not None:
                 progress.update()
@@ -150,7 +151,7 @@ class BaditModel(BaseTuner):
             adapter_name: the adapter to fix; default the active one.
         """
         adapter_name = adapter_name or self.active_adapters[0]
-        layers = {m.layer_name: m for m in self.model.modules() if isinstance(m, BaditLinear)}
+        layers = {m.layer_name: m for m in self.model.modules() if is_badit_layer(m)}
         if isinstance(weights, Mapping):
             unknown = sorted(set(weights) - set(layers))
             if unknown:
@@ -169,8 +170,9 @@ def get_routing_weights(model: nn.Module, adapter_name: str | None = None) -> di
     """The mixing weights (batch, K) of the last forward, per adapted layer (named as in the base model)."""
     result = {}
     for module in model.modules():
-        if isinstance(module, BaditLinear):
+        if is_badit_layer(module):
             name = adapter_name or module.active_adapters[0]
-            if name in module.routing_weights:
-                result[module.layer_name] = module.routing_weights[name]
+            state = module.badit_state.get(name)
+            if state is not None and state.routing_weights is not None:
+                result[module.layer_name] = state.routing_weights
     return result

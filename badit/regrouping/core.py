@@ -60,7 +60,8 @@ def regroup(
     perms: list[torch.Tensor] = []
     plans: list[tuple[np.ndarray, dict[str, float]] | None] = []  # directions and plan statistics
     for (_, layer, adapter_name, _), signal in zip(tracked, signals, strict=True):
-        num_experts, size = layer.num_experts[adapter_name], layer.r[adapter_name]
+        state = layer.badit_state[adapter_name]
+        num_experts, size = state.num_experts, state.r
         directions = signal.cpu().numpy().astype(np.float64)  # numpy from here: tiny, single-threaded
         if num_experts < 2 or not directions.any():
             perms.append(torch.arange(num_experts * size))
@@ -91,8 +92,8 @@ def regroup(
         final = grouping_stats(
             directions,
             perm.numpy(),
-            layer.num_experts[adapter_name],
-            layer.r[adapter_name],
+            layer.badit_state[adapter_name].num_experts,  # duck-typed: badit.adapter.layer.AdapterState
+            layer.badit_state[adapter_name].r,
             signed_of[adapter_name],
         )
         stats[layer_key(getattr(layer, "layer_name", layer_name), adapter_name)] = {**plan_stats, **final}
