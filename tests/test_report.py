@@ -93,7 +93,8 @@ def test_page_from_trained_runs_shows_their_numbers_and_files(trained):
     assert "badit (multitask) vs badit (single)" in page
     # continual: AP from metrics.json
     ap = runs["run-badit-continual"].continual["rougeL"]["AP"]
-    assert [c for c in _cells(page) if c[:1] == ["badit (continual)"]][0][1] == f"{ap:.2f}"
+    continual_row = [c for c in _cells(page) if c[:1] == ["badit (continual)"] and len(c) == 9][0]
+    assert continual_row[1] == f"{ap:.2f}"  # run + AP, forgetting, BWT, FWT for 2 metrics
     # no external URL anywhere; every image embedded
     assert not re.search(r"(src|href)\s*=\s*[\"']?(https?:)?//", page)
     assert len(re.findall(r'<img src="data:image/png;base64,', page)) == page.count("<img ")
@@ -331,3 +332,100 @@ def test_router_warning_names_collapse_and_the_adapter(tmp_path):
         "routing collapsed: one expert takes at least 95% of the weight in every one of the 2 layers"
     )
     assert "[stages/01-b]" in warning
+
+
+def _badit_hand_run(root: Path, usage: list, layers: list[str]) -> Path:
+    """A BADIT multitask run folder by hand: settings, 30 logged steps of 21 per epoch with
+    regroup_until 0.5 (so no regroup can happen), a router log, predictions and an analysis."""
+    folder = _hand_run(root / "badit", "badit", "multitask", 0, {"t1": 40.0, "t2": 60.0})
+    config = {
+        "name": "badit",
+        "training": {"learning_rate": 2e-4, "max_steps": 30},
+        "evaluation": {"split": "test"},
+        "method": {
+            "name": "badit",
+            "num_experts": 2,
+            "r": 4,
+            "lora_alpha": 32,
+            "target_modules": ["gate_proj"],
+            "regroup_every": "epoch",
+            "regroup_until": 0.5,
+        },
+    }
+    (folder / "config.yaml").write_text(json.dumps(config))
+    logs = folder / "logs"
+    logs.mkdir()
+    (logs / "train_log.jsonl").write_text(
+        "".join(json.dumps({"step": s, "epoch": s / 21, "loss": 1.0 / s}) + "\n" for s in range(1, 31))
+    )
+    healthy = {"load": [0.6, 0.4], "entropy": 0.97, "top_share": 0.6, "deviation": 0.1}
+    record = {
+        "step": 30,
+        "layers": {name: healthy for name in layers},
+        "summary": {"entropy": 0.97, "top_share": 0.6, "deviation": 0.1, "min_load": 0.4},
+    }
+    (logs / "router_health.jsonl").write_text(json.dumps(record) + "\n")
+    predictions = [
+        {
+            "task": t,
+            "id": f"{t}-{i}",
+            "prompt": f"Input: {t} number {i}\nOutput:",
+            "prediction": f"p{i}",
+            "references": [f"r{i}", f"s{i}"],
+        }
+        for t in ("t1", "t2")
+        for i in range(5)
+    ]
+    (folder / "predictions.jsonl").write_text("".join(json.dumps(p) + "\n" for p in predictions))
+    (folder / "analysis").mkdir()
+    analysis = {"tasks": ["t1", "t2"], "expert_usage": {"layers": layers, "usage": usage}}
+    (folder / "analysis" / "analysis.json").write_text(json.dumps(analysis))
+    return folder
+
+
+def test_report_settings_samples_layer_order_verdicts_and_why_no_regroup(tmp_path):
+    from badit.experiments.report.collect import label_runs, load_run
+    from badit.experiments.report.dynamics import _usage
+
+    layers = [f"model.layers.{i}.mlp.gate_proj" for i in (0, 1, 10, 2)]  # text order, as analysis wrote it
+    same = [[0.5, 0.5], [0.5, 0.5]]  # both tasks route exactly alike in every layer
+    usage = [same, same, same, same]
+    usage[2] = [[0.7, 0.3], [0.7, 0.3]]  # layer 10 is told apart by its values
+    folder = _badit_hand_run(tmp_path, usage, layers)
+    page = build_report([folder])
+    cells = _cells(page)
+    # settings: method, setting, seed, lr, steps, K, r, alpha, targets from config.yaml
+    assert [
+        "badit (multitask)",
+        "badit",
+        "multitask",
+        "0",
+        "0.0002",
+        "30 steps",
+        "2",
+        "4",
+        "32",
+        "gate_proj",
+    ] in cells
+    # samples: the first 3 of each task, references joined, the run's prediction beside them
+    samples = [c for c in cells if len(c) == 4 and c[0] in ("t1", "t2") and " | " in c[2]]
+    assert [(c[0], c[2], c[3]) for c in samples] == [
+        (t, f"r{i} | s{i}", f"p{i}") for t in ("t1", "t2") for i in range(3)
+    ]
+    # layers in numeric order 0, 1, 2, 10, their usage rows moved with them
+    run = load_run(folder)
+    label_runs([run])
+    _, ordered, ordered_usage = _usage(run)
+    assert [name.split(".")[2] for name in ordered] == ["0", "1", "2", "10"]
+    assert ordered_usage[3].tolist() == [[0.7, 0.3], [0.7, 0.3]]
+    # training batches: neither collapsed nor uniform; per task: every task routes alike (distance 0):
+    # the verdict says so instead of "healthy"
+    assert "healthy" not in page
+    assert "neither collapsed nor uniform, but every task routes alike" in page
+    # why no regroup: first regroup at the end of epoch 1 (step 21) > 0.5 x 30 = 15
+    assert (
+        "no regroup logged: this run never regroups: the first regroup would fall at the end of epoch 1, step 21"
+        in page
+    )
+    # a multitask run: no continual note
+    assert "Continual runs" not in page

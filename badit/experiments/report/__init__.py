@@ -16,7 +16,9 @@ __all__ = ["ReportError", "build_report", "collect", "write_report"]
 
 def build_report(inputs: list[str | Path], title: str = "badit report") -> str:
     """The HTML page for the run folders (or folders of runs) in `inputs`; ReportError on bad input."""
-    from badit.experiments.report import dynamics, sections
+    from tqdm.auto import tqdm
+
+    from badit.experiments.report import dynamics, runs, sections
     from badit.experiments.report.page import render
     from badit.experiments.report.scores import group_runs
 
@@ -31,15 +33,19 @@ def build_report(inputs: list[str | Path], title: str = "badit report") -> str:
             "Left out (not in every run): "
             + "; ".join(f"{label}: {', '.join(tasks)}" for label, tasks in collection.left_out.items())
         )
-    parts = [
-        sections.scores_section(collection, groups),
-        sections.interference_section(collection, groups),
-        sections.continual_section(collection),
-        dynamics.training_section(collection),
-        dynamics.regroup_section(collection),
-        dynamics.router_section(collection),
-        dynamics.analysis_section(collection),
+    builders = [
+        lambda: runs.settings_section(collection),
+        lambda: sections.scores_section(collection, groups),
+        lambda: runs.predictions_section(collection),
+        lambda: sections.interference_section(collection, groups),
+        lambda: sections.continual_section(collection),
+        lambda: dynamics.training_section(collection),
+        lambda: dynamics.regroup_section(collection),
+        lambda: dynamics.router_section(collection),
+        lambda: dynamics.analysis_section(collection),
     ]
+    # a bar over the sections (their figures are most of the time), shown only after 2 s
+    parts = [build() for build in tqdm(builders, desc="report", unit="section", delay=2, leave=False)]
     return render(title, intro, [p for p in parts if p is not None])
 
 

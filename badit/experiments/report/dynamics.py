@@ -11,6 +11,7 @@ from badit.experiments.folder import StageFolder
 from badit.experiments.report import figures
 from badit.experiments.report.collect import Collection, LogSegment, Run
 from badit.experiments.report.page import Section, figure, number, paragraph, table
+from badit.experiments.report.runs import natural_key, no_regroup_reason
 
 
 def _log_file(segment: LogSegment, kind: str):
@@ -64,10 +65,15 @@ def training_section(collection: Collection) -> Section:
     if not panels["loss"]:
         section.add(paragraph("No training log (logs/train_log.jsonl) in these runs.", kind="flag"))
         return section
+    continual = (
+        " Continual runs: stages one after another on the step axis."
+        if any(run.setting == "continual" for run in collection.runs)
+        else ""
+    )
     section.add(
         paragraph(
-            "Continual runs: stages one after another on the step axis. tokens/s: input tokens between two "
-            "log records divided by the wall time between them (all processes together)."
+            "tokens/s: input tokens between two log records divided by the wall time between them (all "
+            f"processes together).{continual}"
         )
     )
     uri = figures.line_panels(
@@ -132,11 +138,7 @@ def regroup_section(collection: Collection) -> Section | None:
     for run, rows in runs:
         section.source(*(_log_file(s, "regroup") for s in run.segments if s.regroup))
         if not rows:
-            section.add(
-                paragraph(
-                    f"{run.label}: no regroup logged (logs/regroup.jsonl missing or empty).", kind="flag"
-                )
-            )
+            section.add(paragraph(f"{run.label}: no regroup logged: {no_regroup_reason(run)}.", kind="flag"))
             continue
         table_rows = [
             [
@@ -199,18 +201,24 @@ def router_section(collection: Collection) -> Section | None:
             panels[key] += lines
         final = [s.router[-1]["layers"] for s in run.segments if s.router and "layers" in s.router[-1]]
         section.source(*(_log_file(s, "router") for s in run.segments if s.router))
+        per_task = _per_task_verdict(run)  # from analysis.json: tasks routing alike, starved experts
         for layers in final[-1:]:
             problem = health.routing_problem(layers)
             summary = health.summarize_health(layers)
             text = (
-                f"{run.label}, end of training: entropy {summary['entropy']:.2f}, top-expert share "
-                f"{summary['top_share']:.2f}, smallest expert load {summary['min_load']:.2f}"
+                f"{run.label}, end of training (training batches): entropy {summary['entropy']:.2f}, "
+                f"top-expert share {summary['top_share']:.2f}, smallest expert load {summary['min_load']:.2f}"
             )
-            section.add(
-                paragraph(
-                    f"{text}: {problem}" if problem else f"{text}: healthy", "flag" if problem else "ok"
+            if problem:
+                verdict, kind = problem, "flag"
+            elif per_task:  # not collapsed nor uniform, but the per-task routing says otherwise
+                verdict, kind = f"neither collapsed nor uniform, but {per_task}", "flag"
+            else:
+                verdict = "neither collapsed nor uniform" + (
+                    "; tasks route differently (below)" if run.analysis else ""
                 )
-            )
+                kind = "ok"
+            section.add(paragraph(f"{text}: {verdict}", kind))
         _usage_blocks(section, run)
     if panels["entropy"]:
         uri = figures.line_panels(
@@ -228,6 +236,32 @@ def router_section(collection: Collection) -> Section | None:
     return section
 
 
+def _usage(run: Run) -> tuple[list[str], list[str], torch.Tensor] | None:
+    """(tasks, layers in numeric order, usage (L, T, K)) from analysis.json; None without it."""
+    usage_info = (run.analysis or {}).get("expert_usage")
+    if not usage_info:
+        return None
+    layers = list(usage_info["layers"])
+    usage = torch.tensor(usage_info["usage"], dtype=torch.float64)  # (L, T, K)
+    order = sorted(range(len(layers)), key=lambda i: natural_key(layers[i]))  # 0, 1, 2, ..., 10
+    return run.analysis.get("tasks", []), [layers[i] for i in order], usage[order]
+
+
+def _per_task_verdict(run: Run) -> str | None:
+    """The per-task routing problem of analysis.json in words (None: none, or no analysis)."""
+    found = _usage(run)
+    if found is None:
+        return None
+    _, _, usage = found
+    alike, distance = health.tasks_route_alike(usage)
+    if alike:
+        return f"every task routes alike (largest distance between two tasks {distance:.3f})"
+    starved = health.starved_experts(usage)
+    if starved:
+        return f"{len(starved)} starved (layer, task, expert) entries"
+    return None
+
+
 def _usage_blocks(section: Section, run: Run) -> None:
     """Routing per task and layer, health per task, and preference similarity from analysis.json."""
     usage_info = (run.analysis or {}).get("expert_usage")
@@ -235,9 +269,7 @@ def _usage_blocks(section: Section, run: Run) -> None:
         section.add(paragraph(f"{run.label}: no routing per task (run `badit analyze {run.path}`)."))
         return
     section.source(run.analysis_file)
-    tasks = run.analysis.get("tasks", [])
-    layers = usage_info["layers"]
-    usage = torch.tensor(usage_info["usage"], dtype=torch.float64)  # (L, T, K)
+    tasks, layers, usage = _usage(run)
     k = usage.shape[-1]
     experts = [f"e{i}" for i in range(k)]
     short_layers = [name.removeprefix("base_model.model.").removeprefix("model.") for name in layers]
