@@ -6,15 +6,14 @@ Reads only the run folders (`collect.Run.path`); the scores themselves are in se
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from types import SimpleNamespace
 
-from badit.experiments.report.collect import CONFIG_FILE, Collection, Run, _read_config
+from badit.experiments.folder import CONFIG_FILE, PREDICTIONS_FILE, RunError, RunFolder
+from badit.experiments.report.collect import Collection, Run
 from badit.experiments.report.page import Section, paragraph, table
 
-PREDICTIONS_FILE = "predictions.jsonl"
 SAMPLES_PER_TASK = 3  # predictions shown per task: enough to see what a model answers, short page
 PROMPT_TAIL = 160  # characters of the prompt shown (its end: the instance, after any template)
 
@@ -22,6 +21,10 @@ PROMPT_TAIL = 160  # characters of the prompt shown (its end: the instance, afte
 def natural_key(name: str) -> list:
     """Sort key that orders the numbers inside names as numbers: layers 0, 1, 2, ..., 10 (not 0, 1, 10, 2)."""
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
+def _read_config(run: Run) -> dict:
+    return RunFolder(run.path).saved_config()  # read by collect already: readable
 
 
 def _get(config: dict, section: str, key: str):
@@ -46,7 +49,7 @@ def _text(value) -> str:
 
 def settings_rows(run: Run) -> list[str]:
     """method, setting, seed, lr, steps/epochs, K, r, alpha, target modules of one run (config.yaml)."""
-    config = _read_config(run.path / CONFIG_FILE)
+    config = _read_config(run)
     return [
         run.label,
         run.method,
@@ -77,18 +80,16 @@ def settings_section(collection: Collection) -> Section:
 
 
 def _predictions(run: Run) -> list[dict]:
-    path = run.path / PREDICTIONS_FILE
-    if not path.is_file():
+    """The run's predictions.jsonl records ([] when it has none or it cannot be read: the scores come
+    from metrics.json anyway)."""
+    folder = RunFolder(run.path)
+    if not folder.predictions_file.is_file():
         return []
-    records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a truncated last line; the scores come from metrics.json anyway
-        if isinstance(record, dict) and "task" in record:
-            records.append(record)
-    return records
+    try:
+        records = folder.predictions()
+    except (RunError, ValueError):
+        return []
+    return [r for r in records if isinstance(r, dict) and "task" in r]
 
 
 def _tail(text: str, limit: int = PROMPT_TAIL) -> str:
@@ -139,7 +140,7 @@ def no_regroup_reason(run: Run) -> str:
     """Why a BADIT run's logs hold no regroup: regrouping switched off, a schedule that never fires
     (`badit.regrouping.never_regroups` on the logged step counts), regroups without gradients, or a
     missing log."""
-    config = _read_config(run.path / CONFIG_FILE)
+    config = _read_config(run)
     method = config.get("method") or {}
     if method.get("regroup") is False:
         return "regrouping is off (method.regroup: false): the run trained as svd-moe"
