@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -12,9 +13,13 @@ import torch
 import yaml
 from peft import PeftModel
 from safetensors.torch import load_file
+from transformers import TrainerCallback
 
 from badit.cli.main import main
 from badit.data import DataCollator
+from badit.experiments.config import from_dict
+from badit.experiments.settings import run
+from badit.experiments.sweep import SweepError, load_sweep, parse_sweep, plan_selection
 from badit.training.continual import (
     INFLORA_A_SCALE,
     ContinualCallback,
@@ -35,7 +40,7 @@ from badit.training.continual import (
 )
 from badit.training.methods import MethodConfig, effective_scale
 from badit.training.trainer import save_adapter
-from tests.helpers import char_tokenizer, make_tiny_model, tiny_run_config
+from tests.helpers import SimulatedKill, char_tokenizer, make_tiny_model, tiny_run_config
 
 
 def _method(name: str, **fields) -> MethodConfig:
@@ -411,3 +416,54 @@ def test_gainlora_gate_at_the_default_threshold(tmp_path):
     _, old = _logits_and_gates(second, task1)
     _, new = _logits_and_gates(second, task2)
     assert old[:, 1].mean() < 0.05 and new[:, 1].mean() > 10 * old[:, 1].mean()
+
+
+class _KillInSecondStage(TrainerCallback):
+    """Stops training right after the second stage's checkpoint of ``step`` (the first stage saved one too)."""
+
+    def __init__(self, step: int):
+        self.step, self.seen = step, 0
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            self.seen += 1
+            if self.seen == 2:
+                raise SimulatedKill
+
+
+@pytest.mark.slow
+def test_gainlora_killed_in_its_second_stage_resumes_to_the_same_adapter(tmp_path):
+    sections = dict(
+        data={"task_order": ["demo_reverse_words", "demo_copy_words"]},
+        training={"max_steps": 4, "save_steps": 2, "save_total_limit": None, "weight_decay": 0.1},
+    )
+    whole = tiny_run_config(tmp_path, "gainlora", "continual", output_dir=str(tmp_path / "whole"), **sections)
+    killed = tiny_run_config(
+        tmp_path, "gainlora", "continual", output_dir=str(tmp_path / "killed"), **sections
+    )
+    run(from_dict(whole))
+    with pytest.raises(SimulatedKill):
+        run(from_dict(killed), extra_callbacks=[_KillInSecondStage(2)])
+    stage = Path("stages") / "01-demo_copy_words"
+    assert (
+        tmp_path / "killed" / stage / "checkpoints" / "checkpoint-2" / "gainlora_gate.safetensors"
+    ).is_file()
+    run(from_dict(killed), resume=True)
+    for name in ("adapter_model.safetensors", "continual.safetensors"):  # LoRA weights; gates and bases
+        expected = load_file(tmp_path / "whole" / stage / "adapter" / name)
+        resumed = load_file(tmp_path / "killed" / stage / "adapter" / name)
+        assert expected.keys() == resumed.keys()
+        for key in expected:
+            assert torch.equal(resumed[key], expected[key]), key  # bitwise
+
+
+def test_continual_sweep_file_and_a_bad_interference_list(tmp_path):
+    sweep = load_sweep(Path(__file__).parents[1] / "configs" / "sweeps" / "continual_cpu.yaml")
+    assert sweep.methods == ["badit", "lora", "o-lora", "inflora", "gainlora"]
+    assert {job.method for job in plan_selection(sweep)} == set(sweep.methods)
+    base = tmp_path / "base.yaml"
+    base.write_text(yaml.safe_dump(tiny_run_config(tmp_path, "lora", "continual")))
+    bad = {"base": str(base), "methods": ["o-lora"], "learning_rates": [1e-3], "seeds": [1]}
+    bad |= {"interference": ["o-lora"], "output_dir": str(tmp_path / "out")}  # interference runs `single`
+    with pytest.raises(SweepError, match="o-lora is a continual method"):
+        parse_sweep(bad, tmp_path / "sweep.yaml")
