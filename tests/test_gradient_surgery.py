@@ -154,6 +154,14 @@ def trainer_free_task_grad(model, half, params):
     return torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, params)])
 
 
+def test_a_pcgrad_run_is_labelled_apart_from_the_plain_method():
+    from badit.experiments.folder import base_method, method_label
+
+    config = from_dict({"method": {"name": "lora"}, "training": {"gradient_surgery": "pcgrad"}})
+    assert method_label(config) == "lora+pcgrad" and base_method("lora+pcgrad") == "lora"
+    assert method_label(from_dict({"method": {"name": "lora"}})) == "lora"
+
+
 def test_config_field_is_checked(tmp_path):
     assert from_dict({}).training.gradient_surgery == "none"
     assert from_dict({"training": {"gradient_surgery": "pcgrad"}}).training.gradient_surgery == "pcgrad"

@@ -3,6 +3,7 @@ hand, and a single-task run merged into a run folder that compare reads."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -97,6 +98,11 @@ def test_a_single_run_merges_into_a_run_folder_that_compare_reads(tmp_path):
     assert record["svd_rank"] == 12 and 0 <= record["svd_relative_error"]["max"] < 1
     scores = load_run_scores(merged_dir)
     assert scores.setting == "multitask" and scores.tasks == metrics["tasks"]
+    assert scores.method == "lora+ties" and metrics["run"]["base_method"] == "lora"  # never taken for lora
+    from badit.experiments.folder import RunError
+
+    with pytest.raises(RunError, match="made by `badit merge`, not trained"):
+        run(dataclasses.replace(single, output_dir=str(merged_dir)), resume=True)
     assert (merged_dir / "adapter" / "adapter_config.json").is_file()
     with pytest.raises(MergeError, match="needs a `setting: single` run"):
         merge_run(merged_dir, tmp_path / "again", "task-arithmetic")

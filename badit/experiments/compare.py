@@ -13,7 +13,7 @@ from pathlib import Path
 
 from badit.evaluation import continual_metrics, interference_score
 from badit.evaluation.continual import CONTINUAL_KEYS, DEFINITIONS, GEM_KEYS
-from badit.experiments.folder import METRIC_NAMES, RunError, RunFolder, format_score
+from badit.experiments.folder import METRIC_NAMES, RunError, RunFolder, base_method, format_score
 
 
 @dataclass
@@ -66,7 +66,7 @@ def _single_reference(run: RunScores, runs: list[RunScores]) -> RunScores | None
     candidates = [
         r for r in runs if r.setting == "single" and r.model == run.model and set(run.tasks) <= set(r.tasks)
     ]
-    candidates.sort(key=lambda r: r.method != run.method)  # the same method first
+    candidates.sort(key=lambda r: base_method(r.method) != base_method(run.method))  # same method first
     return candidates[0] if candidates else None
 
 

@@ -264,6 +264,20 @@ class RunFolder(StageFolder):
     def merge_file(self) -> Path:
         return self.path / MERGE_FILE
 
+    def merge_record(self) -> dict | None:
+        """merge.json of a `badit merge` run (what was merged, how), None for a trained run."""
+        if not self.merge_file.is_file():
+            return None
+        try:
+            record = json.loads(self.merge_file.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as error:
+            raise RunError(
+                f"{self.merge_file}: not a badit merge record ({error}); merge the run again"
+            ) from None
+        if not isinstance(record, dict) or not isinstance(record.get("method"), str):
+            raise RunError(f"{self.merge_file}: not a badit merge record (no method); merge the run again")
+        return record
+
     @property
     def analysis_dir(self) -> Path:
         return self.path / ANALYSIS_DIR
@@ -430,6 +444,11 @@ class RunFolder(StageFolder):
                 )
             self.remove()
         elif saved.is_file():
+            if resume and self.merge_file.is_file():
+                raise RunError(
+                    f"{run_dir} was made by `badit merge`, not trained: there is nothing to resume; "
+                    f"`badit eval {run_dir}` evaluates it again"
+                )
             if not resume:
                 raise RunError(
                     f"{run_dir} already holds a run; pass --resume to continue it, --overwrite to replace it, "
@@ -455,12 +474,13 @@ class RunFolder(StageFolder):
     def write_results(self, config: RunConfig, metrics: dict, info: dict) -> dict:
         """metrics.json (with the run's information), the adapters' model cards and summary.md; returns
         the metrics written."""
-        metrics = {**metrics, "run": {**info, **_run_info(config)}}
+        run_info = _run_info(config, self.merge_record())
+        metrics = {**metrics, "run": {**info, **run_info}}
         _write_json(self.metrics_file, metrics)
         self._cards_with_scores(config, metrics)
         _write_text(
             self.summary_file,
-            summary_table(metrics, f"{config.name}: {config.method.name}, {config.setting}"),
+            summary_table(metrics, f"{config.name}: {run_info['method']}, {config.setting}"),
         )
         return metrics
 
@@ -579,12 +599,31 @@ def summary_table(metrics: dict, title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _run_info(config: RunConfig) -> dict:
+def method_label(config: RunConfig, merge: dict | None = None) -> str:
+    """The method as compare and report name a run: ``method.name``, then ``+pcgrad`` when trained with
+    gradient surgery and ``+ties`` / ``+task-arithmetic`` for a ``badit merge`` run, so that such runs
+    are never grouped with (or taken for seeds of) the plain method."""
+    label = config.method.name
+    if config.training.gradient_surgery != "none":
+        label += f"+{config.training.gradient_surgery}"
+    if merge:
+        label += f"+{merge['method']}"
+    return label
+
+
+def base_method(label: str) -> str:
+    """``method.name`` of a run labelled ``label`` by `method_label` (``lora+ties`` -> ``lora``)."""
+    return label.partition("+")[0]
+
+
+def _run_info(config: RunConfig, merge: dict | None = None) -> dict:
     from badit.training.methods import effective_scale
 
     return {
         "name": config.name,
-        "method": config.method.name,
+        "method": method_label(config, merge),
+        "base_method": config.method.name,
+        "gradient_surgery": config.training.gradient_surgery,
         "setting": config.setting,
         "model": config.model.name_or_path,
         "seed": config.seed,

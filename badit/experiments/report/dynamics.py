@@ -7,7 +7,7 @@ import statistics
 import torch
 
 from badit.analysis import router_health as health
-from badit.experiments.folder import StageFolder
+from badit.experiments.folder import StageFolder, base_method
 from badit.experiments.report import figures
 from badit.experiments.report.collect import Collection, LogSegment, Run
 from badit.experiments.report.page import Section, figure, number, paragraph, table
@@ -123,7 +123,7 @@ def _regroup_rows(run: Run) -> list[dict]:
 
 
 def regroup_section(collection: Collection) -> Section | None:
-    runs = [(r, _regroup_rows(r)) for r in collection.runs if r.method == "badit"]
+    runs = [(r, _regroup_rows(r)) for r in collection.runs if base_method(r.method) == "badit"]
     if not runs:
         return None
     section = Section("Regrouping over training (BADIT)")
@@ -182,7 +182,7 @@ def _health_lines(run: Run) -> dict[str, list]:
 
 
 def router_section(collection: Collection) -> Section | None:
-    runs = [r for r in collection.runs if r.method == "badit"]
+    runs = [r for r in collection.runs if base_method(r.method) == "badit"]
     if not runs:
         return None
     section = Section("Router health (BADIT)")

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from badit.evaluation import interference_score
+from badit.experiments.folder import base_method
 from badit.experiments.report.collect import Collection, Run
 from badit.names import METRICS
 
@@ -106,7 +107,7 @@ def interference(groups: list[Group], tasks: list[str]) -> list[Interference]:
         candidates = [
             g for g in groups if g.setting == "single" and g.model == group.model and g.runs[0].split == split
         ]
-        candidates.sort(key=lambda g: g.method != group.method)
+        candidates.sort(key=lambda g: base_method(g.method) != base_method(group.method))
         if not candidates:
             continue
         ref = candidates[0]
