@@ -3,6 +3,7 @@ a character-level tokenizer, a tiny model folder on disk, and a tiny run config.
 
 from __future__ import annotations
 
+import json
 import string
 from pathlib import Path
 
@@ -156,3 +157,19 @@ def substitute(code: str, replacements: dict[str, str]) -> str:
         assert old in code, f"the docs block no longer contains {old!r}"
         code = code.replace(old, new)
     return code
+
+
+def write_mix(path: Path, several_answers: bool = False) -> None:
+    """Own data as JSONL: two tasks on the same inputs (copy / reverse a word), 12 rows each; with
+    `several_answers` each reverse row accepts the reversed word in lower or upper case."""
+    words = ["ab", "cd", "ef", "gh", "ij", "kl", "mn", "op", "qr", "st", "uv", "wx"]
+    rows = [{"task": "copy", "prompt": f"copy {w}:", "completion": w} for w in words]
+    rows += [
+        {
+            "task": "reverse",
+            "prompt": f"reverse {w}:",
+            "completion": [w[::-1], w[::-1].upper()] if several_answers else w[::-1],
+        }
+        for w in words
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")

@@ -49,6 +49,7 @@ def fixed_routing_logits(model, routing) -> torch.Tensor:
         model.base_model.set_fixed_routing(None)
 
 
+@pytest.mark.slow  # a fresh interpreter imports torch, transformers and peft
 def test_exported_lora_loads_without_badit_and_matches(trained, tmp_path):
     routing = torch.tensor([2.0, 0.5, 0.5])  # K = 3, scale "preserve": weights sum to K
     expected = fixed_routing_logits(trained, routing)

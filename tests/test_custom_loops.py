@@ -10,21 +10,13 @@ import torch
 from peft import get_peft_model
 
 import badit
-from tests.helpers import doc_block, save_tiny_model, substitute
+from tests.helpers import doc_block, save_tiny_model, substitute, write_mix
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore::UserWarning"),
     # TRL's SFTConfig sets a TrainingArguments field that transformers 5 renamed; not ours to fix
     pytest.mark.filterwarnings("ignore:`gradient_checkpointing` is deprecated:FutureWarning"),
 ]
-
-
-def write_mix(path) -> None:
-    """Two tasks on the same inputs (copy / reverse a word), 12 rows each."""
-    words = ["ab", "cd", "ef", "gh", "ij", "kl", "mn", "op", "qr", "st", "uv", "wx"]
-    rows = [{"task": "copy", "prompt": f"copy {w}:", "completion": w} for w in words]
-    rows += [{"task": "reverse", "prompt": f"reverse {w}:", "completion": w[::-1]} for w in words]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
 
 
 def badit_config(**overrides) -> badit.BaditConfig:

@@ -296,6 +296,7 @@ def test_in_memory_dataset_split_by_its_task_column():
         source_from_dataset(data, "mine", Columns(task="kind"))
 
 
+@pytest.mark.slow  # datasets builds arrow files and imports pandas: ~10 s
 def test_saved_dataset_dict_keeps_its_splits_and_data_files_load_through_datasets(tmp_path, monkeypatch):
     datasets = pytest.importorskip("datasets")
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "cache"))

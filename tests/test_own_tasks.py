@@ -11,7 +11,7 @@ import yaml
 from badit.cli.main import main
 from badit.experiments.config import ConfigError, from_dict, load_config
 from badit.experiments.stage import training_arguments
-from tests.helpers import tiny_run_config
+from tests.helpers import tiny_run_config, write_mix
 
 
 def write_config(tmp_path, data: dict) -> str:
@@ -84,17 +84,6 @@ def test_data_fields(tmp_path):
     )
 
 
-def write_mix(path) -> None:
-    """Two tasks, 12 rows each (10% test: 1 per task)."""
-    words = ["ab", "cd", "ef", "gh", "ij", "kl", "mn", "op", "qr", "st", "uv", "wx"]
-    rows = [{"task": "copy", "prompt": f"copy {w}:", "completion": w} for w in words]
-    rows += [
-        {"task": "reverse", "prompt": f"reverse {w}:", "completion": [w[::-1], w[::-1].upper()]}
-        for w in words
-    ]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-
-
 @pytest.mark.slow
 def test_jsonl_mix_trains_with_only_data_path_and_failed_runs_leave_nothing(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -106,7 +95,7 @@ def test_jsonl_mix_trains_with_only_data_path_and_failed_runs_leave_nothing(tmp_
     assert "bad.jsonl line 1, column 'completion': empty or missing" in err and "Traceback" not in err
     assert not out.exists()  # the data is read before anything is written
 
-    write_mix(tmp_path / "mix.jsonl")
+    write_mix(tmp_path / "mix.jsonl", several_answers=True)  # 10% test: 1 per task
     assert main(["train", config, "data.path=mix.jsonl", "model.name_or_path=/nowhere/model"]) == 2
     err = capsys.readouterr().err
     assert "model.name_or_path '/nowhere/model': no such folder" in err and "Traceback" not in err

@@ -185,6 +185,9 @@ def test_finished_runs_are_skipped(tmp_path):
 
 @pytest.mark.slow
 def test_sweep_on_a_tiny_model(tmp_path):
+    # Real `badit train` runs, as few as show the protocol: one method, two learning rates scored on dev,
+    # the chosen one trained on test (3 runs). The statistics over seeds and methods are worked by hand in
+    # test_summary_means_stds_interference_and_difference.
     from tests.helpers import tiny_run_config
 
     config = tiny_run_config(tmp_path, data={"max_train_examples_per_task": 8})
@@ -197,9 +200,9 @@ def test_sweep_on_a_tiny_model(tmp_path):
             {
                 "base": "base.yaml",
                 "output_dir": str(tmp_path / "sweep"),
-                "methods": ["badit", "lora"],
+                "methods": ["badit"],
                 "learning_rates": [1e-3, 5e-2],
-                "seeds": [3, 4],
+                "seeds": [3],
                 "bootstrap_samples": 200,
             }
         )
@@ -207,26 +210,24 @@ def test_sweep_on_a_tiny_model(tmp_path):
     sweep = load_sweep(sweep_file)
     summary = run_sweep(sweep, echo=lambda *a, **k: None)
     out = tmp_path / "sweep"
-    for method in ("badit", "lora"):
-        dev = {}
-        for lr in ("0.001", "0.05"):
-            run_dir = out / "select" / f"{method}-lr{lr}"
-            assert yaml.safe_load((run_dir / "config.yaml").read_text())["evaluation"]["split"] == "dev"
-            dev[float(lr)] = json.loads((run_dir / "metrics.json").read_text())["average"]["rougeL"]
-        chosen = max(dev, key=lambda lr: (dev[lr], -lr))
-        assert summary["selection"][method]["chosen_lr"] == chosen
-        averages = []
-        for seed in (3, 4):
-            run_dir = out / "test" / f"{method}-seed{seed}"
-            saved = yaml.safe_load((run_dir / "config.yaml").read_text())
-            assert saved["evaluation"]["split"] == "test"
-            assert (saved["seed"], saved["training"]["learning_rate"]) == (seed, chosen)
-            averages.append(json.loads((run_dir / "metrics.json").read_text())["average"]["rougeL"])
-        stats = summary["results"][method]["average"]
-        assert stats["values"] == averages
-        assert stats["mean"] == pytest.approx(sum(averages) / 2)
-        assert stats["std"] == pytest.approx(abs(averages[0] - averages[1]) / math.sqrt(2))
-        assert summary["results"][method]["cost"]["tokens_per_second"] > 0
+    dev = {}
+    for lr in ("0.001", "0.05"):
+        run_dir = out / "select" / f"badit-lr{lr}"
+        assert yaml.safe_load((run_dir / "config.yaml").read_text())["evaluation"]["split"] == "dev"
+        dev[float(lr)] = json.loads((run_dir / "metrics.json").read_text())["average"]["rougeL"]
+    chosen = max(dev, key=lambda lr: (dev[lr], -lr))
+    assert summary["selection"]["badit"]["chosen_lr"] == chosen
+    run_dir = out / "test" / "badit-seed3"
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert (saved["evaluation"]["split"], saved["seed"], saved["training"]["learning_rate"]) == (
+        "test",
+        3,
+        chosen,
+    )
+    average = json.loads((run_dir / "metrics.json").read_text())["average"]["rougeL"]
+    stats = summary["results"]["badit"]["average"]
+    assert (stats["values"], stats["mean"], stats["std"]) == ([average], average, None)  # one seed: no std
+    assert summary["results"]["badit"]["cost"]["tokens_per_second"] > 0
     assert json.loads((out / "sweep.json").read_text())["schema"] == "badit-sweep/1"
     assert (out / "sweep.md").is_file() and (out / "average.png").is_file()
 

@@ -64,39 +64,28 @@ def _adapter_tensors(run_dir: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.slow
-def test_killed_run_resumes_to_the_same_adapter(tmp_path):
-    # Regroups at steps 3 and 6 (every 3 steps until the end); checkpoints every 2 steps; killed after the
-    # checkpoint of step 4, so the resumed run needs the gradient sums of step 4 for its regroup at step 6.
+def test_killed_lora_run_resumes_to_the_same_adapter(tmp_path):
+    # In-process, for the LoRA family (no regroup state): killed after the checkpoint of step 4 of 8, a plain
+    # rerun is refused and --resume ends bitwise equal to the uninterrupted run. A real SIGKILL at named
+    # points of BADIT's checkpoint writes, and the regroup's restored gradient sums: tests/test_crash_safety.py.
     sections = dict(
-        method={"regroup_every": 3, "regroup_until": 1.0, "lora_dropout": 0.1},
-        training={"max_steps": 8, "save_steps": 2, "save_total_limit": None},
+        method={"lora_dropout": 0.1}, training={"max_steps": 8, "save_steps": 2, "save_total_limit": None}
     )
-    whole = tiny_run_config(tmp_path, "badit", output_dir=str(tmp_path / "whole"), **sections)
-    killed = tiny_run_config(tmp_path, "badit", output_dir=str(tmp_path / "killed"), **sections)
+    whole = tiny_run_config(tmp_path, "lora", output_dir=str(tmp_path / "whole"), **sections)
+    killed = tiny_run_config(tmp_path, "lora", output_dir=str(tmp_path / "killed"), **sections)
     run(from_dict(whole))
     with pytest.raises(SimulatedKill):
         run(from_dict(killed), extra_callbacks=[KillAfterSave(4)])
-    checkpoint = tmp_path / "killed" / "checkpoints" / "checkpoint-4"
-    assert (checkpoint / "regroup_state_rank0.safetensors").is_file()
+    assert (tmp_path / "killed" / "checkpoints" / "checkpoint-4").is_dir()
     assert not (tmp_path / "killed" / "adapter").exists()
     with pytest.raises(RunError, match="--resume"):
         run(from_dict(killed))
     metrics = run(from_dict(killed), resume=True)
     assert metrics["run"]["global_step"] == 8
     expected, resumed = _adapter_tensors(tmp_path / "whole"), _adapter_tensors(tmp_path / "killed")
-    assert expected.keys() == resumed.keys() and any("badit_router" in k for k in expected)
+    assert expected.keys() == resumed.keys() != set()
     for key in expected:
         assert torch.equal(resumed[key], expected[key]), key  # bitwise
-    # The regroup at step 6 saw the same gradient sums (steps 4-6, step 4 restored from the checkpoint).
-    whole_log, killed_log = (
-        [json.loads(x) for x in (tmp_path / name / "logs" / "regroup.jsonl").read_text().splitlines()]
-        for name in ("whole", "killed")
-    )
-    assert [r["step"] for r in killed_log] == [r["step"] for r in whole_log] == [3, 6]
-    for expected_record, resumed_record in zip(whole_log, killed_log):
-        assert resumed_record["layers"].keys() == expected_record["layers"].keys()
-        for layer, stats in expected_record["layers"].items():
-            assert resumed_record["layers"][layer] == pytest.approx(stats, rel=1e-6), layer
 
 
 @pytest.mark.slow
