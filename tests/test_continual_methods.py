@@ -17,7 +17,8 @@ from transformers import TrainerCallback
 
 from badit.cli.main import main
 from badit.data import DataCollator
-from badit.experiments.config import from_dict
+from badit.experiments.config import ConfigError, from_dict
+from badit.experiments.config import _check_method as check_method_section
 from badit.experiments.settings import run
 from badit.experiments.sweep import SweepError, load_sweep, parse_sweep, plan_selection
 from badit.training.continual import (
@@ -243,6 +244,11 @@ def test_scale_and_setting_of_the_continual_methods(tmp_path, capsys):
     config.write_text(yaml.safe_dump(tiny_run_config(tmp_path, "o-lora", "multitask")))
     assert main(["train", str(config)]) == 2
     assert "o-lora is a continual method" in capsys.readouterr().err
+    zero2 = str(Path(__file__).parents[1] / "configs" / "ds_zero2.json")
+    gated = from_dict(tiny_run_config(tmp_path, "gainlora", "continual"))
+    gated.training.deepspeed = zero2  # (from_dict would first ask for the deepspeed package, absent here)
+    with pytest.raises(ConfigError, match="gainlora does not work with training.deepspeed"):
+        check_method_section(gated, "config")
 
 
 @pytest.mark.slow

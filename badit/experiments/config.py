@@ -529,6 +529,14 @@ def _check_method(config: RunConfig, source: str) -> None:
             source,
             f"method.name {m.name} is a continual method (one branch per task in order); use setting: continual",
         )
+    t = config.training
+    if m.name in CONTINUAL_METHODS and t.deepspeed and (m.name == "gainlora" or t.weight_decay > 0):
+        # the frozen branches are put back, and GainLoRA's gate step projected, on the model's parameters
+        # after the optimizer step; DeepSpeed's partitioned fp32 copies would not see either
+        what = "method.name=gainlora" if m.name == "gainlora" else f"{m.name} with training.weight_decay > 0"
+        _fail(
+            source, f"{what} does not work with training.deepspeed (set deepspeed: null or weight_decay: 0)"
+        )
     from badit.training.methods import check_method  # imports PEFT and torch
 
     try:
