@@ -95,6 +95,7 @@ def test_save_and_load_give_the_same_logits(tmp_path):
 def test_hydralora_trains_through_the_run_config(tmp_path):
     from badit.data import load_tasks
     from badit.experiments.config import from_dict
+    from badit.experiments.folder import StageFolder
     from badit.experiments.stage import RunContext, adapter_model, train
     from tests.helpers import tiny_run_config
 
@@ -104,7 +105,7 @@ def test_hydralora_trains_through_the_run_config(tmp_path):
     model, tokenizer = adapter_model(config)
     tasks = load_tasks(config.data.path, "train")
     ctx = RunContext.create(config, [t.name for t in tasks], is_main=True)
-    result = train(ctx, model, tokenizer, tasks, tmp_path / "stage")
+    result = train(ctx, model, tokenizer, tasks, StageFolder(tmp_path / "stage"))
     losses = [r["loss"] for r in result.log_history if "loss" in r]
     assert result.global_step == 6 and losses[-1] < losses[0], losses
     assert (tmp_path / "stage" / "adapter" / "adapter_config.json").is_file()
