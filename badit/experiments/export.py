@@ -124,6 +124,8 @@ def export_card(
     from badit import __version__
 
     k, r = adapter_config.num_experts, adapter_config.r
+    targets = adapter_config.target_modules
+    targets = targets if isinstance(targets, str) else ", ".join(sorted(targets))
     meta = {"base_model": base, "library_name": "peft" if fmt == "lora" else "transformers"}
     meta["tags"] = ["badit", "lora"] if fmt == "lora" else ["badit", "merged"]
     what = (
@@ -143,7 +145,7 @@ def export_card(
         "# BADIT adapter with a fixed routing",
         "",
         f"Exported by `badit export` (badit {__version__}) from `{source.name}`: a BADIT adapter (K = {k} experts "
-        f"of rank r = {r}, target modules {adapter_config.target_modules}) with its router replaced by one "
+        f"of rank r = {r}, target modules {targets}) with its router replaced by one "
         f"fixed mixing vector per layer ({routing_text}), written as {what}.",
         "",
         "```python",
