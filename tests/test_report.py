@@ -12,8 +12,8 @@ import pytest
 
 from badit.experiments.folder import RunFolder
 from badit.experiments.report import ReportError, build_report, collect, write_report
-from badit.experiments.report.scores import group_runs, interference
-from tests.helpers import tiny_run_config
+from badit.experiments.results import AVERAGE, interferences, seed_groups
+from tests.helpers import hand_run, tiny_run_config
 
 CHROMIUM = Path("/usr/bin/chromium")
 
@@ -100,42 +100,22 @@ def test_page_from_trained_runs_shows_their_numbers_and_files(trained):
     assert len(re.findall(r'<img src="data:image/png;base64,', page)) == page.count("<img ")
 
 
-def _hand_run(
-    folder: Path,
-    method: str,
-    setting: str,
-    seed: int,
-    scores: dict[str, float],
-    lr: float = 1e-4,
-    split: str = "test",
-) -> Path:
-    """A minimal run folder: config.yaml and a metrics.json with the given ROUGE-L (EM = ROUGE-L / 2)."""
-    folder.mkdir(parents=True)
-    config = {"name": folder.name, "training": {"learning_rate": lr}, "evaluation": {"split": split}}
-    (folder / "config.yaml").write_text(json.dumps(config))  # JSON is YAML
-    tasks = {t: {"rougeL": v, "exact_match": v / 2, "num_examples": 10} for t, v in scores.items()}
-    average = {m: sum(s[m] for s in tasks.values()) / len(tasks) for m in ("rougeL", "exact_match")}
-    run = {"name": folder.name, "method": method, "setting": setting, "model": "m", "seed": seed}
-    (folder / "metrics.json").write_text(json.dumps({"tasks": tasks, "average": average, "run": run}))
-    return folder
-
-
 def test_seed_spread_and_interference_by_hand(tmp_path):
-    _hand_run(tmp_path / "sweep" / "lora-s0", "lora", "multitask", 0, {"t1": 40.0, "t2": 60.0})
-    _hand_run(tmp_path / "sweep" / "lora-s1", "lora", "multitask", 1, {"t1": 50.0, "t2": 80.0})
-    _hand_run(tmp_path / "single", "lora", "single", 0, {"t1": 50.0, "t2": 70.0})
+    hand_run(tmp_path / "sweep" / "lora-s0", "lora", "multitask", 0, {"t1": 40.0, "t2": 60.0})
+    hand_run(tmp_path / "sweep" / "lora-s1", "lora", "multitask", 1, {"t1": 50.0, "t2": 80.0})
+    hand_run(tmp_path / "single", "lora", "single", 0, {"t1": 50.0, "t2": 70.0})
     collection = collect([tmp_path / "sweep", tmp_path / "single"])  # a sweep folder is taken as it is
-    groups = group_runs(collection)
+    groups = seed_groups(collection.runs)
     multi = groups[0]
     # t1: mean (40 + 50) / 2 = 45, sample std sqrt(((40-45)^2 + (50-45)^2) / 1) = sqrt(50) = 7.07
     # t2: mean 70, std sqrt(200) = 14.14; average over tasks per seed 50 and 65 -> mean 57.5, std 10.61
-    assert multi.mean["t1"]["rougeL"] == pytest.approx(45.0)
-    assert multi.std["t1"]["rougeL"] == pytest.approx(50**0.5)
-    assert multi.mean["average"]["rougeL"] == pytest.approx(57.5)
-    assert multi.std["average"]["rougeL"] == pytest.approx(112.5**0.5)
-    assert groups[1].std["t1"]["rougeL"] is None
+    assert multi.score("t1", "rougeL").mean == pytest.approx(45.0)
+    assert multi.score("t1", "rougeL").std == pytest.approx(50**0.5)
+    assert multi.score(AVERAGE, "rougeL").mean == pytest.approx(57.5)
+    assert multi.score(AVERAGE, "rougeL").std == pytest.approx(112.5**0.5)
+    assert groups[1].score("t1", "rougeL").std is None
     # interference: t1 45 - 50 = -5, t2 70 - 70 = 0, mean -2.5; EM is half of it
-    (found,) = interference(groups, collection.shared_tasks)
+    (found,) = interferences(groups, collection.shared_tasks)
     assert found.per_task["t1"]["rougeL"] == pytest.approx(-5.0)
     assert found.average == pytest.approx({"rougeL": -2.5, "exact_match": -1.25})
     page = build_report([tmp_path / "sweep", tmp_path / "single"])
@@ -147,31 +127,31 @@ def test_sweep_folder_gives_its_test_and_single_runs(tmp_path):
     sweep = tmp_path / "sweep"
     (sweep / "sweep.json").parent.mkdir()
     (sweep / "sweep.json").write_text('{"schema": "badit-sweep/1"}')
-    _hand_run(sweep / "select" / "badit-lr0.001", "badit", "multitask", 1, {"t1": 99.0}, lr=1e-3, split="dev")
-    _hand_run(sweep / "test" / "badit-seed1", "badit", "multitask", 1, {"t1": 30.0}, lr=5e-4)
-    _hand_run(sweep / "test" / "badit-seed2", "badit", "multitask", 2, {"t1": 34.0}, lr=5e-4)
-    _hand_run(sweep / "single" / "badit", "badit", "single", 1, {"t1": 40.0}, lr=5e-4)
+    hand_run(sweep / "select" / "badit-lr0.001", "badit", "multitask", 1, {"t1": 99.0}, lr=1e-3, split="dev")
+    hand_run(sweep / "test" / "badit-seed1", "badit", "multitask", 1, {"t1": 30.0}, lr=5e-4)
+    hand_run(sweep / "test" / "badit-seed2", "badit", "multitask", 2, {"t1": 34.0}, lr=5e-4)
+    hand_run(sweep / "single" / "badit", "badit", "single", 1, {"t1": 40.0}, lr=5e-4)
     collection = collect([sweep])
     assert [r.path.name for r in collection.runs] == ["badit-seed1", "badit-seed2", "badit"]  # no select/ run
-    groups = group_runs(collection)
+    groups = seed_groups(collection.runs)
     assert [(g.label, len(g.runs)) for g in groups] == [("badit (multitask)", 2), ("badit (single)", 1)]
     # (30 + 34) / 2 = 32; 32 - 40 = -8
-    assert interference(groups, ["t1"])[0].average["rougeL"] == pytest.approx(-8.0)
+    assert interferences(groups, ["t1"])[0].average["rougeL"] == pytest.approx(-8.0)
     # learning rates tell two groups of one method apart in their labels
-    _hand_run(tmp_path / "lr2", "badit", "multitask", 1, {"t1": 20.0}, lr=2e-4)
-    labels = [g.label for g in group_runs(collect([sweep, tmp_path / "lr2"]))]
+    hand_run(tmp_path / "lr2", "badit", "multitask", 1, {"t1": 20.0}, lr=2e-4)
+    labels = [g.label for g in seed_groups(collect([sweep, tmp_path / "lr2"]).runs)]
     assert labels == ["badit (multitask) lr 0.0005", "badit (single)", "badit (multitask) lr 0.0002"]
 
 
 def test_runs_on_different_task_sets_keep_the_shared_tasks(tmp_path):
-    _hand_run(tmp_path / "a", "lora", "multitask", 0, {"t1": 10.0, "t2": 20.0})
-    _hand_run(tmp_path / "b", "badit", "multitask", 0, {"t1": 30.0, "t3": 40.0})
+    hand_run(tmp_path / "a", "lora", "multitask", 0, {"t1": 10.0, "t2": 20.0})
+    hand_run(tmp_path / "b", "badit", "multitask", 0, {"t1": 30.0, "t3": 40.0})
     page = build_report([tmp_path / "a", tmp_path / "b"])
     assert "Tasks compared (1): t1." in page
     assert "lora (multitask): t2; badit (multitask): t3" in page
     # the averages are over t1 only: 10 and 30
     assert [c for c in _cells(page) if c[:1] == ["average"]][0] == ["average", "10.00", "30.00"]
-    _hand_run(tmp_path / "c", "badit", "multitask", 1, {"t4": 1.0})
+    hand_run(tmp_path / "c", "badit", "multitask", 1, {"t4": 1.0})
     with pytest.raises(ReportError, match="share no task"):
         build_report([tmp_path / "a", tmp_path / "c"])
 
@@ -186,11 +166,11 @@ def test_bad_inputs_give_one_line_errors_and_no_page(tmp_path):
         write_report([tmp_path / "empty"], out)
     with pytest.raises(ReportError, match="no such folder"):
         write_report([tmp_path / "missing"], out)
-    unfinished = _hand_run(tmp_path / "unfinished", "lora", "multitask", 0, {"t1": 1.0})
+    unfinished = hand_run(tmp_path / "unfinished", "lora", "multitask", 0, {"t1": 1.0})
     (unfinished / "metrics.json").unlink()
     with pytest.raises(ReportError, match=r"unfinished: no metrics.json yet .*badit train .* --resume"):
         write_report([unfinished], out)
-    broken = _hand_run(tmp_path / "broken", "lora", "multitask", 0, {"t1": 1.0})
+    broken = hand_run(tmp_path / "broken", "lora", "multitask", 0, {"t1": 1.0})
     (broken / "metrics.json").write_text('{"tasks": {"t1": {"rougeL": "x"}}, "average": {}}')
     # the one metrics.json check (badit.experiments.folder.metrics_problem), as in `badit compare`
     with pytest.raises(

@@ -151,11 +151,11 @@ def test_no_run_file_name_outside_the_run_folder_module():
     """Run file and folder names are spelled once, in badit/experiments/folder.py."""
     import re
 
-    names = re.compile(
-        r"""["'](config\.yaml|metrics\.json|predictions\.jsonl|done\.json|summary\.md|\.badit-run|"""
-        r"""train_log\.jsonl|regroup\.jsonl|router_health\.jsonl|sweep\.json|sweep\.md|merge\.json)["']"""
-        r"""|/ ["'](adapter|checkpoints|logs|tasks|stages|analysis)["']"""
+    quoted = (
+        r"config\.yaml|metrics\.json|predictions\.jsonl|done\.json|summary\.md|\.badit-run|train_log\.jsonl"
+        r"|regroup\.jsonl|router_health\.jsonl|sweep\.json|sweep\.md|merge\.json"
     )
+    names = re.compile(rf"""(["'])({quoted})\1|/ (["'])(adapter|checkpoints|logs|tasks|stages|analysis)\3""")
     root = Path(__file__).resolve().parents[1] / "badit"
     found = [
         f"{path.relative_to(root)}:{i}: {line.strip()}"

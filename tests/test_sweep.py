@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from badit.experiments.results import ResultsError, paired_bootstrap
 from badit.experiments.sweep import (
     Progress,
     SweepError,
     choose_learning_rate,
     load_sweep,
-    paired_bootstrap,
     plan_final,
     plan_selection,
     run_jobs,
@@ -105,7 +105,7 @@ def test_paired_bootstrap_numbers():
     result = paired_bootstrap({("a", "1"): 0.0, ("a", "2"): 10.0}, {("a", "1"): 0.0, ("a", "2"): 0.0}, 2000)
     assert result["mean"] == pytest.approx(5.0)
     assert result["ci95"] == pytest.approx([0.0, 10.0])
-    with pytest.raises(SweepError, match="same test examples"):
+    with pytest.raises(ResultsError, match="same test examples"):  # the results model's (was the sweep's)
         paired_bootstrap({("a", "1"): 1.0}, {("a", "2"): 1.0}, 100)
 
 

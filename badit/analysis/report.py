@@ -11,6 +11,7 @@ from torch import nn
 
 from badit.analysis.coactivation import expert_usage, neuron_overlap
 from badit.analysis.gradient_conflict import gradient_conflict
+from badit.analysis.plots import heatmap_figure, pyplot, short_label
 from badit.data.files import atomic_write_json
 from badit.regrouping.gradients import is_badit_layer
 
@@ -20,28 +21,12 @@ def _has_badit_layers(model: nn.Module) -> bool:
 
 
 def _heatmap(matrix: torch.Tensor, labels_x, labels_y, title: str, path: Path, vmin=None, vmax=None) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(1.2 + 0.55 * len(labels_x), 1.0 + 0.45 * len(labels_y)))
-    im = ax.imshow(
-        matrix.numpy(), cmap="coolwarm" if vmin is not None and vmin < 0 else "viridis", vmin=vmin, vmax=vmax
-    )
-    ax.set_xticks(range(len(labels_x)), labels_x, rotation=60, ha="right", fontsize=7)
-    ax.set_yticks(range(len(labels_y)), labels_y, fontsize=7)
-    ax.set_title(title, fontsize=9)
-    fig.colorbar(im, ax=ax, shrink=0.8)
-    fig.tight_layout()
+    """`badit.analysis.plots.heatmap_figure` written to ``path`` (a temp file renamed: never half an image)."""
+    fig = heatmap_figure(matrix.tolist(), labels_x, labels_y, title, vmin=vmin, vmax=vmax)
     tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
+    fig.savefig(tmp, dpi=120, bbox_inches="tight")
+    pyplot().close(fig)
     os.replace(tmp, path)
-
-
-def _short(names: list[str]) -> list[str]:
-    return [n if len(n) <= 24 else n[:21] + "..." for n in names]
 
 
 def analyze(
@@ -62,7 +47,7 @@ def analyze(
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     tasks = list(batches)
-    short = _short(tasks)
+    short = [short_label(t, 24) for t in tasks]
     result: dict = {"tasks": tasks}
 
     conflict = gradient_conflict(model, batches, "gradients" if progress else None)

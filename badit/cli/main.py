@@ -382,7 +382,8 @@ def _train(args) -> int:
         path = path / CONFIG_FILE
     config = load_config(path, overrides)  # before torch is imported: a config error shows at once
     _quiet_libraries(args)
-    from badit.experiments.folder import CONFIG_FILE, is_run_dir, summary_table
+    from badit.experiments.folder import CONFIG_FILE, is_run_dir
+    from badit.experiments.results import summary_table
     from badit.experiments.settings import run
 
     given = any(o.split("=", 1)[0].strip() == "output_dir" for o in overrides)
@@ -432,8 +433,8 @@ def _export(args) -> int:
 
 
 def _merge(args) -> int:
-    from badit.experiments.folder import summary_table
     from badit.experiments.merge import merge_run
+    from badit.experiments.results import summary_table
 
     metrics = merge_run(
         args.run, args.output, args.method, args.weight, args.density, args.overwrite, tuple(args.overrides)
@@ -452,8 +453,8 @@ def _report(args) -> int:
 
 
 def _eval(args) -> int:
-    from badit.experiments.folder import summary_table
     from badit.experiments.reevaluate import reevaluate
+    from badit.experiments.results import summary_table
 
     metrics = reevaluate(args.run, args.overrides, args.output)
     print(summary_table(metrics, f"{args.run} (re-evaluated)"))

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from badit.analysis import analyze
-from badit.data import DataCollator, tokenize_tasks
+from badit.data import DataCollator
 from badit.experiments.folder import RunError, RunFolder
-from badit.experiments.stage import data_source, prompt_template, task_names
+from badit.experiments.stage import data_source, task_examples, task_names
 
 
 def analyze_run(
@@ -33,14 +33,7 @@ def analyze_run(
     batches = {}
     for task in tasks:
         task.instances = task.instances[:examples_per_task]
-        examples = tokenize_tasks(
-            tokenizer,
-            [task],
-            prompt_template(config.data),
-            max_source_length=config.data.max_source_length,
-            max_target_length=config.data.max_target_length,
-        )
-        batches[task.name] = collate(examples)
+        batches[task.name] = collate(task_examples(config, tokenizer, task))
     return analyze(
         model, batches, output_dir or run.analysis_dir, progress=True, result_name=run.analysis_file.name
     )

@@ -3,7 +3,8 @@
 The interference score of a multi-task run is its average score minus the average score of a
 single-task run (one adapter per task) over the same tasks (``badit.evaluation.interference_score``):
 negative means that training the tasks together costs performance. The single-task reference is
-taken among the runs given, preferring one of the same method and model.
+taken among the runs given, preferring one of the same method and model. Every number comes from the
+results model (``badit.experiments.results``); this module chooses the rows.
 """
 
 from __future__ import annotations
@@ -11,153 +12,88 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from badit.evaluation import continual_metrics, interference_score
+from badit.evaluation import continual_metrics
 from badit.evaluation.continual import CONTINUAL_KEYS, DEFINITIONS, GEM_KEYS
-from badit.experiments.folder import METRIC_NAMES, RunError, RunFolder, base_method, format_score
+from badit.experiments.folder import METRIC_NAMES
+from badit.experiments.results import (
+    AVERAGE,
+    Group,
+    RunResult,
+    Table,
+    interference,
+    load_runs,
+    number,
+    run_groups,
+    single_reference,
+)
 
 
 @dataclass
 class RunScores:
-    path: Path
-    name: str
-    method: str
-    setting: str
-    model: str
-    tasks: dict[str, dict[str, float]]
-    average: dict[str, float]
-    continual: dict | None = None
-    label: str = ""
+    """One column of the comparison: a run, its interference score (multi-task runs) and the label of the
+    single-task run it was measured against."""
+
+    run: RunResult
     interference: dict[str, float | None] = field(default_factory=dict)
     reference: str | None = None
-    learning_rate: float | None = None
-    effective_scale: float | None = None
-    """Multiplier of one rank-1 component's output at init (``badit.training.methods.effective_scale``)."""
 
-
-def load_run_scores(run_dir: str | Path) -> RunScores:
-    metrics = RunFolder(run_dir).metrics()
-    info = metrics.get("run") if isinstance(metrics.get("run"), dict) else {}
-    return RunScores(
-        path=Path(run_dir),
-        name=str(info.get("name", Path(run_dir).name)),
-        method=str(info.get("method", "?")),
-        setting=str(info.get("setting", "?")),
-        model=str(info.get("model", "?")),
-        tasks=metrics["tasks"],
-        average=metrics["average"],
-        continual=metrics.get("continual"),
-        learning_rate=info.get("learning_rate") if _is_number(info.get("learning_rate")) else None,
-        effective_scale=info.get("effective_scale") if _is_number(info.get("effective_scale")) else None,
-    )
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _label(runs: list[RunScores]) -> None:
-    """Column labels: ``method (setting)``, with the run folder name where two would be equal."""
-    base = [f"{r.method} ({r.setting})" for r in runs]
-    for run, label in zip(runs, base):
-        run.label = label if base.count(label) == 1 else f"{label} {run.path.name}"
-
-
-def _single_reference(run: RunScores, runs: list[RunScores]) -> RunScores | None:
-    candidates = [
-        r for r in runs if r.setting == "single" and r.model == run.model and set(run.tasks) <= set(r.tasks)
-    ]
-    candidates.sort(key=lambda r: base_method(r.method) != base_method(run.method))  # same method first
-    return candidates[0] if candidates else None
+    def __getattr__(self, name):  # path, label, method, setting, tasks, average, continual...: the run's
+        return getattr(self.__dict__["run"], name)
 
 
 def compare(run_dirs: list[str | Path]) -> list[RunScores]:
     """The runs' scores, labelled, with the interference score of each multi-task run and the FWT of
     each continual run (SAPT's: mean diagonal minus mean single-task score) filled in."""
-    if not run_dirs:
-        raise RunError("give at least one run folder")
-    runs = [load_run_scores(d) for d in run_dirs]
-    _label(runs)
-    for run in runs:
-        if run.setting == "continual" and run.continual:
-            _continual_with_single(run, runs)
-        if run.setting != "multitask":
+    runs = load_runs(run_dirs)
+    groups = run_groups(runs)
+    out = [RunScores(run) for run in runs]
+    for scores, group in zip(out, groups):
+        if scores.setting == "continual" and scores.continual:
+            _continual_with_single(scores, group, groups)
+        if scores.setting != "multitask":
             continue
-        reference = _single_reference(run, runs)
-        if reference is None:
-            continue
-        run.reference = reference.label
-        for metric in METRIC_NAMES:
-            multi = {t: s[metric] for t, s in run.tasks.items()}
-            single = {t: reference.tasks[t][metric] for t in run.tasks}
-            run.interference[metric] = interference_score(multi, single)
-    return runs
+        reference = single_reference(group, groups)
+        if reference is not None:
+            scores.reference = reference.label
+            scores.interference = interference(group, reference).average
+    return out
 
 
-def _continual_with_single(run: RunScores, runs: list[RunScores]) -> None:
+def _continual_with_single(scores: RunScores, group: Group, groups: list[Group]) -> None:
     """Recomputes a continual run's metrics from its score matrix (so that a metrics.json written before
-    the SAPT/GEM split reads the same), with the single-task scores of a run among ``runs`` for FWT."""
-    order, matrices = run.continual.get("order"), run.continual.get("score_matrix")
+    the SAPT/GEM split reads the same), with the single-task scores of a run among ``groups`` for FWT."""
+    continual = scores.continual
+    order, matrices = continual.get("order"), continual.get("score_matrix")
     if not isinstance(order, list) or not isinstance(matrices, dict):
         return
-    reference = _single_reference(run, runs)
-    if reference is not None and not set(order) <= set(reference.tasks):
-        reference = None
-    bases = run.continual.get("base_scores") or {}
-    run.reference = reference.label if reference else None
+    reference = single_reference(group, groups, order)
+    bases = continual.get("base_scores") or {}
+    scores.reference = reference.label if reference else None
     for metric in METRIC_NAMES:
         if metric in matrices:
-            single = [reference.tasks[t][metric] for t in order] if reference else None
-            run.continual[metric] = continual_metrics(matrices[metric], bases.get(metric), single)
+            single = [reference.score(t, metric).mean for t in order] if reference else None
+            continual[metric] = continual_metrics(matrices[metric], bases.get(metric), single)
 
 
-def _num(value: float | None, fmt: str) -> str:
-    return "-" if value is None else format(value, fmt)
-
-
-def format_table(runs: list[RunScores], metric: str = "rougeL") -> str:
-    """Markdown: one row per task, one column per run; average, interference and continual rows."""
+def comparison_table(runs: list[RunScores], metric: str = "rougeL") -> Table:
+    """One row per task, one column per run; average, interference, step size and continual rows."""
     if metric not in METRIC_NAMES:
         raise ValueError(f"metric must be one of {', '.join(METRIC_NAMES)}, got {metric!r}")
     tasks = sorted({t for r in runs for t in r.tasks})
     header = [f"task ({METRIC_NAMES[metric]})", *(r.label for r in runs)]
-    rows = [
-        [t, *(format_score(r.tasks[t][metric], "-") if t in r.tasks else "-" for r in runs)] for t in tasks
-    ]
-    rows.append(["**average**", *(f"**{r.average[metric]:.2f}**" for r in runs)])
+    rows = [[t, *(number(r.tasks[t][metric]) if t in r.tasks else "-" for r in runs)] for t in tasks]
+    rows.append([AVERAGE, *(number(r.average[metric]) for r in runs)])
+    strong = {len(rows) - 1}
     if any(r.interference for r in runs):
-        rows.append(
-            ["interference vs single", *(format_score(r.interference.get(metric), "-") for r in runs)]
-        )
+        rows.append(["interference vs single", *(number(r.interference.get(metric)) for r in runs)])
     # The step size of each run: a learning rate or scale mismatch between columns is visible here.
     if any(r.learning_rate is not None for r in runs):
-        rows.append(["learning rate", *(_num(r.learning_rate, "g") for r in runs)])
+        rows.append(["learning rate", *(number(r.learning_rate, "g") for r in runs)])
     if any(r.effective_scale is not None for r in runs):
-        rows.append(["effective scale", *(_num(r.effective_scale, ".3g") for r in runs)])
+        rows.append(["effective scale", *(number(r.effective_scale, ".3g") for r in runs)])
     if any(r.continual for r in runs):
         for key in CONTINUAL_KEYS + GEM_KEYS:
-            rows.append(
-                [
-                    key,
-                    *(format_score(r.continual[metric].get(key), "-") if r.continual else "-" for r in runs),
-                ]
-            )
-    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
-
-    def line(cells):
-        return (
-            "| "
-            + " | ".join(
-                str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(cells, widths))
-            )
-            + " |"
-        )
-
-    separator = (
-        "|"
-        + "|".join(("-" * (w + 2)) if i == 0 else ("-" * (w + 1) + ":") for i, w in enumerate(widths))
-        + "|"
-    )
-    out = [line(header), separator, *(line(row) for row in rows)]
+            rows.append([key, *(number(r.continual[metric].get(key)) if r.continual else "-" for r in runs)])
     notes = [
         f"{r.label}: interference = its average minus that of {r.reference} over the same tasks"
         if r.setting == "multitask"
@@ -173,7 +109,12 @@ def format_table(runs: list[RunScores], metric: str = "rougeL") -> str:
             f"no interference score for {', '.join(missing)}: add a run with setting=single "
             "(one adapter per task) on the same tasks and model"
         )
-    return "\n".join(out + ([""] + notes if notes else [])) + "\n"
+    return Table(header, rows, strong=strong, notes=notes)
+
+
+def format_table(runs: list[RunScores], metric: str = "rougeL") -> str:
+    """The comparison as aligned Markdown (what ``badit compare`` prints and writes)."""
+    return comparison_table(runs, metric).terminal()
 
 
 def comparison_json(runs: list[RunScores]) -> dict:

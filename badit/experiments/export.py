@@ -23,9 +23,9 @@ from badit.adapter.export import (
     mean_routing,
     routing_distance,
 )
-from badit.data import DataCollator, DataError, encode_prompts, tokenize_tasks
+from badit.data import DataCollator, DataError, encode_prompts
 from badit.experiments.folder import ADAPTER_CONFIG_FILE, CONFIG_FILE, RunError, RunFolder, load_adapter
-from badit.experiments.stage import load_run_tasks, prompt_template, task_names
+from badit.experiments.stage import load_run_tasks, prompt_template, task_examples, task_names
 from badit.names import EXPORT_FORMATS
 from badit.training.model_loading import (
     ModelNotFoundError,
@@ -51,13 +51,7 @@ def task_routing(
     collate = DataCollator(pad_token_id=tokenizer.pad_token_id)
     result = {}
     for task in train:
-        examples = tokenize_tasks(
-            tokenizer,
-            [task],
-            prompt_template(config.data),
-            max_source_length=config.data.max_source_length,
-            max_target_length=config.data.max_target_length,
-        )[:examples_per_task]
+        examples = task_examples(config, tokenizer, task)[:examples_per_task]
         batches = []
         for start in range(0, len(examples), BATCH_SIZE):
             batch = collate(examples[start : start + BATCH_SIZE])

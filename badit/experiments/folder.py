@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import shutil
 from dataclasses import dataclass
@@ -474,6 +473,8 @@ class RunFolder(StageFolder):
     def write_results(self, config: RunConfig, metrics: dict, info: dict) -> dict:
         """metrics.json (with the run's information), the adapters' model cards and summary.md; returns
         the metrics written."""
+        from badit.experiments.results import summary_table
+
         run_info = _run_info(config, self.merge_record())
         metrics = {**metrics, "run": {**info, **run_info}}
         _write_json(self.metrics_file, metrics)
@@ -571,32 +572,6 @@ def resolve_paths(config: RunConfig) -> RunConfig:
             config.training, deepspeed=absolute(config.training.deepspeed, must_exist=True)
         ),
     )
-
-
-def format_score(value: float | None, missing: str = "n/a") -> str:
-    """A score with two decimals; None or NaN (a metric without enough stages) as ``missing``."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return missing
-    return f"{value:.2f}"
-
-
-def summary_table(metrics: dict, title: str) -> str:
-    """Markdown table of ROUGE-L and exact match per task, with the average over tasks."""
-    lines = [f"# {title}", "", "| task | ROUGE-L | EM | n |", "|---|---:|---:|---:|"]
-    for name, scores in metrics["tasks"].items():
-        lines.append(
-            f"| {name} | {scores['rougeL']:.2f} | {scores['exact_match']:.2f} | {scores['num_examples']} |"
-        )
-    average = metrics["average"]
-    lines.append(f"| **average** | **{average['rougeL']:.2f}** | **{average['exact_match']:.2f}** | |")
-    continual = metrics.get("continual")
-    if continual:
-        lines += [
-            "",
-            "Continual (ROUGE-L): "
-            + ", ".join(f"{k} {format_score(v)}" for k, v in continual["rougeL"].items()),
-        ]
-    return "\n".join(lines) + "\n"
 
 
 def method_label(config: RunConfig, merge: dict | None = None) -> str:

@@ -122,6 +122,18 @@ def _subsample(task: Task, limit: int | None, seed: int | None) -> Task:
     return dataclasses.replace(task, instances=[task.instances[i] for i in keep])
 
 
+def task_examples(config: RunConfig, tokenizer, task: Task) -> list[dict]:
+    """``task``'s instances tokenised with the run's prompt template and lengths (labels -100 on the
+    prompt): what analysis and routing averages feed the model, one task at a time."""
+    return tokenize_tasks(
+        tokenizer,
+        [task],
+        prompt_template(config.data),
+        max_source_length=config.data.max_source_length,
+        max_target_length=config.data.max_target_length,
+    )
+
+
 def load_run_tasks(
     config: RunConfig, names: Sequence[str], source: TaskSource | None = None
 ) -> tuple[list[Task], list[Task]]:

@@ -58,7 +58,6 @@ import statistics
 import subprocess
 import sys
 import time
-from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,6 +68,17 @@ import yaml
 from badit.data.files import atomic_write_json, atomic_write_text
 from badit.experiments.config import METHODS, ConfigError, load_config
 from badit.experiments.folder import SWEEP_FILE, SWEEP_LOG_DIR, SWEEP_TABLE, RunFolder
+from badit.experiments.results import (
+    AVERAGE,
+    Group,
+    ResultsError,
+    Table,
+    interference,
+    load_run,
+    number,
+    paired_difference,
+    with_spread,
+)
 
 SCHEMA = "badit-sweep/1"
 KNOWN_KEYS = (
@@ -81,7 +91,6 @@ KNOWN_KEYS = (
     "interference",
     "bootstrap_samples",
 )
-CI_LEVEL = 0.95  # two-sided 95%: percentiles 2.5 and 97.5
 
 
 class SweepError(ConfigError):
@@ -354,85 +363,44 @@ def choose_learning_rate(dev_scores: dict[float, float]) -> float:
     return min(dev_scores, key=lambda lr: (-dev_scores[lr], lr))
 
 
-def mean_std(values: list[float]) -> dict:
-    return {
-        "mean": statistics.fmean(values),
-        "std": statistics.stdev(values) if len(values) > 1 else None,
-        "values": values,
-    }
-
-
-def per_example_scores(runs: list[list[dict]], metric: str = "rougeL") -> dict[tuple[str, str], float]:
-    """(task, id) -> the example's score averaged over the runs (seeds)."""
-    sums: dict[tuple[str, str], list[float]] = defaultdict(list)
-    for records in runs:
-        for r in records:
-            sums[(r["task"], str(r["id"]))].append(r[metric])
-    return {key: statistics.fmean(v) for key, v in sums.items()}
-
-
-def paired_bootstrap(
-    method: dict[tuple[str, str], float],
-    reference: dict[tuple[str, str], float],
-    samples: int,
-    seed: int = 0,
-) -> dict:
-    """Mean over tasks of (method - reference) and its 95% percentile interval, resampling the
-    examples within each task with replacement (paired: both methods see the same resample)."""
-    import numpy as np
-
-    if set(method) != set(reference):
-        raise SweepError("the bootstrap needs the same test examples for both methods (same data settings)")
-    by_task: dict[str, list[float]] = defaultdict(list)
-    for key in sorted(method):
-        by_task[key[0]].append(method[key] - reference[key])
-    rng = np.random.default_rng(seed)
-    diffs = [np.asarray(by_task[t]) for t in sorted(by_task)]
-    point = float(np.mean([d.mean() for d in diffs]))
-    boot = np.zeros(samples)
-    for d in diffs:  # one vectorised draw per task: samples x n indices
-        boot += d[rng.integers(0, len(d), size=(samples, len(d)))].mean(axis=1)
-    boot /= len(diffs)
-    tail = (1 - CI_LEVEL) / 2 * 100
-    low, high = np.percentile(boot, [tail, 100 - tail])
-    return {"mean": point, "ci95": [float(low), float(high)], "samples": samples}
-
-
 def summarize_sweep(sweep: Sweep, chosen: dict[str, float], dev: dict[str, dict[float, float]]) -> dict:
-    results = {}
-    predictions = {}
+    """sweep.json's content: every number from the results model (``badit.experiments.results``)."""
+    groups, results = {}, {}
     for method in sweep.methods:
         dirs = {s: sweep.output_dir / f"test/{method}-seed{s}" for s in sweep.seeds}
-        metrics = {s: RunFolder(d).metrics() for s, d in dirs.items()}
-        tasks = sorted(next(iter(metrics.values()))["tasks"])
-        predictions[method] = per_example_scores([RunFolder(d).predictions() for d in dirs.values()])
-        infos = [m.get("run", {}) for m in metrics.values()]
+        group = groups[method] = Group(
+            method, method, "multitask", "", "test", [load_run(d) for d in dirs.values()]
+        )
+        tasks = group.tasks
         results[method] = {
             "learning_rate": chosen[method],
             "runs": {str(s): str(d) for s, d in dirs.items()},
-            "tasks": {t: mean_std([metrics[s]["tasks"][t]["rougeL"] for s in sweep.seeds]) for t in tasks},
-            "average": mean_std([metrics[s]["average"]["rougeL"] for s in sweep.seeds]),
-            "exact_match_average": mean_std([metrics[s]["average"]["exact_match"] for s in sweep.seeds]),
+            "tasks": {t: group.score(t, "rougeL").as_dict() for t in tasks},
+            "average": group.score(AVERAGE, "rougeL").as_dict(),
+            "exact_match_average": group.score(AVERAGE, "exact_match").as_dict(),
             "difference_vs_reference": None,
             "interference": None,
-            "cost": _cost(infos),
+            "cost": _cost([r.info for r in group.runs]),
         }
         if method in sweep.interference:
             single_dir = sweep.output_dir / f"single/{method}"
-            single = RunFolder(single_dir).metrics()["average"]["rougeL"]
-            multi = metrics[sweep.seeds[0]]["average"]["rougeL"]
+            single = Group(method, method, "single", "", "test", [load_run(single_dir)])
+            first_seed = Group(method, method, "multitask", "", "test", group.runs[:1])  # the protocol's
+            found = interference(first_seed, single, tasks)
             results[method]["interference"] = {
                 "single_run": str(single_dir),
-                "single_average": single,
-                "multi_average": multi,
-                "score": multi - single,
+                "single_average": single.score(AVERAGE, "rougeL", tasks).mean,
+                "multi_average": found.group.score(AVERAGE, "rougeL", tasks).mean,
+                "score": found.average["rougeL"],
             }
     ref = sweep.reference
     for method in sweep.methods:
         if method != ref:
-            results[method]["difference_vs_reference"] = paired_bootstrap(
-                predictions[method], predictions[ref], sweep.bootstrap_samples
-            )
+            try:
+                difference = paired_difference(groups[method], groups[ref], samples=sweep.bootstrap_samples)
+            except ResultsError as error:
+                raise SweepError(str(error)) from None
+            results[method]["difference_vs_reference"] = difference
     return {
         "schema": SCHEMA,
         "sweep_file": str(sweep.source),
@@ -475,72 +443,69 @@ def _cost(infos: list[dict]) -> dict:
 
 
 def _pm(stats: dict) -> str:
-    return f"{stats['mean']:.2f}" + (f" ± {stats['std']:.2f}" if stats["std"] is not None else "")
-
-
-def _num(value, fmt: str) -> str:
-    return "-" if value is None else format(value, fmt)
+    return with_spread(stats["mean"], stats["std"])
 
 
 def format_sweep(summary: dict) -> str:
     """Markdown: selection, per-task mean ± std, average, difference vs reference with its CI, cost."""
     methods, results, ref = summary["methods"], summary["results"], summary["reference"]
     seeds = ", ".join(map(str, summary["seeds"]))
-    lines = [
-        f"# Sweep: {', '.join(methods)}",
-        "",
-        f"Learning rate chosen on dev with seed {summary['seeds'][0]}; test scores are mean ± std over "
-        f"seeds {seeds} (ROUGE-L).",
-        "",
-        "| method | " + " | ".join(f"dev @ {lr:g}" for lr in summary["learning_rates"]) + " | chosen lr |",
-        "|---|" + "---:|" * (len(summary["learning_rates"]) + 1),
-    ]
-    for m in methods:
-        sel = summary["selection"][m]
-        cells = [f"{sel['dev_rougeL'][_lr_name(lr)]:.2f}" for lr in summary["learning_rates"]]
-        lines.append(f"| {m} | " + " | ".join(cells) + f" | {sel['chosen_lr']:g} |")
-    tasks = sorted({t for m in methods for t in results[m]["tasks"]})
-    lines += ["", "| task (test ROUGE-L) | " + " | ".join(methods) + " |", "|---|" + "---:|" * len(methods)]
-    for t in tasks:
-        lines.append(f"| {t} | " + " | ".join(_pm(results[m]["tasks"][t]) for m in methods) + " |")
-    lines.append("| **average** | " + " | ".join(f"**{_pm(results[m]['average'])}**" for m in methods) + " |")
-    lines.append(
-        "| EM average | " + " | ".join(_pm(results[m]["exact_match_average"]) for m in methods) + " |"
+    lrs = summary["learning_rates"]
+    selection = Table(
+        ["method", *(f"dev @ {lr:g}" for lr in lrs), "chosen lr"],
+        [
+            [m, *(number(summary["selection"][m]["dev_rougeL"][_lr_name(lr)]) for lr in lrs)]
+            + [number(summary["selection"][m]["chosen_lr"], "g")]
+            for m in methods
+        ],
+        title=f"Sweep: {', '.join(methods)}",
+        notes=[],
     )
+    tasks = sorted({t for m in methods for t in results[m]["tasks"]})
+    rows = [[t, *(_pm(results[m]["tasks"][t]) for m in methods)] for t in tasks]
+    rows.append([AVERAGE, *(_pm(results[m]["average"]) for m in methods)])
+    strong = {len(rows) - 1}
+    rows.append(["EM average", *(_pm(results[m]["exact_match_average"]) for m in methods)])
     diff_cells = []
     for m in methods:
         d = results[m]["difference_vs_reference"]
         diff_cells.append(
             "(reference)" if d is None else f"{d['mean']:+.2f} [{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}]"
         )
-    lines.append(f"| {ref} difference, 95% CI | " + " | ".join(diff_cells) + " |")
+    rows.append([f"{ref} difference, 95% CI", *diff_cells])
     if any(results[m]["interference"] for m in methods):
-        cells = [_num((results[m]["interference"] or {}).get("score"), "+.2f") for m in methods]
-        lines.append("| interference vs single | " + " | ".join(cells) + " |")
+        rows.append(
+            ["interference vs single"]
+            + [number((results[m]["interference"] or {}).get("score"), "+.2f") for m in methods]
+        )
     cost = [results[m]["cost"] for m in methods]
-    lines.append("| tokens/s | " + " | ".join(_num(c["tokens_per_second"], ".0f") for c in cost) + " |")
-    lines.append("| train seconds | " + " | ".join(_num(c["train_seconds"], ".0f") for c in cost) + " |")
-    lines.append("| peak memory (MiB) | " + " | ".join(_num(c["peak_memory_mb"], ".0f") for c in cost) + " |")
+    rows.append(["tokens/s", *(number(c["tokens_per_second"], ".0f") for c in cost)])
+    rows.append(["train seconds", *(number(c["train_seconds"], ".0f") for c in cost)])
+    rows.append(["peak memory (MiB)", *(number(c["peak_memory_mb"], ".0f") for c in cost)])
     sizes = [None if c["adapter_bytes"] is None else c["adapter_bytes"] / 2**20 for c in cost]
-    lines.append("| adapter size (MiB) | " + " | ".join(_num(s, ".2f") for s in sizes) + " |")
-    lines += [
-        "",
+    rows.append(["adapter size (MiB)", *(number(size) for size in sizes)])
+    notes = [
         f"Difference: method minus {ref}, mean over tasks, paired bootstrap over test examples "
         "(each example's score averaged over seeds; 95% percentile interval). Interference: the "
         "first seed's multi-task average minus that of one adapter per task (negative = interference). "
-        "Peak memory: GPU memory allocated on a GPU, else the process's peak resident memory.",
+        "Peak memory: GPU memory allocated on a GPU, else the process's peak resident memory."
     ]
     if "wall_seconds" in summary:
-        lines.append(f"Wall time of the sweep command: {_clock(summary['wall_seconds'])}.")
-    return "\n".join(lines) + "\n"
+        notes.append(f"Wall time of the sweep command: {_clock(summary['wall_seconds'])}.")
+    scores = Table(["task (test ROUGE-L)", *methods], rows, strong=strong, notes=notes)
+    intro = (
+        f"Learning rate chosen on dev with seed {summary['seeds'][0]}; test scores are mean ± std over "
+        f"seeds {seeds} (ROUGE-L)."
+    )
+    head, table = selection.markdown().split("\n\n", 1)
+    return f"{head}\n\n{intro}\n\n{table}\n{scores.markdown()}"
 
 
 def write_plots(summary: dict, folder: Path) -> list[Path]:
     """average.png: test average ± std per method; selection.png: dev score per learning rate."""
-    import matplotlib
+    from badit.analysis.plots import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     methods, results = summary["methods"], summary["results"]
     paths = [folder / "average.png", folder / "selection.png"]

@@ -1,7 +1,7 @@
 """``badit report RUN [RUN ...]``: one self-contained HTML page comparing runs.
 
-collect (read run folders) -> scores (groups of seeds, interference) -> sections / dynamics (tables
-and figures) -> page (HTML). Every number on the page is read from, or computed from, files in the
+collect (read run folders) -> the results model (``badit.experiments.results``: groups of seeds,
+interference) -> sections / dynamics (tables and figures) -> page (HTML). Every number on the page is read from, or computed from, files in the
 run folders; each section lists those files.
 """
 
@@ -20,10 +20,10 @@ def build_report(inputs: list[str | Path], title: str = "badit report") -> str:
 
     from badit.experiments.report import dynamics, runs, sections
     from badit.experiments.report.page import render
-    from badit.experiments.report.scores import group_runs
+    from badit.experiments.results import seed_groups
 
     collection = collect(inputs)
-    groups = group_runs(collection)
+    groups = seed_groups(collection.runs)
     intro = [
         f"{len(collection.runs)} run(s): " + "; ".join(f"{r.label} = {r.path}" for r in collection.runs),
         f"Tasks compared ({len(collection.shared_tasks)}): {', '.join(collection.shared_tasks)}.",

@@ -23,6 +23,8 @@ from pathlib import Path
 
 from badit.errors import BaditError
 from badit.experiments.folder import CONFIG_FILE, SWEEP_FILE, RunError, RunFolder, StageFolder
+from badit.experiments.results import RunResult, label_runs
+from badit.experiments.results import load_run as load_result
 
 SWEEP_DEPTH = 2  # a folder of runs holds runs (depth 1) or groups of runs (depth 2)
 SWEEP_REPORTED = ("test", "single")  # the sweep's sub-folders with test-split runs
@@ -48,29 +50,15 @@ class LogSegment:
 
 
 @dataclass
-class Run:
-    path: Path
-    name: str
-    method: str
-    setting: str
-    model: str
-    seed: int | None
-    learning_rate: float | None
-    split: str
-    tasks: dict[str, dict[str, float]]
-    average: dict[str, float]
-    continual: dict | None
-    segments: list[LogSegment]
-    analysis: dict | None
-    label: str = ""
+class Run(RunResult):
+    """A run's scores (the results model's `RunResult`) with its training logs and `badit analyze` results."""
 
-    @property
-    def metrics_file(self) -> Path:
-        return RunFolder(self.path).metrics_file
+    segments: list[LogSegment] = field(default_factory=list)
+    analysis: dict | None = None
 
     @property
     def analysis_file(self) -> Path:
-        return RunFolder(self.path).analysis_file
+        return self.folder.analysis_file
 
 
 def find_runs(inputs: list[str | Path]) -> list[Path]:
@@ -144,42 +132,10 @@ def load_run(path: str | Path) -> Run:
             f"{path}: not a run folder (no {CONFIG_FILE}); give folders written by `badit train`"
         )
     try:
-        metrics = folder.metrics()
-        info = metrics.get("run") or {}
-        setting = info.get("setting", "multitask")
-        config = folder.saved_config()
-        segments = _segments(folder, setting)
-        analysis = folder.analysis()
+        scores = load_result(path)
+        return Run(**vars(scores), segments=_segments(folder, scores.setting), analysis=folder.analysis())
     except RunError as error:
         raise ReportError(f"{error}; or leave this run out") from None
-    return Run(
-        path=path,
-        name=str(info.get("name", path.name)),
-        method=str(info.get("method", "?")),
-        setting=setting,
-        model=str(info.get("model", "?")),
-        seed=info.get("seed"),
-        learning_rate=(config.get("training") or {}).get("learning_rate"),
-        split=str((config.get("evaluation") or {}).get("split", "test")),
-        tasks={
-            t: {k: float(v) for k, v in s.items() if isinstance(v, (int, float))}
-            for t, s in metrics["tasks"].items()
-        },
-        average={k: float(v) for k, v in metrics["average"].items() if isinstance(v, (int, float))},
-        continual=metrics.get("continual"),
-        segments=segments,
-        analysis=analysis,
-    )
-
-
-def label_runs(runs: list[Run]) -> None:
-    """Labels ``method (setting)``, with ``seed N`` and then the folder name added where two would be equal."""
-    labels = [f"{r.method} ({r.setting})" for r in runs]
-    for i, run in enumerate(runs):
-        if labels.count(labels[i]) > 1 and run.seed is not None:
-            labels[i] = f"{labels[i]} seed {run.seed}"
-    for i, run in enumerate(runs):
-        run.label = labels[i] if labels.count(labels[i]) == 1 else f"{labels[i]} {run.path.name}"
 
 
 @dataclass

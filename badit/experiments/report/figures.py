@@ -10,30 +10,19 @@ import io
 import math
 from collections.abc import Sequence
 
+from badit.analysis.plots import heatmap_figure, pyplot, short_label
+
 WIDTH_IN = 7.5  # inches at DPI: 900 px, shown at most 100% of a 1280 px page's content column
 DPI = 120
 COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22"]
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _uri(fig) -> str:
-    plt = _pyplot()
+    plt = pyplot()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
     plt.close(fig)
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-def _short(name: str, limit: int = 28) -> str:
-    return name if len(name) <= limit else name[: limit - 3] + "..."
 
 
 def grouped_bars(
@@ -44,7 +33,7 @@ def grouped_bars(
     xlabel: str = "task",
 ) -> str:
     """One group of bars per category, one bar per series (label -> (values, error bars or None))."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(WIDTH_IN, 3.6))
     n = max(len(series), 1)
     width = 0.8 / n
@@ -60,7 +49,7 @@ def grouped_bars(
             yerr=err if any(err) else None,
             capsize=3,
         )
-    ax.set_xticks(range(len(categories)), [_short(c) for c in categories], rotation=20, ha="right")
+    ax.set_xticks(range(len(categories)), [short_label(c) for c in categories], rotation=20, ha="right")
     ax.axhline(0, color="black", linewidth=0.6)
     ax.set_title(title)
     ax.set_xlabel(xlabel)
@@ -77,7 +66,7 @@ Line = tuple[str, Sequence[float], Sequence[float]]  # (legend label, x, y)
 
 def line_panels(panels: Sequence[tuple[str, str, Sequence[Line]]], xlabel: str, title: str) -> str:
     """Side-by-side line charts sharing an x label: each panel is (panel title, y label, lines)."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(
         1, len(panels), figsize=(WIDTH_IN * 1.3, 3.4), squeeze=False, layout="constrained"
     )
@@ -109,37 +98,10 @@ def heatmap(
     vmax: float | None = None,
     annotate: bool = True,
 ) -> str:
-    """A heatmap with its values written in the cells (when small enough) and a labelled colour bar."""
-    plt = _pyplot()
-    rows, cols = len(ylabels), len(xlabels)
-    fig, ax = plt.subplots(figsize=(min(WIDTH_IN, 2.5 + 0.7 * cols), min(7.0, 1.6 + 0.4 * rows)))
-    diverging = vmin is not None and vmin < 0
-    im = ax.imshow(matrix, cmap="coolwarm" if diverging else "viridis", vmin=vmin, vmax=vmax, aspect="auto")
-    ax.set_xticks(
-        range(cols),
-        [_short(x, 20) for x in xlabels],
-        rotation=30,
-        ha="right",
+    """`badit.analysis.plots.heatmap_figure` as a data: URI."""
+    fig = heatmap_figure(
+        matrix, xlabels, ylabels, title, colorbar, xlabel, ylabel, vmin, vmax, annotate, WIDTH_IN
     )
-    ax.set_yticks(range(rows), [_short(y, 36) for y in ylabels])
-    if annotate and rows * cols <= 144:
-        for r in range(rows):
-            for c in range(cols):
-                value = matrix[r][c]
-                if value is not None and not (isinstance(value, float) and math.isnan(value)):
-                    ax.text(
-                        c,
-                        r,
-                        f"{value:.2f}",
-                        ha="center",
-                        va="center",
-                        fontsize=7,
-                        color="white" if not diverging else "black",
-                    )
-    ax.set_title(title)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    fig.colorbar(im, ax=ax, shrink=0.85, label=colorbar)
     return _uri(fig)
 
 
@@ -156,7 +118,7 @@ def heatmap_panels(
     vmax: float = 1.0,
 ) -> str:
     """Heatmaps of the same shape side by side with one shared colour bar (e.g. one per task)."""
-    plt = _pyplot()
+    plt = pyplot()
     n = len(matrices)
     per_row = min(n, 4)
     nrows = math.ceil(n / per_row)
@@ -173,7 +135,7 @@ def heatmap_panels(
             ax.axis("off")
             continue
         im = ax.imshow(matrices[i], cmap="viridis", vmin=vmin, vmax=vmax, aspect="auto")
-        ax.set_title(_short(panel_titles[i], 30), fontsize=9)
+        ax.set_title(short_label(panel_titles[i], 30), fontsize=9)
         ax.set_xticks(range(len(xlabels)), xlabels, fontsize=7)
         ax.set_yticks(range(len(ylabels)), ylabels if i % per_row == 0 else [""] * len(ylabels), fontsize=7)
         ax.set_xlabel(xlabel, fontsize=8)

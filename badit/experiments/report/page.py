@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from badit.experiments.results import Table, with_spread
+
 STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 0; background: #f6f7f9; color: #1d2430; }
 main { max-width: 1180px; margin: 0 auto; padding: 16px 24px 48px; }
@@ -49,17 +51,12 @@ def esc(value) -> str:
 
 def number(value: float | None, std: float | None = None) -> str:
     """A table cell: 2 decimals, ``± std`` when a seed spread is given, ``-`` for missing values."""
-    if value is None or value != value:  # None or NaN
-        return "-"
-    return f"{value:.2f}" if std is None else f"{value:.2f} ± {std:.2f}"
+    return with_spread(value, std)
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[str]], caption: str | None = None) -> str:
-    """An HTML table; cells are escaped here."""
-    head = "".join(f"<th>{esc(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in rows)
-    cap = f"<caption>{esc(caption)}</caption>" if caption else ""
-    return f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    """An HTML table (the results model's `Table`); cells are escaped there."""
+    return Table(list(header), [list(r) for r in rows]).html(caption)
 
 
 def figure(uri: str, alt: str) -> str:

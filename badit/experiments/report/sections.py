@@ -5,7 +5,8 @@ from __future__ import annotations
 from badit.experiments.report import figures
 from badit.experiments.report.collect import Collection
 from badit.experiments.report.page import Section, figure, number, paragraph, table
-from badit.experiments.report.scores import METRICS, Group, interference, missing_references
+from badit.experiments.results import AVERAGE, Group, interferences
+from badit.names import METRICS
 
 
 def scores_section(collection: Collection, groups: list[Group]) -> Section:
@@ -19,23 +20,14 @@ def scores_section(collection: Collection, groups: list[Group]) -> Section:
             f"task ({name})",
             *(f"{g.label} (n={len(g.runs)})" if len(g.runs) > 1 else g.label for g in groups),
         ]
-        rows = [
-            [t, *(number(g.mean[t][metric], g.std[t][metric]) for g in groups)] for t in [*tasks, "average"]
-        ]
+        rows = [[t, *(g.score(t, metric, tasks).text() for g in groups)] for t in [*tasks, AVERAGE]]
         section.add(table(header, rows))
     for metric, name in METRICS.items():
-        bars = {
-            g.label: (
-                [g.mean[t][metric] for t in [*tasks, "average"]],
-                [g.std[t][metric] for t in [*tasks, "average"]],
-            )
-            for g in groups
-        }
+        spreads = {g.label: [g.score(t, metric, tasks) for t in [*tasks, AVERAGE]] for g in groups}
+        bars = {label: ([x.mean for x in row], [x.std for x in row]) for label, row in spreads.items()}
         title = f"{name} per task" + (" (error bars: std over seeds)" if spread else "")
         section.add(
-            figure(
-                figures.grouped_bars([*tasks, "average"], bars, title, name), f"{name} per task and method"
-            )
+            figure(figures.grouped_bars([*tasks, AVERAGE], bars, title, name), f"{name} per task and method")
         )
     section.add(paragraph("'average' is the mean over the tasks shared by all runs."))
     if collection.left_out:
@@ -49,7 +41,7 @@ def scores_section(collection: Collection, groups: list[Group]) -> Section:
 
 def interference_section(collection: Collection, groups: list[Group]) -> Section:
     section = Section("Interference (multi-task minus single-task)")
-    found = interference(groups, collection.shared_tasks)
+    found = interferences(groups, collection.shared_tasks)
     section.add(
         paragraph(
             "Score of the multi-task adapter minus that of one adapter per task (setting single) on the same "
@@ -79,7 +71,8 @@ def interference_section(collection: Collection, groups: list[Group]) -> Section
                 "interference per task",
             )
         )
-    for label in missing_references(groups, found):
+    have = {i.group.label for i in found}
+    for label in [g.label for g in groups if g.setting == "multitask" and g.label not in have]:
         section.add(
             paragraph(
                 f"No interference score for {label}: add a run with setting=single (one adapter per task) "

@@ -1,0 +1,468 @@
+"""The results model: the scores of run folders, aggregated once, and the one table type that shows them.
+
+``badit compare``, ``badit sweep`` and ``badit report`` read runs with `load_runs`, gather the seeds of one
+configuration into a `Group`, and take every number from the functions here:
+
+- per task and the average over tasks, mean ± sample std over a group's seeds (`Group.score`);
+- the single-task reference of a multi-task group and the interference score (`single_reference`,
+  `interference`);
+- paired comparisons of two groups on the same test examples (`paired_difference`: the one call site of
+  the comparison statistic);
+
+and render them through `Table` (terminal, Markdown, HTML). Per-example scores are keyed by
+(run, setting, method, seed, task, example id) (`example_scores`); they come from each run's
+predictions.jsonl, the per-task scores from its metrics.json (both read by ``badit.experiments.folder``).
+
+Text from run folders (names, tasks) is untrusted: `Table` strips control characters (ANSI escapes,
+carriage returns...) from terminal and Markdown output and escapes HTML.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+import statistics
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from badit.errors import BaditError
+from badit.experiments.folder import RunError, RunFolder, base_method
+from badit.names import METRICS
+
+AVERAGE = "average"  # the row of the mean over tasks
+CI_LEVEL = 0.95  # two-sided 95%: percentiles 2.5 and 97.5
+
+
+class ResultsError(BaditError, ValueError):
+    """Runs that cannot be compared as asked (e.g. scored on different test examples)."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Numbers as text, and text that is safe to print
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # C0 (incl. ESC, CR, newline), DEL, C1
+
+
+def plain(text) -> str:
+    """``text`` without control characters (each becomes a space): terminal escapes from a run name or a
+    task name cannot colour, clear or retitle the terminal, nor break a Markdown table row."""
+    return _CONTROL.sub(" ", str(text))
+
+
+def number(value: float | None, spec: str = ".2f", missing: str = "-") -> str:
+    """``value`` formatted with ``spec``; None or NaN (e.g. a metric without enough stages) as ``missing``."""
+    if value is None or value != value:
+        return missing
+    return format(value, spec)
+
+
+def with_spread(mean: float | None, std: float | None = None) -> str:
+    """``45.00 ± 7.07`` (2 decimals; ``± std`` only when there is a spread over seeds), ``-`` when missing."""
+    if mean is None or mean != mean:
+        return "-"
+    return f"{mean:.2f}" if std is None else f"{mean:.2f} ± {std:.2f}"
+
+
+@dataclass(frozen=True)
+class Spread:
+    """A value over seeds: mean, sample standard deviation (None with one seed) and the values."""
+
+    mean: float
+    std: float | None
+    values: tuple[float, ...]
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> Spread:
+        values = tuple(float(v) for v in values)
+        return cls(statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None, values)
+
+    def text(self) -> str:
+        return with_spread(self.mean, self.std)
+
+    def as_dict(self) -> dict:
+        return {"mean": self.mean, "std": self.std, "values": list(self.values)}
+
+
+# ----------------------------------------------------------------------------------------------
+# Runs
+
+
+@dataclass
+class RunResult:
+    """One run folder's scores (metrics.json) and what the tables show about it."""
+
+    path: Path
+    name: str
+    method: str
+    setting: str
+    model: str
+    seed: int | None
+    learning_rate: float | None
+    effective_scale: float | None
+    split: str
+    tasks: dict[str, dict[str, float]]
+    """task -> metric -> score (and ``num_examples`` where metrics.json has it)."""
+    average: dict[str, float]
+    continual: dict | None
+    info: dict
+    """metrics.json's ``run`` record (timings, memory, steps...)."""
+    label: str = ""
+
+    @property
+    def folder(self) -> RunFolder:
+        return RunFolder(self.path)
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.folder.metrics_file
+
+    def predictions(self) -> list[dict]:
+        return self.folder.predictions()
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def load_run(path: str | Path) -> RunResult:
+    """A run folder's metrics.json (checked by `RunFolder.metrics`) as a `RunResult`; the learning rate and
+    evaluation split from its config.yaml where it has one (a folder may hold only metrics.json)."""
+    folder = RunFolder(path)
+    metrics = folder.metrics()
+    info = metrics.get("run") if isinstance(metrics.get("run"), dict) else {}
+    config = folder.saved_config() if folder.has_config() else {}
+    learning_rate = (config.get("training") or {}).get("learning_rate", info.get("learning_rate"))
+    return RunResult(
+        path=Path(path),
+        name=str(info.get("name", Path(path).name)),
+        method=str(info.get("method", "?")),
+        setting=str(info.get("setting", "multitask")),
+        model=str(info.get("model", "?")),
+        seed=info.get("seed") if _is_number(info.get("seed")) else None,
+        learning_rate=learning_rate if _is_number(learning_rate) else None,
+        effective_scale=info.get("effective_scale") if _is_number(info.get("effective_scale")) else None,
+        split=str((config.get("evaluation") or {}).get("split", "test")),
+        tasks={t: {k: v for k, v in s.items() if _is_number(v)} for t, s in metrics["tasks"].items()},
+        average={k: v for k, v in metrics["average"].items() if _is_number(v)},
+        continual=metrics.get("continual"),
+        info=info,
+    )
+
+
+def label_runs(runs: list[RunResult]) -> None:
+    """Labels ``method (setting)``, with ``seed N`` and then the folder name added where two would be equal."""
+    base = [f"{r.method} ({r.setting})" for r in runs]
+    labels = [
+        f"{label} seed {run.seed}" if base.count(label) > 1 and run.seed is not None else label
+        for run, label in zip(runs, base)
+    ]
+    for run, label in zip(runs, labels):
+        run.label = label if labels.count(label) == 1 else f"{label} {run.path.name}"
+
+
+def load_runs(paths: Sequence[str | Path]) -> list[RunResult]:
+    """The runs of ``paths``, labelled (`label_runs`)."""
+    if not paths:
+        raise RunError("give at least one run folder")
+    runs = [load_run(p) for p in paths]
+    label_runs(runs)
+    return runs
+
+
+def example_scores(runs: Sequence[RunResult], metric: str = "rougeL") -> dict[tuple, float]:
+    """(run, setting, method, seed, task, example id) -> the example's score, from the runs' predictions."""
+    return {
+        (str(r.path), r.setting, r.method, r.seed, p["task"], str(p["id"])): float(p[metric])
+        for r in runs
+        for p in r.predictions()
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# Groups of seeds
+
+
+@dataclass
+class Group:
+    """The runs (seeds) of one configuration; a group of one run is the run itself."""
+
+    label: str
+    method: str
+    setting: str
+    model: str
+    split: str
+    runs: list[RunResult]
+
+    @property
+    def files(self) -> list[Path]:
+        return [r.metrics_file for r in self.runs]
+
+    @property
+    def tasks(self) -> list[str]:
+        """The tasks every run of the group has."""
+        return sorted(set.intersection(*(set(r.tasks) for r in self.runs)))
+
+    def score(self, task: str, metric: str, tasks: Sequence[str] | None = None) -> Spread:
+        """``task``'s score over the seeds; ``AVERAGE``: each seed's mean over ``tasks`` (default: the
+        group's), then over the seeds."""
+        if task == AVERAGE:
+            tasks = list(tasks or self.tasks)
+            return Spread.of([statistics.fmean(r.tasks[t][metric] for t in tasks) for r in self.runs])
+        return Spread.of([r.tasks[task][metric] for r in self.runs])
+
+
+def run_groups(runs: Sequence[RunResult]) -> list[Group]:
+    """One group per run (``badit compare``: a column per run), labelled as the runs."""
+    return [Group(r.label, r.method, r.setting, r.model, r.split, [r]) for r in runs]
+
+
+DETAILS: tuple[Callable[[tuple], str], ...] = (
+    lambda key: Path(key[2]).name,  # model
+    lambda key: f"lr {key[3]:g}" if _is_number(key[3]) else "lr ?",
+    lambda key: f"{key[4]} split",
+)
+
+
+def _group_labels(keys: list[tuple]) -> dict[tuple, str]:
+    """``method (setting)``, then the model, learning rate and split added where they tell groups apart."""
+    labels = {key: f"{key[0]} ({key[1]})" for key in keys}
+    for detail in DETAILS:
+        values: dict[str, set[str]] = {}
+        for key, label in labels.items():
+            values.setdefault(label, set()).add(detail(key))
+        labels = {
+            key: f"{label} {detail(key)}" if len(values[label]) > 1 else label
+            for key, label in labels.items()
+        }
+    return labels
+
+
+def seed_groups(runs: Sequence[RunResult]) -> list[Group]:
+    """One group per (method, setting, model, learning rate, split), in the order runs were given; labels
+    ``method (setting)`` get the model, then the learning rate and split, where two would be equal."""
+    groups: dict[tuple, Group] = {}
+    for run in runs:
+        key = (run.method, run.setting, run.model, run.learning_rate, run.split)
+        if key not in groups:
+            groups[key] = Group("", run.method, run.setting, run.model, run.split, [])
+        groups[key].runs.append(run)
+    for key, label in _group_labels(list(groups)).items():
+        groups[key].label = label
+    return list(groups.values())
+
+
+# ----------------------------------------------------------------------------------------------
+# Interference
+
+
+def single_reference(
+    group: Group, groups: Sequence[Group], tasks: Sequence[str] | None = None
+) -> Group | None:
+    """The single-task group (one adapter per task) to measure ``group`` against: same model and
+    evaluation split, scored on ``tasks`` (default: the group's), the same method preferred."""
+    needed = set(tasks or group.tasks)
+    candidates = [
+        g
+        for g in groups
+        if g.setting == "single"
+        and g.model == group.model
+        and g.split == group.split
+        and needed <= set(g.tasks)
+    ]
+    candidates.sort(key=lambda g: base_method(g.method) != base_method(group.method))  # same method first
+    return candidates[0] if candidates else None
+
+
+@dataclass
+class Interference:
+    """A multi-task group against its single-task reference: per-task differences of the seed means and
+    their mean over tasks, the interference score (negative = training the tasks together costs)."""
+
+    group: Group
+    reference: Group
+    tasks: list[str]
+    per_task: dict[str, dict[str, float]]  # task -> metric -> multi - single
+    average: dict[str, float]  # metric -> interference score
+
+
+def interference(group: Group, reference: Group, tasks: Sequence[str] | None = None) -> Interference:
+    """``group`` minus ``reference`` per task (seed means) and on average over ``tasks`` (default: the
+    group's): ``badit.evaluation.interference_score``."""
+    from badit.evaluation import interference_score
+
+    tasks = list(tasks or group.tasks)
+    multi = {m: {t: group.score(t, m).mean for t in tasks} for m in METRICS}
+    single = {m: {t: reference.score(t, m).mean for t in tasks} for m in METRICS}
+    per_task = {t: {m: multi[m][t] - single[m][t] for m in METRICS} for t in tasks}
+    average = {m: interference_score(multi[m], single[m]) for m in METRICS}
+    return Interference(group, reference, tasks, per_task, average)
+
+
+def interferences(groups: Sequence[Group], tasks: Sequence[str] | None = None) -> list[Interference]:
+    """The interference of every multi-task group that has a single-task reference among ``groups``."""
+    out = []
+    for group in groups:
+        if group.setting == "multitask":
+            reference = single_reference(group, groups, tasks)
+            if reference is not None:
+                out.append(interference(group, reference, tasks))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Paired comparisons
+
+
+def paired_difference(
+    group: Group, reference: Group, metric: str = "rougeL", samples: int = 2000, seed: int = 0
+) -> dict:
+    """``group`` minus ``reference`` on the same test examples, mean over tasks, with its 95% interval:
+    the one place the comparison statistic is chosen (the paired bootstrap below today)."""
+    return paired_bootstrap(
+        seed_mean_scores([r.predictions() for r in group.runs], metric),
+        seed_mean_scores([r.predictions() for r in reference.runs], metric),
+        samples,
+        seed,
+    )
+
+
+def seed_mean_scores(runs: Sequence[Sequence[dict]], metric: str = "rougeL") -> dict[tuple[str, str], float]:
+    """(task, id) -> the example's score averaged over the runs (seeds), from their prediction records."""
+    sums: dict[tuple[str, str], list[float]] = defaultdict(list)
+    for records in runs:
+        for r in records:
+            sums[(r["task"], str(r["id"]))].append(r[metric])
+    return {key: statistics.fmean(v) for key, v in sums.items()}
+
+
+def paired_bootstrap(
+    method: dict[tuple[str, str], float],
+    reference: dict[tuple[str, str], float],
+    samples: int,
+    seed: int = 0,
+) -> dict:
+    """Mean over tasks of (method - reference) and its 95% percentile interval, resampling the examples
+    within each task with replacement (paired: both methods see the same resample). Hand-written: no
+    maintained library does a stratified paired bootstrap over per-example scores in a few lines
+    (scipy.stats.bootstrap neither pairs by key nor stratifies)."""
+    import numpy as np
+
+    if set(method) != set(reference):
+        raise ResultsError("the bootstrap needs the same test examples for both methods (same data settings)")
+    by_task: dict[str, list[float]] = defaultdict(list)
+    for key in sorted(method):
+        by_task[key[0]].append(method[key] - reference[key])
+    rng = np.random.default_rng(seed)
+    diffs = [np.asarray(by_task[t]) for t in sorted(by_task)]
+    point = float(np.mean([d.mean() for d in diffs]))
+    boot = np.zeros(samples)
+    for d in diffs:  # one vectorised draw per task: samples x n indices
+        boot += d[rng.integers(0, len(d), size=(samples, len(d)))].mean(axis=1)
+    boot /= len(diffs)
+    tail = (1 - CI_LEVEL) / 2 * 100
+    low, high = np.percentile(boot, [tail, 100 - tail])
+    return {"mean": point, "ci95": [float(low), float(high)], "samples": samples}
+
+
+# ----------------------------------------------------------------------------------------------
+# The table type
+
+
+@dataclass
+class Table:
+    """Rows of text cells under a header; rendered for the terminal / Markdown or as HTML.
+
+    The first column is left-aligned, the others right-aligned (numbers). ``strong``: indices of rows shown
+    in bold (the average). ``notes``: lines printed under the table."""
+
+    header: list[str]
+    rows: list[list[str]]
+    strong: set[int] = field(default_factory=set)
+    notes: list[str] = field(default_factory=list)
+    title: str | None = None
+
+    def _cells(self) -> list[list[str]]:
+        rows = [[_markdown_cell(c) for c in row] for row in self.rows]
+        return [[f"**{c}**" if i in self.strong and c else c for c in row] for i, row in enumerate(rows)]
+
+    def markdown(self, aligned: bool = False) -> str:
+        """GitHub Markdown; ``aligned``: columns padded to one width (for reading in a terminal). Control
+        characters are removed; ``|``, ``\\``, ``<`` and ``>`` in cells are backslash-escaped."""
+        header, rows = [_markdown_cell(h) for h in self.header], self._cells()
+        if aligned:
+            widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+
+            def line(cells):
+                padded = (c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+                return "| " + " | ".join(padded) + " |"
+
+            separator = "|" + "|".join(
+                "-" * (w + 2) if i == 0 else "-" * (w + 1) + ":" for i, w in enumerate(widths)
+            )
+            separator += "|"
+        else:
+
+            def line(cells):
+                return "| " + " | ".join(cells) + " |"
+
+            separator = "|---|" + "---:|" * (len(header) - 1)
+        out = ([f"# {_markdown_text(self.title)}", ""] if self.title else []) + [line(header), separator]
+        out += [line(row) for row in rows]
+        if self.notes:
+            out += ["", *(_markdown_text(n) for n in self.notes)]
+        return "\n".join(out) + "\n"
+
+    def terminal(self) -> str:
+        """What the CLI prints: the aligned Markdown (readable as text, pasteable as Markdown)."""
+        return self.markdown(aligned=True)
+
+    def html(self, caption: str | None = None) -> str:
+        """An HTML table; every cell escaped."""
+        head = "".join(f"<th>{_html(h)}</th>" for h in self.header)
+        body = "".join(
+            "<tr>"
+            + "".join(
+                f"<td><strong>{_html(c)}</strong></td>" if i in self.strong else f"<td>{_html(c)}</td>"
+                for c in row
+            )
+            + "</tr>"
+            for i, row in enumerate(self.rows)
+        )
+        cap = f"<caption>{_html(caption)}</caption>" if caption else ""
+        return f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _markdown_text(value) -> str:
+    """Text for Markdown: no control characters, ``<`` and ``>`` backslash-escaped (shown as themselves,
+    never read as HTML: a task named ``<script>`` stays text)."""
+    return plain(value).replace("<", "\\<").replace(">", "\\>")
+
+
+def _markdown_cell(value) -> str:
+    return _markdown_text(str(value).replace("\\", "\\\\")).replace("|", "\\|")
+
+
+def _html(value) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def summary_table(metrics: dict, title: str) -> str:
+    """summary.md and what ``badit train`` / ``badit eval`` print: ROUGE-L and exact match per task, with
+    the average over tasks (and the continual metrics of a continual run)."""
+    rows = [
+        [name, number(s["rougeL"]), number(s["exact_match"]), str(s.get("num_examples", ""))]
+        for name, s in metrics["tasks"].items()
+    ]
+    average = metrics["average"]
+    rows.append([AVERAGE, number(average["rougeL"]), number(average["exact_match"]), ""])
+    continual = metrics.get("continual")
+    notes = []
+    if continual:
+        scores = ", ".join(f"{k} {number(v, missing='n/a')}" for k, v in continual["rougeL"].items())
+        notes.append(f"Continual (ROUGE-L): {scores}")
+    return Table(
+        ["task", "ROUGE-L", "EM", "n"], rows, strong={len(rows) - 1}, notes=notes, title=title
+    ).markdown()
