@@ -314,10 +314,10 @@ def test_router_warning_names_collapse_and_the_adapter(tmp_path):
     assert "[stages/01-b]" in warning
 
 
-def _badit_hand_run(root: Path, usage: list, layers: list[str]) -> Path:
+def _badithand_run(root: Path, usage: list, layers: list[str]) -> Path:
     """A BADIT multitask run folder by hand: settings, 30 logged steps of 21 per epoch with
     regroup_until 0.5 (so no regroup can happen), a router log, predictions and an analysis."""
-    folder = _hand_run(root / "badit", "badit", "multitask", 0, {"t1": 40.0, "t2": 60.0})
+    folder = hand_run(root / "badit", "badit", "multitask", 0, {"t1": 40.0, "t2": 60.0})
     config = {
         "name": "badit",
         "training": {"learning_rate": 2e-4, "max_steps": 30},
@@ -371,7 +371,7 @@ def test_report_settings_samples_layer_order_verdicts_and_why_no_regroup(tmp_pat
     same = [[0.5, 0.5], [0.5, 0.5]]  # both tasks route exactly alike in every layer
     usage = [same, same, same, same]
     usage[2] = [[0.7, 0.3], [0.7, 0.3]]  # layer 10 is told apart by its values
-    folder = _badit_hand_run(tmp_path, usage, layers)
+    folder = _badithand_run(tmp_path, usage, layers)
     page = build_report([folder])
     cells = _cells(page)
     # settings: method, setting, seed, lr, steps, K, r, alpha, targets from config.yaml

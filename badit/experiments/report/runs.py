@@ -7,10 +7,9 @@ Reads only the run folders (`collect.Run.path`); the scores themselves are in se
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from types import SimpleNamespace
 
-from badit.experiments.folder import CONFIG_FILE, PREDICTIONS_FILE, RunError, RunFolder
+from badit.experiments.folder import CONFIG_FILE, PREDICTIONS_FILE, RunError, RunFolder, StageFolder
 from badit.experiments.report.collect import Collection, Run
 from badit.experiments.report.page import Section, paragraph, table
 
@@ -161,7 +160,7 @@ def no_regroup_reason(run: Run) -> str:
         reason = never_regroups(schedule, total_steps=total, steps_per_epoch=round(per_epoch[-1]))
         if reason:
             return reason
-    where = ", ".join(str(Path(s.folder) / "logs" / "regroup.jsonl") for s in run.segments)
+    where = ", ".join(str(StageFolder(s.folder).log_file("regroup")) for s in run.segments)
     return (
         f"no regroup record in {where} although the schedule would regroup (log deleted, or an older badit)"
     )
