@@ -80,7 +80,7 @@ def test_options_are_checked(method, weight, density, message):
 
 @pytest.mark.slow
 def test_a_single_run_merges_into_a_run_folder_that_compare_reads(tmp_path):
-    from badit.experiments.compare import load_run_scores
+    from badit.experiments.results import load_run
     from badit.experiments.config import from_dict
     from badit.experiments.merge import merge_run
     from badit.experiments.settings import run
@@ -96,7 +96,7 @@ def test_a_single_run_merges_into_a_run_folder_that_compare_reads(tmp_path):
     assert record["tasks"] == ["demo_copy_words", "demo_reverse_words"] and record["density"] == 0.2
     # svd_rank = 2 tasks x rank 6 (r 2 x K 3); the tiny model's gate_proj is 64 -> 96
     assert record["svd_rank"] == 12 and 0 <= record["svd_relative_error"]["max"] < 1
-    scores = load_run_scores(merged_dir)
+    scores = load_run(merged_dir)
     assert scores.setting == "multitask" and scores.tasks == metrics["tasks"]
     assert scores.method == "lora+ties" and metrics["run"]["base_method"] == "lora"  # never taken for lora
     from badit.experiments.folder import RunError
