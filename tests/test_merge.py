@@ -80,9 +80,9 @@ def test_options_are_checked(method, weight, density, message):
 
 @pytest.mark.slow
 def test_a_single_run_merges_into_a_run_folder_that_compare_reads(tmp_path):
-    from badit.experiments.results import load_run
     from badit.experiments.config import from_dict
     from badit.experiments.merge import merge_run
+    from badit.experiments.results import load_run
     from badit.experiments.settings import run
     from tests.helpers import tiny_run_config
 
