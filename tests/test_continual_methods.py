@@ -256,7 +256,12 @@ def test_scale_and_setting_of_the_continual_methods(tmp_path, capsys):
 def test_badit_train_continual(tmp_path, name):
     order = ["demo_reverse_words", "demo_copy_words"]
     config = tiny_run_config(
-        tmp_path, name, "continual", data={"task_order": order}, training={"max_steps": 2}
+        tmp_path,
+        name,
+        "continual",
+        data={"task_order": order},
+        training={"max_steps": 2},
+        evaluation={"max_examples_per_task": 2, "continual_base_scores": False},
     )
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -441,7 +446,8 @@ class _KillInSecondStage(TrainerCallback):
 def test_gainlora_killed_in_its_second_stage_resumes_to_the_same_adapter(tmp_path):
     sections = dict(
         data={"task_order": ["demo_reverse_words", "demo_copy_words"]},
-        training={"max_steps": 4, "save_steps": 2, "save_total_limit": None, "weight_decay": 0.1},
+        training={"max_steps": 2, "save_steps": 1, "save_total_limit": None, "weight_decay": 0.1},
+        evaluation={"max_examples_per_task": 1, "continual_base_scores": False},
     )
     whole = tiny_run_config(tmp_path, "gainlora", "continual", output_dir=str(tmp_path / "whole"), **sections)
     killed = tiny_run_config(
@@ -449,10 +455,10 @@ def test_gainlora_killed_in_its_second_stage_resumes_to_the_same_adapter(tmp_pat
     )
     run(from_dict(whole))
     with pytest.raises(SimulatedKill):
-        run(from_dict(killed), extra_callbacks=[_KillInSecondStage(2)])
+        run(from_dict(killed), extra_callbacks=[_KillInSecondStage(1)])
     stage = Path("stages") / "01-demo_copy_words"
     assert (
-        tmp_path / "killed" / stage / "checkpoints" / "checkpoint-2" / "gainlora_gate.safetensors"
+        tmp_path / "killed" / stage / "checkpoints" / "checkpoint-1" / "gainlora_gate.safetensors"
     ).is_file()
     run(from_dict(killed), resume=True)
     for name in ("adapter_model.safetensors", "continual.safetensors"):  # LoRA weights; gates and bases
