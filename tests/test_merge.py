@@ -109,14 +109,17 @@ def test_a_single_run_merges_into_a_run_folder_that_compare_reads(tmp_path):
     assert not (tmp_path / "again").exists()
 
 
-def test_only_evaluation_fields_can_be_overridden():
+def test_only_evaluation_fields_can_be_overridden(tmp_path):
     from badit.experiments.config import from_dict
-    from badit.experiments.merge import _with_evaluation_overrides
+    from badit.experiments.folder import RunFolder
+    from badit.experiments.merge import merge_run
 
-    config = from_dict({})
-    assert _with_evaluation_overrides(config, ("evaluation.split=dev",)).evaluation.split == "dev"
+    run = RunFolder(tmp_path / "single")
+    run.path.mkdir()
+    run.config_file.write_text(from_dict({}).to_yaml())
+    assert run.config(("evaluation.split=dev",)).evaluation.split == "dev"  # what merge_run reads
     with pytest.raises(MergeError, match="changes only evaluation fields"):
-        _with_evaluation_overrides(config, ("training.learning_rate=1",))
+        merge_run(run.path, tmp_path / "out", "ties", overrides=("training.learning_rate=1",))
 
 
 def test_the_command_refuses_a_folder_that_is_not_a_run_in_one_line(tmp_path, capsys):

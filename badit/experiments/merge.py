@@ -147,7 +147,8 @@ def merge_run(
     check_options(method, weight, density)
     run_dir, output_dir = Path(run_dir).resolve(), Path(output_dir).resolve()
     run, out = RunFolder(run_dir), RunFolder(output_dir)
-    config = run.config()
+    check_overrides(overrides)
+    config = run.config(overrides)  # the single run's config.yaml with the evaluation overrides
     if config.setting != "single":
         raise MergeError(
             f"{run_dir} is a {config.setting} run; badit merge needs a `setting: single` run (one adapter per "
@@ -167,8 +168,6 @@ def merge_run(
     for folder in adapters.values():
         check_adapter_folder(folder)
     merged = resolve_paths(merged_config(config, output_dir, method))
-    if overrides:
-        merged = _with_evaluation_overrides(merged, overrides)
     out.check_writable()
     _, eval_tasks = load_run_tasks(merged, names)
     base, tokenizer = load_base_model(merged)
@@ -190,16 +189,11 @@ def merge_run(
         raise
 
 
-def _with_evaluation_overrides(config, overrides: tuple[str, ...]):
-    """``config`` with ``evaluation.*`` overrides applied and checked (other sections are the source run's)."""
-    from badit.experiments.config import apply_override, from_dict
-
-    data = config.to_dict()
+def check_overrides(overrides: tuple[str, ...]) -> None:
+    """MergeError unless every override is an ``evaluation.*`` field (the rest is the single run's)."""
     for override in overrides:
         if not override.strip().startswith("evaluation."):
             raise MergeError(
                 f"override {override!r}: badit merge changes only evaluation fields (e.g. evaluation.split=dev); "
                 "the rest is the single run's"
             )
-        apply_override(data, override)
-    return from_dict(data, source="badit merge")
