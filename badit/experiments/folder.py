@@ -142,6 +142,11 @@ def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
     return out
 
 
+def _child(*names: str) -> property:
+    """A read-only attribute: the path ``names`` below the folder (the layout, spelled once)."""
+    return property(lambda self: self.path.joinpath(*names))
+
+
 @dataclass(frozen=True)
 class StageFolder:
     """The folder of one trained adapter (the multitask run folder itself, ``tasks/<t>``, ``stages/NN-<t>``)."""
@@ -155,29 +160,12 @@ class StageFolder:
     def name(self) -> str:
         return self.path.name
 
-    @property
-    def adapter(self) -> Path:
-        return self.path / ADAPTER_DIR
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.path / CHECKPOINT_DIR
-
-    @property
-    def logs(self) -> Path:
-        return self.path / LOG_DIR
-
-    @property
-    def metrics_file(self) -> Path:
-        return self.path / METRICS_FILE
-
-    @property
-    def predictions_file(self) -> Path:
-        return self.path / PREDICTIONS_FILE
-
-    @property
-    def done_file(self) -> Path:
-        return self.path / DONE_FILE
+    adapter = _child(ADAPTER_DIR)
+    checkpoints = _child(CHECKPOINT_DIR)
+    logs = _child(LOG_DIR)
+    metrics_file = _child(METRICS_FILE)
+    predictions_file = _child(PREDICTIONS_FILE)
+    done_file = _child(DONE_FILE)
 
     def log_file(self, kind: str) -> Path:
         """``logs/<file>`` of ``kind`` in ``LOG_FILES`` (train, regroup, router)."""
@@ -235,9 +223,6 @@ class StageFolder:
         path = self.done_file
         return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
-    def has_adapter(self) -> bool:
-        return (self.adapter / ADAPTER_CONFIG_FILE).is_file()
-
     # -- writers ---------------------------------------------------------------------------------
 
     def mark_done(self, record: dict) -> None:
@@ -247,21 +232,10 @@ class StageFolder:
 class RunFolder(StageFolder):
     """A run folder: its stages, config.yaml, marker, results; see the module docstring for the layout."""
 
-    @property
-    def config_file(self) -> Path:
-        return self.path / CONFIG_FILE
-
-    @property
-    def summary_file(self) -> Path:
-        return self.path / SUMMARY_FILE
-
-    @property
-    def marker_file(self) -> Path:
-        return self.path / MARKER_FILE
-
-    @property
-    def merge_file(self) -> Path:
-        return self.path / MERGE_FILE
+    config_file = _child(CONFIG_FILE)
+    summary_file = _child(SUMMARY_FILE)
+    marker_file = _child(MARKER_FILE)
+    merge_file = _child(MERGE_FILE)
 
     def merge_record(self) -> dict | None:
         """merge.json of a `badit merge` run (what was merged, how), None for a trained run."""
@@ -277,13 +251,8 @@ class RunFolder(StageFolder):
             raise RunError(f"{self.merge_file}: not a badit merge record (no method); merge the run again")
         return record
 
-    @property
-    def analysis_dir(self) -> Path:
-        return self.path / ANALYSIS_DIR
-
-    @property
-    def analysis_file(self) -> Path:
-        return self.analysis_dir / ANALYSIS_FILE
+    analysis_dir = _child(ANALYSIS_DIR)
+    analysis_file = _child(ANALYSIS_DIR, ANALYSIS_FILE)
 
     def analysis(self) -> dict | None:
         """analysis/analysis.json (`badit analyze`), None when the run has none."""

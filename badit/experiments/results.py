@@ -321,21 +321,15 @@ def paired_difference(
 ) -> dict:
     """``group`` minus ``reference`` on the same test examples, mean over tasks, with its 95% interval:
     the one place the comparison statistic is chosen (the paired bootstrap below today)."""
-    return paired_bootstrap(
-        seed_mean_scores([r.predictions() for r in group.runs], metric),
-        seed_mean_scores([r.predictions() for r in reference.runs], metric),
-        samples,
-        seed,
-    )
+    return paired_bootstrap(seed_means(group, metric), seed_means(reference, metric), samples, seed)
 
 
-def seed_mean_scores(runs: Sequence[Sequence[dict]], metric: str = "rougeL") -> dict[tuple[str, str], float]:
-    """(task, id) -> the example's score averaged over the runs (seeds), from their prediction records."""
-    sums: dict[tuple[str, str], list[float]] = defaultdict(list)
-    for records in runs:
-        for r in records:
-            sums[(r["task"], str(r["id"]))].append(r[metric])
-    return {key: statistics.fmean(v) for key, v in sums.items()}
+def seed_means(group: Group, metric: str = "rougeL") -> dict[tuple[str, str], float]:
+    """(task, example id) -> the example's score averaged over the group's runs (seeds)."""
+    scores: dict[tuple[str, str], list[float]] = defaultdict(list)
+    for (_run, _setting, _method, _seed, task, example), score in example_scores(group.runs, metric).items():
+        scores[(task, example)].append(score)
+    return {key: statistics.fmean(values) for key, values in scores.items()}
 
 
 def paired_bootstrap(
