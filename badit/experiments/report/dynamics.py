@@ -338,8 +338,8 @@ def _usage_blocks(section: Section, run: Run) -> None:
             "task",
             "task",
             "cosine of preferences",
-            -1.0,
-            1.0,
+            vmin=-1.0,
+            vmax=1.0,
         )
         section.add(figure(uri, f"task-by-task expert preference similarity of {run.label}"))
 
@@ -373,8 +373,8 @@ def analysis_section(collection: Collection) -> Section | None:
                 "task",
                 "task",
                 "cosine",
-                -1.0,
-                1.0,
+                vmin=-1.0,
+                vmax=1.0,
             )
             section.add(figure(uri, f"gradient conflict of {run.label}"))
         neurons = run.analysis.get("neuron_overlap")
@@ -387,8 +387,8 @@ def analysis_section(collection: Collection) -> Section | None:
                 "task",
                 "task",
                 "Jaccard overlap",
-                0.0,
-                1.0,
+                vmin=0.0,
+                vmax=1.0,
             )
             section.add(figure(uri, f"neuron overlap of {run.label}"))
     return section

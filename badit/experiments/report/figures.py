@@ -86,23 +86,13 @@ def line_panels(panels: Sequence[tuple[str, str, Sequence[Line]]], xlabel: str, 
     return _uri(fig)
 
 
-def heatmap(
-    matrix: Sequence[Sequence[float]],
-    xlabels: Sequence[str],
-    ylabels: Sequence[str],
-    title: str,
-    xlabel: str,
-    ylabel: str,
-    colorbar: str,
-    vmin: float | None = None,
-    vmax: float | None = None,
-    annotate: bool = True,
-) -> str:
-    """`badit.analysis.plots.heatmap_figure` as a data: URI."""
-    fig = heatmap_figure(
-        matrix, xlabels, ylabels, title, colorbar, xlabel, ylabel, vmin, vmax, annotate, WIDTH_IN
+def heatmap(matrix, xlabels, ylabels, title: str, xlabel: str, ylabel: str, colorbar: str, **options) -> str:
+    """`badit.analysis.plots.heatmap_figure` (``options``: vmin, vmax, annotate) as a data: URI."""
+    return _uri(
+        heatmap_figure(
+            matrix, xlabels, ylabels, title, colorbar, xlabel, ylabel, max_width=WIDTH_IN, **options
+        )
     )
-    return _uri(fig)
 
 
 def heatmap_panels(

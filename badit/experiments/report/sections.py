@@ -127,8 +127,8 @@ def continual_section(collection: Collection) -> Section | None:
             "evaluated task",
             "after stage",
             "ROUGE-L (0-100)",
-            0.0,
-            100.0,
+            vmin=0.0,
+            vmax=100.0,
         )
         section.add(figure(uri, f"score matrix of {run.label}"))
         section.source(run.metrics_file)
