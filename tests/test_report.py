@@ -89,7 +89,7 @@ def test_page_from_trained_runs_shows_their_numbers_and_files(trained):
     )
     assert [task0, expected] == [c[:2] for c in _cells(page) if c[:1] == [task0] and " / " in c[1]][0]
     # the two lora seeds form one group of 2; badit (multitask) has its single-task reference
-    assert "lora (multitask) (n=2)" in page
+    assert "lora (multitask) (2 seeds)" in page
     assert "badit (multitask) vs badit (single)" in page
     # continual: AP from metrics.json
     ap = runs["run-badit-continual"].continual["rougeL"]["AP"]
@@ -409,3 +409,20 @@ def test_report_settings_samples_layer_order_verdicts_and_why_no_regroup(tmp_pat
     )
     # a multitask run: no continual note
     assert "Continual runs" not in page
+
+
+def test_score_cells_carry_the_seed_and_example_interval_and_counts(tmp_path):
+    for seed in (0, 1):
+        folder = hand_run(tmp_path / f"lora-s{seed}", "lora", "multitask", seed, {"t1": 50.0})
+        records = [
+            {"task": "t1", "id": str(i), "rougeL": v, "exact_match": v / 2}
+            for i, v in enumerate((40, 50, 60))
+        ]
+        (folder / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    page = build_report([tmp_path])
+    # both seeds score the 3 examples 40, 50, 60: no seed variance; example variance
+    # var(40, 50, 60) / 3 = 100 / 3, standard error 5.774, df = 3 examples - 1 task = 2, t(0.975, 2) = 4.303:
+    # 50 +- 24.84 -> [25.16, 74.84]
+    row = [c for c in _cells(page) if c[:1] == ["t1 (n=3)"]][0]
+    assert row[1] == "50.00 ± 0.00 [25.16, 74.84]"
+    assert "lora (multitask) (2 seeds)" in page

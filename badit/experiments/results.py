@@ -185,6 +185,20 @@ def example_scores(runs: Sequence[RunResult], metric: str = "rougeL") -> dict[tu
 # Groups of seeds
 
 
+@dataclass(frozen=True)
+class Interval:
+    """A score with its 95% interval and the counts it rests on: test examples and seeds."""
+
+    mean: float
+    low: float
+    high: float
+    examples: int
+    seeds: int
+
+    def text(self) -> str:
+        return f"[{self.low:.2f}, {self.high:.2f}]"
+
+
 @dataclass
 class Group:
     """The runs (seeds) of one configuration; a group of one run is the run itself."""
@@ -195,6 +209,7 @@ class Group:
     model: str
     split: str
     runs: list[RunResult]
+    _aligned: dict = field(default_factory=dict, repr=False, compare=False)  # metric -> aligned_scores
 
     @property
     def files(self) -> list[Path]:
@@ -212,6 +227,34 @@ class Group:
             tasks = list(tasks or self.tasks)
             return Spread.of([statistics.fmean(r.tasks[t][metric] for t in tasks) for r in self.runs])
         return Spread.of([r.tasks[task][metric] for r in self.runs])
+
+    def interval(self, task: str, metric: str, tasks: Sequence[str] | None = None) -> Interval | None:
+        """``task``'s score (``AVERAGE``: the mean over ``tasks``, default the group's) with its 95% interval
+        over seeds *and* test examples (`badit.evaluation.statistics.interval_arrays`: the seed-aware
+        statistic), from the runs' predictions.jsonl. None when a run has no readable predictions, the seeds
+        were scored on different examples, or a task has fewer than 2 examples (no variance to estimate)."""
+        import numpy as np
+
+        from badit.evaluation.statistics import aligned_scores, interval_arrays
+
+        chosen = sorted(tasks or self.tasks) if task == AVERAGE else [task]
+        if metric not in self._aligned:  # read once per metric (None: not available)
+            try:
+                self._aligned[metric] = aligned_scores([r.predictions() for r in self.runs], metric)
+            except (RunError, ValueError, KeyError, OSError):
+                self._aligned[metric] = None
+        if self._aligned[metric] is None:
+            return None
+        keys, scores = self._aligned[metric]
+        kept = [i for i, (name, _) in enumerate(keys) if name in chosen]
+        index = np.array([chosen.index(keys[i][0]) for i in kept])
+        if not kept or set(index.tolist()) != set(range(len(chosen))):
+            return None
+        try:
+            out = interval_arrays(scores[:, kept], index)
+        except ValueError:  # a task with fewer than 2 examples
+            return None
+        return Interval(float(out["mean"]), float(out["low"]), float(out["high"]), len(kept), len(self.runs))
 
 
 def run_groups(runs: Sequence[RunResult]) -> list[Group]:

@@ -13,14 +13,31 @@ def scores_section(collection: Collection, groups: list[Group]) -> Section:
     section = Section("Scores per task")
     tasks = collection.shared_tasks
     spread = any(len(g.runs) > 1 for g in groups)
-    if spread:
-        section.add(paragraph("Several seeds of a method: mean ± sample standard deviation over the seeds."))
+    section.add(
+        paragraph(
+            "Each cell: the score (mean ± sample standard deviation over the seeds when there are several) "
+            "and its 95% interval over seeds and test examples (seed-paired t interval with both variance "
+            "components, badit.evaluation.statistics); n = test examples of the row, seeds in each column's "
+            "header. No interval where a run has no predictions.jsonl, its seeds were scored on different "
+            "examples, or a task has fewer than 2 examples."
+        )
+    )
     for metric, name in METRICS.items():
         header = [
             f"task ({name})",
-            *(f"{g.label} (n={len(g.runs)})" if len(g.runs) > 1 else g.label for g in groups),
+            *(f"{g.label} ({len(g.runs)} seed{'s' if len(g.runs) > 1 else ''})" for g in groups),
         ]
-        rows = [[t, *(g.score(t, metric, tasks).text() for g in groups)] for t in [*tasks, AVERAGE]]
+        rows = []
+        for t in [*tasks, AVERAGE]:
+            intervals = [g.interval(t, metric, tasks) for g in groups]
+            counts = {i.examples for i in intervals if i is not None}
+            n = f" (n={counts.pop()})" if len(counts) == 1 else ""
+            cells = [
+                g.score(t, metric, tasks).text()
+                + (f" {i.text()}" + ("" if n else f" n={i.examples}") if i else "")
+                for g, i in zip(groups, intervals)
+            ]
+            rows.append([f"{t}{n}", *cells])
         section.add(table(header, rows))
     for metric, name in METRICS.items():
         spreads = {g.label: [g.score(t, metric, tasks) for t in [*tasks, AVERAGE]] for g in groups}
