@@ -3,7 +3,6 @@
 import pytest
 import torch
 from peft import get_peft_model
-from transformers import GPT2Config, GPT2LMHeadModel
 
 import badit
 from tests.helpers import make_tiny_model
@@ -58,12 +57,6 @@ def test_embedding_target_is_rejected_with_its_name_and_type():
         TypeError, match="module 'model.embed_tokens' of type Embedding: only torch.nn.Linear"
     ):
         get_peft_model(make_tiny_model("llama"), config)
-
-
-def test_conv1d_target_is_rejected_with_its_name_and_type():
-    gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64, n_positions=32))
-    with pytest.raises(TypeError, match="module 'transformer.h.0.mlp.c_fc' of type Conv1D"):
-        get_peft_model(gpt2, badit.BaditConfig(target_modules=["c_fc"], regroup=False))
 
 
 def test_fixed_routing_of_the_wrong_shape_is_rejected():
