@@ -5,7 +5,8 @@ substituted), so that the docs stay true.
   shipped config loads that config with the command's overrides (field names, types, checks);
 - the python blocks run against a tiny random model (`substitute` names each replaced string, so a
   changed block fails here instead of silently testing something else);
-- README's "Train on your own tasks" block runs in bash: the data script, `badit data check`, `badit train`.
+- README's "Train on your own tasks" block runs in bash: the data script, `badit data check`, `badit train`;
+- usage's JSON rows are read as own data, its abridged sweep file agrees with the shipped one.
 The TRL and plain-loop blocks of docs/usage.md run in tests/test_custom_loops.py.
 Not run: installing (`scripts/install.sh`), `badit demo` on SmolLM2 (minutes; its pipeline is
 tests/test_training_runs.py's), several-GPU launches (`torchrun`, `accelerate`: their commands parse
@@ -186,3 +187,17 @@ def test_readme_train_on_your_own_tasks(tmp_path):
     metrics = json.loads((tmp_path / "runs" / "own-tasks" / "metrics.json").read_text())
     assert sorted(metrics["tasks"]) == ["add_one", "first_word", "last_word"]
     assert "add_one" in done.stdout and "first_word" in done.stdout  # data check and the score table
+
+
+def test_the_abridged_sweep_file_of_usage_agrees_with_the_shipped_one():
+    import yaml
+
+    (block,) = [b for b in fenced_blocks("docs/usage.md", "yaml") if "(abridged)" in b]
+    shown = yaml.safe_load(block)
+    path = REPO / block.splitlines()[0].split()[1]  # "# configs/sweeps/smollm2_cpu.yaml (abridged)"
+    shipped = yaml.safe_load(path.read_text(encoding="utf-8"))
+    for key, value in shown.items():
+        if key == "overrides":  # abridged: the overrides shown are among the file's, with its values
+            assert value.items() <= shipped["overrides"].items()
+        else:
+            assert shipped[key] == value, key
