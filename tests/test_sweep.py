@@ -1,5 +1,6 @@
-"""badit sweep: the sweep file's checks, lr selection on dev, aggregation over seeds, the paired
-bootstrap, resuming, and (slow) a whole sweep on a tiny model."""
+"""badit sweep: the sweep file's checks, lr selection on dev, aggregation over seeds, the seed-aware
+interval, no run trained twice, the grid edge, selection data that is test data, resuming, and (slow)
+a whole sweep on a tiny model."""
 
 from __future__ import annotations
 
@@ -9,12 +10,15 @@ from pathlib import Path
 
 import pytest
 import yaml
+from scipy import stats
 
-from badit.experiments.results import ResultsError, paired_bootstrap
 from badit.experiments.sweep import (
     Progress,
     SweepError,
+    check_selection_data,
     choose_learning_rate,
+    format_sweep,
+    job_overrides,
     load_sweep,
     plan_final,
     plan_selection,
@@ -77,15 +81,102 @@ def test_plan_selects_on_dev_with_the_first_seed_then_runs_every_seed():
     ]
     assert all(j.overrides == {"evaluation.split": "dev"} for j in selection)
     final = plan_final(sweep, {"badit": 3e-4, "lora": 1e-4})
-    assert [(j.name, j.learning_rate, j.seed) for j in final] == [
-        ("test/badit-seed1", 3e-4, 1),
-        ("test/badit-seed2", 3e-4, 2),
-        ("test/lora-seed1", 1e-4, 1),
-        ("test/lora-seed2", 1e-4, 2),
-        ("single/lora", 1e-4, 1),
+    assert [(j.name, j.learning_rate, j.seed, j.evaluate) for j in final] == [
+        ("test/badit-seed1", 3e-4, 1, "select/badit-lr0.0003"),  # the winning selection run, on test
+        ("test/badit-seed2", 3e-4, 2, None),
+        ("test/lora-seed1", 1e-4, 1, "select/lora-lr0.0001"),
+        ("test/lora-seed2", 1e-4, 2, None),
+        ("single/lora-seed1", 1e-4, 1, None),  # single-task runs over every seed
+        ("single/lora-seed2", 1e-4, 2, None),
     ]
-    assert final[-1].overrides == {"setting": "single"}
+    assert final[-1].overrides == {"setting": "single", "training.single_task_steps": "share"}
     assert all("evaluation.split" not in j.overrides for j in final)  # default split: test
+    # own data / raw SuperNI files: one split seed (the first) for every run of the sweep
+    assert {job_overrides(sweep, j)["data.split_sizes"]["seed"] for j in selection + final} == {1}
+
+
+def test_no_run_is_trained_twice(tmp_path):
+    """Every trained run differs from every other in method, learning rate, seed or setting; the first
+    seed's test run is the winning selection run's adapter evaluated on test."""
+    sweep = load_sweep(write_sweep(tmp_path, interference=["lora"]))
+    trained, evaluated = [], []
+
+    def runner(sweep, job, gpu):
+        if job.evaluate:
+            evaluated.append((job.name, job.evaluate))
+        else:
+            trained.append(
+                (job.method, job.learning_rate, job.seed, job.overrides.get("setting", "multitask"))
+            )
+        _fake_run(job.run_dir(sweep), {"x": [10.0 * job.learning_rate / 1e-4, 0.0]}, job.method)
+
+    run_sweep(sweep, echo=lambda *a, **k: None, runner=runner, check_data=False)
+    assert len(trained) == len(set(trained)) == 4 + 2 + 2  # 4 selection, 2 test (seed 2), 2 single
+    assert evaluated == [
+        ("test/badit-seed1", "select/badit-lr0.0003"),
+        ("test/lora-seed1", "select/lora-lr0.0003"),
+    ]
+
+
+def test_a_learning_rate_at_the_grid_edge_is_named_and_the_grid_extended_when_asked(tmp_path):
+    lines = []
+
+    def runner(sweep, job, gpu):  # dev score grows with the learning rate up to 9e-4, then falls
+        score = {1e-4: 10.0, 3e-4: 20.0, 9e-4: 30.0}.get(round(job.learning_rate, 10), 5.0)
+        _fake_run(job.run_dir(sweep), {"x": [score, score]}, job.method)
+
+    summary = run_sweep(
+        load_sweep(write_sweep(tmp_path)),
+        echo=lambda *a, **k: lines.append(a[0] if a else ""),
+        runner=runner,
+        check_data=False,
+    )
+    warning = (
+        "grid edge: badit chose 0.0003, the largest learning rate of its grid (0.0001, 0.0003): its best "
+        "may lie above it; add 0.0009 to learning_rates, or set extend_grid: true in the sweep file"
+    )
+    assert warning in lines and warning in (tmp_path / "out" / "sweep.md").read_text()
+    assert summary["selection"]["badit"]["at_edge"] == "upper"
+
+    (tmp_path / "ext").mkdir()
+    extended = write_sweep(tmp_path / "ext", extend_grid=True)
+    lines.clear()
+    summary = run_sweep(
+        load_sweep(extended),
+        echo=lambda *a, **k: lines.append(a[0] if a else ""),
+        runner=runner,
+        check_data=False,
+    )
+    sel = summary["selection"]["badit"]
+    # one step beyond 3e-4 on a grid of ratio 3: 9e-4, which scores best (30) and is chosen; it is the
+    # new edge, said again, and not extended further
+    assert sel["extended_to"] == pytest.approx(9e-4) and sel["chosen_lr"] == pytest.approx(9e-4)
+    assert sel["dev_rougeL"] == {"0.0001": 10.0, "0.0003": 20.0, "0.0009": 30.0}
+    assert sel["at_edge"] == "upper" and any(x.startswith("grid edge: badit chose 0.0009") for x in lines)
+
+
+def test_a_sweep_refuses_selection_examples_that_are_test_examples(tmp_path):
+    from tests.test_dev_split import write_task
+
+    root = tmp_path / "data"
+    write_task(root, "t_same", train=40, dev="test")  # dev.json == test.json, as the SuperNI release
+    write_task(root, "t_clean", train=40, dev="own")
+    for dev_size, refused in ((0, True), (0.1, False)):
+        (tmp_path / "base.yaml").write_text(
+            yaml.safe_dump({"name": "b", "data": {"path": str(root), "dev_size": dev_size}}), encoding="utf-8"
+        )
+        data = {"base": "base.yaml", "output_dir": str(tmp_path / "out"), "methods": ["lora"]}
+        data |= {"learning_rates": [1e-4], "seeds": [1]}
+        (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(data), encoding="utf-8")
+        sweep = load_sweep(tmp_path / "sweep.yaml")
+        if refused:
+            with pytest.raises(
+                SweepError,
+                match=r"selection would be on test: task t_same: 5 of its 5 selection \(dev\) examples are test examples",
+            ):
+                check_selection_data(sweep)
+        else:
+            check_selection_data(sweep)  # dev carved from train: nothing shared
 
 
 def test_choose_learning_rate_takes_the_best_dev_score_and_the_smaller_lr_on_ties():
@@ -93,23 +184,13 @@ def test_choose_learning_rate_takes_the_best_dev_score_and_the_smaller_lr_on_tie
     assert choose_learning_rate({1e-3: 42.5, 3e-4: 42.5, 1e-4: 10.0}) == 3e-4
 
 
-def test_paired_bootstrap_numbers():
-    # Constant differences: task a +2, task b +4 -> mean over tasks 3, and every resample gives 3.
-    method = {("a", "1"): 12.0, ("a", "2"): 7.0, ("b", "1"): 9.0, ("b", "2"): 4.0}
-    reference = {("a", "1"): 10.0, ("a", "2"): 5.0, ("b", "1"): 5.0, ("b", "2"): 0.0}
-    result = paired_bootstrap(method, reference, samples=500)
-    assert result["mean"] == pytest.approx(3.0)
-    assert result["ci95"] == pytest.approx([3.0, 3.0])
-    # One task, differences 0 and 10: a resample of 2 has mean 0 (p 1/4), 5 (p 1/2) or 10 (p 1/4),
-    # so the 2.5th percentile is 0 and the 97.5th is 10; the point estimate is 5.
-    result = paired_bootstrap({("a", "1"): 0.0, ("a", "2"): 10.0}, {("a", "1"): 0.0, ("a", "2"): 0.0}, 2000)
-    assert result["mean"] == pytest.approx(5.0)
-    assert result["ci95"] == pytest.approx([0.0, 10.0])
-    with pytest.raises(ResultsError, match="same test examples"):  # the results model's (was the sweep's)
-        paired_bootstrap({("a", "1"): 1.0}, {("a", "2"): 1.0}, 100)
-
-
-def _fake_run(folder: Path, scores: dict[str, list[float]], method: str, setting: str = "multitask") -> None:
+def _fake_run(
+    folder: Path,
+    scores: dict[str, list[float]],
+    method: str,
+    setting: str = "multitask",
+    seed: int | None = None,
+) -> None:
     """A finished run folder: per-example ROUGE-L ``scores`` per task -> predictions and metrics."""
     folder.mkdir(parents=True)
     records = [
@@ -123,7 +204,15 @@ def _fake_run(folder: Path, scores: dict[str, list[float]], method: str, setting
         for t, v in scores.items()
     }
     average = {m: sum(s[m] for s in tasks.values()) / len(tasks) for m in ("rougeL", "exact_match")}
-    run = {"method": method, "setting": setting, "tokens_per_second": 100.0, "train_seconds": 10.0}
+    if seed is None:  # test/<method>-seed<N>, single/<method>-seed<N>, select/... (seed 1)
+        seed = int(folder.name.rsplit("seed", 1)[1]) if "seed" in folder.name else 1
+    run = {
+        "method": method,
+        "setting": setting,
+        "seed": seed,
+        "tokens_per_second": 100.0,
+        "train_seconds": 10.0,
+    }
     run |= {"peak_memory_mb": 500.0, "adapter_bytes": 1000}
     (folder / "metrics.json").write_text(json.dumps({"tasks": tasks, "average": average, "run": run}))
 
@@ -137,7 +226,8 @@ def test_summary_means_stds_interference_and_difference(tmp_path):
     # lora: seed 1 x 30, y 40 -> 35; seed 2 x 50, y 40 -> 45
     _fake_run(out / "test/lora-seed1", {"x": [30.0, 30.0], "y": [40.0, 40.0]}, "lora")
     _fake_run(out / "test/lora-seed2", {"x": [50.0, 50.0], "y": [40.0, 40.0]}, "lora")
-    _fake_run(out / "single/badit", {"x": [44.0, 44.0], "y": [40.0, 40.0]}, "badit", "single")  # 42
+    _fake_run(out / "single/badit-seed1", {"x": [44.0, 44.0], "y": [40.0, 40.0]}, "badit", "single")  # 42
+    _fake_run(out / "single/badit-seed2", {"x": [46.0, 46.0], "y": [42.0, 42.0]}, "badit", "single")  # 44
     dev = {"badit": {1e-4: 20.0, 3e-4: 25.0}, "lora": {1e-4: 30.0, 3e-4: 10.0}}
     summary = summarize_sweep(sweep, {"badit": 3e-4, "lora": 1e-4}, dev)
     badit, lora = summary["results"]["badit"], summary["results"]["lora"]
@@ -145,16 +235,25 @@ def test_summary_means_stds_interference_and_difference(tmp_path):
     assert badit["average"]["mean"] == 50.0 and badit["average"]["std"] == 0.0
     # lora average: 35 and 45 -> mean 40, sample std sqrt((25 + 25) / 1) = 7.07
     assert lora["average"]["mean"] == 40.0 and lora["average"]["std"] == pytest.approx(math.sqrt(50))
-    # Interference: badit seed 1 average 50 minus single 42 = +8.
-    assert badit["interference"]["score"] == pytest.approx(8.0)
+    # Interference, paired by seed and example: multi - single, seed 1 x [-4, 16], y [60, -40];
+    # seed 2 x [14, 34], y [-22, -2]; seed means x [5, 25] (15), y [19, -21] (-1) -> 7 = 50 - mean(42, 44).
+    # V_examples = (200/2 + 800/2) / 4 = 125; per seed 8 and 6 -> V_seeds = 2 / 2 = 1.
+    score = badit["interference"]["score"]
+    assert score["mean"] == pytest.approx(7.0) and score["std_error"] == pytest.approx(math.sqrt(126))
+    assert (score["seeds"], score["examples"]) == (2, 4)
+    assert badit["interference"]["single_average"]["values"] == [42.0, 44.0]
+    assert badit["interference"]["budget"]["seeds"] == [1, 2]
     assert lora["interference"] is None
-    # Per-example seed means: badit x [50, 70], y [60, 20]; lora x [40, 40], y [40, 40];
-    # lora - badit: x [-10, -30] (mean -20), y [-20, +20] (mean 0) -> mean over tasks -10.
-    assert lora["difference_vs_reference"]["mean"] == pytest.approx(-10.0)
-    low, high = lora["difference_vs_reference"]["ci95"]
-    # x's resampled mean lies in [-30, -10], y's in [-20, 20]; their average in [-25, 5].
-    assert -25.0 <= low < -10.0 < high <= 5.0
+    # lora - badit, seed 1: x [-10, -30], y [-60, 40]; seed 2: x [-10, -30], y [20, 0]; seed means
+    # x [-10, -30] (mean -20), y [-20, 20] (mean 0) -> -10. V_examples = (200/2 + 800/2) / 4 = 125;
+    # per seed -15 and -5 -> V_seeds = 50 / 2 = 25; df = 150^2 / (125^2 / 2 + 25^2 / 1) = 8/3.
+    difference = lora["difference_vs_reference"]
+    half = stats.t.ppf(0.975, 8 / 3) * math.sqrt(150)
+    assert difference["mean"] == pytest.approx(-10.0)
+    assert difference["ci95"] == pytest.approx([-10.0 - half, -10.0 + half])
     assert badit["difference_vs_reference"] is None
+    table = format_sweep(summary)
+    assert f"| {-10:+.2f} [{-10 - half:+.2f}, {-10 + half:+.2f}] (n = 4 examples x 2 seeds) |" in table
     assert summary["selection"]["lora"]["dev_rougeL"] == {"0.0001": 30.0, "0.0003": 10.0}
     assert badit["cost"] == {
         "tokens_per_second": 100.0,
@@ -186,7 +285,7 @@ def test_finished_runs_are_skipped(tmp_path):
 @pytest.mark.slow
 def test_sweep_on_a_tiny_model(tmp_path):
     # Real `badit train` runs, as few as show the protocol: one method, two learning rates scored on dev,
-    # the chosen one trained on test (3 runs). The statistics over seeds and methods are worked by hand in
+    # the chosen one's adapter evaluated on test (2 trainings, 1 evaluation: no run trained twice). The statistics over seeds and methods are worked by hand in
     # test_summary_means_stds_interference_and_difference.
     from tests.helpers import tiny_run_config
 
@@ -203,7 +302,6 @@ def test_sweep_on_a_tiny_model(tmp_path):
                 "methods": ["badit"],
                 "learning_rates": [1e-3, 5e-2],
                 "seeds": [3],
-                "bootstrap_samples": 200,
             }
         )
     )
@@ -224,7 +322,10 @@ def test_sweep_on_a_tiny_model(tmp_path):
         3,
         chosen,
     )
-    average = json.loads((run_dir / "metrics.json").read_text())["average"]["rougeL"]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["run"]["trained_in"] == str(out / "select" / f"badit-lr{chosen:g}")
+    assert metrics["run"]["train_seconds"] > 0  # the training record of the selection run
+    average = metrics["average"]["rougeL"]
     stats = summary["results"]["badit"]["average"]
     assert (stats["values"], stats["mean"], stats["std"]) == ([average], average, None)  # one seed: no std
     assert summary["results"]["badit"]["cost"]["tokens_per_second"] > 0
@@ -236,3 +337,22 @@ def test_sweep_on_a_tiny_model(tmp_path):
 
     again = run_sweep(sweep, echo=lambda *a, **k: None, runner=must_not_train)
     assert again["results"] == summary["results"]
+
+
+def test_single_task_runs_make_the_passes_of_the_multi_task_run():
+    """training.single_task_steps: share -> task t gets max_steps * n_t / N steps: 30 steps over tasks
+    of 40 and 20 examples -> 20 and 10 (each adapter sees its data as often as the joint run does)."""
+    from types import SimpleNamespace
+
+    from badit.experiments.config import from_dict
+    from badit.experiments.settings import single_task_steps
+
+    tasks = [SimpleNamespace(name="a", instances=[0] * 40), SimpleNamespace(name="b", instances=[0] * 20)]
+    share = from_dict({"setting": "single", "training": {"max_steps": 30, "single_task_steps": "share"}})
+    assert single_task_steps(share, tasks) == {"a": 20, "b": 10}
+    each = from_dict({"setting": "single", "training": {"max_steps": 30}})
+    assert single_task_steps(each, tasks) == {"a": 30, "b": 30}
+    epochs = from_dict(
+        {"setting": "single", "training": {"num_train_epochs": 2, "single_task_steps": "share"}}
+    )
+    assert single_task_steps(epochs, tasks) == {"a": -1, "b": -1}  # epoch-based: the same passes already

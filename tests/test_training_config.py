@@ -64,6 +64,10 @@ def test_shipped_sweep_files_load(path):
     sweep = load_sweep(path)
     # every shipped sweep compares badit with a baseline over at least 3 seeds
     assert "badit" in sweep.methods and len(sweep.methods) >= 2 and len(sweep.seeds) >= 3
+    # the data path works from any clone (relative to the repository root), not one machine's path
+    assert not Path(sweep.overrides.get("data.path", "../shared/data/superni")).is_absolute()
+    if len(sweep.learning_rates) > 1:  # a comparison (not the one-lr diagnostic): a grid that can bracket
+        assert len(sweep.learning_rates) >= 3 and {"pissa", "svd-moe"} <= set(sweep.methods)
 
 
 def test_yaml_and_overrides(tmp_path):

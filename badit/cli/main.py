@@ -482,7 +482,8 @@ def _sweep(args) -> int:
     if args.dry_run:
         final = plan_final(sweep, {m: "<chosen lr>" for m in sweep.methods})
         for job in plan_selection(sweep) + final:
-            print(f"{job.name}: method {job.method}, lr {job.learning_rate}, seed {job.seed}")
+            what = f"the adapter of {job.evaluate} evaluated on test" if job.evaluate else "trained"
+            print(f"{job.name}: method {job.method}, lr {job.learning_rate}, seed {job.seed} ({what})")
         return 0
     run_sweep(sweep)
     return 0

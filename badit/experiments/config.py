@@ -118,6 +118,11 @@ class TrainingConfig:
     gradient_surgery: Literal["none", "pcgrad"] = "none"
     """``pcgrad``: PCGrad between the tasks of each batch (Yu et al. 2020; one backward pass per task,
     one process, not with DeepSpeed; badit.training.gradient_surgery), with any method."""
+    single_task_steps: Literal["each", "share"] = "each"
+    """Setting ``single`` with ``max_steps`` > 0: ``each`` trains every task's adapter ``max_steps`` steps;
+    ``share`` gives task t ``max_steps * n_t / N`` steps (n_t its training examples, N all tasks'), the
+    passes over its data that a multi-task run of ``max_steps`` makes (``badit sweep``'s interference
+    runs). Epoch-based runs (``max_steps`` <= 0) make the same passes either way."""
     report_to: list[str] | None = None
     """Trainer integrations (tensorboard, wandb, mlflow, ... where installed); default: tensorboard when
     installed."""

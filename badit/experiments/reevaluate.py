@@ -13,11 +13,19 @@ from badit.experiments.stage import data_source, evaluate_model, load_run_tasks,
 
 
 def reevaluate(
-    run_dir: str | Path, overrides: Sequence[str] = (), output_dir: str | Path | None = None
+    run_dir: str | Path,
+    overrides: Sequence[str] = (),
+    output_dir: str | Path | None = None,
+    as_run: bool = False,
 ) -> dict:
     """Evaluate a finished run's adapter(s) again; ``overrides`` change the ``evaluation.*`` (or
     ``data.*``) settings. Writes metrics.json / predictions.jsonl into ``output_dir`` (default: the run
-    folder)."""
+    folder).
+
+    ``as_run``: ``output_dir`` becomes a run folder of its own (config.yaml with the overrides applied,
+    the marker), whose metrics.json keeps the training record of the run that trained the adapter and
+    names it (``run.trained_in``): ``badit sweep`` scores its winning selection run on test this way
+    instead of training the same run again."""
     run = RunFolder(run_dir)
     for override in overrides:
         if not override.split("=", 1)[0].startswith(("evaluation.", "data.")):
@@ -26,6 +34,13 @@ def reevaluate(
             )
     config = run.config(overrides)
     out = RunFolder(output_dir) if output_dir else run
+    info: dict = {"reevaluated": True}
+    if as_run and out.path.resolve() != run.path.resolve():
+        import dataclasses
+
+        trained = run.metrics().get("run", {}) if run.has_metrics() else {}
+        info = {**trained, **info, "trained_in": str(run.path)}
+        out.prepare(dataclasses.replace(config, output_dir=str(out.path.resolve())), resume=True)
     out.path.mkdir(parents=True, exist_ok=True)
     source = data_source(config)
     _, eval_tasks = load_run_tasks(config, task_names(config, source), source)
@@ -50,4 +65,4 @@ def reevaluate(
         metrics = evaluate_model(config, model, tokenizer, eval_tasks, out)
         if continual is not None:
             metrics["continual"] = continual
-    return out.write_results(config, metrics, {"reevaluated": True})
+    return out.write_results(config, metrics, info)

@@ -7,7 +7,7 @@ configuration into a `Group`, and take every number from the functions here:
 - the single-task reference of a multi-task group and the interference score (`single_reference`,
   `interference`);
 - paired comparisons of two groups on the same test examples (`paired_difference`: the one call site of
-  the comparison statistic);
+  the comparison statistic, a seed-paired interval over seeds and examples);
 
 and render them through `Table` (terminal, Markdown, HTML). Per-example scores are keyed by
 (run, setting, method, seed, task, example id) (`example_scores`); they come from each run's
@@ -22,7 +22,6 @@ from __future__ import annotations
 import html
 import re
 import statistics
-from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +31,6 @@ from badit.experiments.folder import RunError, RunFolder, base_method
 from badit.names import METRICS
 
 AVERAGE = "average"  # the row of the mean over tasks
-CI_LEVEL = 0.95  # two-sided 95%: percentiles 2.5 and 97.5
 
 
 class ResultsError(BaditError, ValueError):
@@ -359,49 +357,27 @@ def interferences(groups: Sequence[Group], tasks: Sequence[str] | None = None) -
 # Paired comparisons
 
 
-def paired_difference(
-    group: Group, reference: Group, metric: str = "rougeL", samples: int = 2000, seed: int = 0
-) -> dict:
+def paired_difference(group: Group, reference: Group, metric: str = "rougeL") -> dict:
     """``group`` minus ``reference`` on the same test examples, mean over tasks, with its 95% interval:
-    the one place the comparison statistic is chosen (the paired bootstrap below today)."""
-    return paired_bootstrap(seed_means(group, metric), seed_means(reference, metric), samples, seed)
+    the one place the comparison statistic is chosen. It is
+    `badit.evaluation.statistics.paired_interval`: seed s of one group paired with seed s of the other
+    (runs matched by seed; the groups must hold the same seeds), a t interval whose variance counts the
+    test examples and the seeds, and the counts (``examples``, ``seeds``) it rests on beside it."""
+    from badit.evaluation.statistics import paired_interval
 
-
-def seed_means(group: Group, metric: str = "rougeL") -> dict[tuple[str, str], float]:
-    """(task, example id) -> the example's score averaged over the group's runs (seeds)."""
-    scores: dict[tuple[str, str], list[float]] = defaultdict(list)
-    for (_run, _setting, _method, _seed, task, example), score in example_scores(group.runs, metric).items():
-        scores[(task, example)].append(score)
-    return {key: statistics.fmean(values) for key, values in scores.items()}
-
-
-def paired_bootstrap(
-    method: dict[tuple[str, str], float],
-    reference: dict[tuple[str, str], float],
-    samples: int,
-    seed: int = 0,
-) -> dict:
-    """Mean over tasks of (method - reference) and its 95% percentile interval, resampling the examples
-    within each task with replacement (paired: both methods see the same resample). Hand-written: no
-    maintained library does a stratified paired bootstrap over per-example scores in a few lines
-    (scipy.stats.bootstrap neither pairs by key nor stratifies)."""
-    import numpy as np
-
-    if set(method) != set(reference):
-        raise ResultsError("the bootstrap needs the same test examples for both methods (same data settings)")
-    by_task: dict[str, list[float]] = defaultdict(list)
-    for key in sorted(method):
-        by_task[key[0]].append(method[key] - reference[key])
-    rng = np.random.default_rng(seed)
-    diffs = [np.asarray(by_task[t]) for t in sorted(by_task)]
-    point = float(np.mean([d.mean() for d in diffs]))
-    boot = np.zeros(samples)
-    for d in diffs:  # one vectorised draw per task: samples x n indices
-        boot += d[rng.integers(0, len(d), size=(samples, len(d)))].mean(axis=1)
-    boot /= len(diffs)
-    tail = (1 - CI_LEVEL) / 2 * 100
-    low, high = np.percentile(boot, [tail, 100 - tail])
-    return {"mean": point, "ci95": [float(low), float(high)], "samples": samples}
+    mine, theirs = {r.seed: r for r in group.runs}, {r.seed: r for r in reference.runs}
+    if set(mine) != set(theirs) or len(mine) != len(group.runs) or len(theirs) != len(reference.runs):
+        raise ResultsError(
+            f"pairing by seed needs one run per seed on both sides: {group.label} has seeds "
+            f"{sorted(mine, key=str)}, {reference.label} {sorted(theirs, key=str)}"
+        )
+    seeds = sorted(mine, key=str)
+    try:
+        return paired_interval(
+            [mine[s].predictions() for s in seeds], [theirs[s].predictions() for s in seeds], metric
+        )
+    except ValueError as error:
+        raise ResultsError(f"{group.label} vs {reference.label}: {error}") from None
 
 
 # ----------------------------------------------------------------------------------------------

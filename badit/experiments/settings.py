@@ -11,6 +11,7 @@ Settings, each a short function over ``badit.experiments.stage.run_stage``:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 from collections.abc import Callable, Sequence
@@ -92,15 +93,32 @@ def run_single(ctx: RunContext, train_tasks: list[Task], eval_tasks: list[Task])
     """One adapter per task under tasks/<task>/, each evaluated on its task; the run's predictions are
     all of theirs."""
     infos = {}
+    steps = single_task_steps(ctx.config, train_tasks)
     for train_task, eval_task in zip(train_tasks, eval_tasks, strict=True):
+        task_ctx = ctx
+        if steps[train_task.name] != ctx.config.training.max_steps:
+            training = dataclasses.replace(ctx.config.training, max_steps=steps[train_task.name])
+            task_ctx = dataclasses.replace(ctx, config=dataclasses.replace(ctx.config, training=training))
         infos[train_task.name] = run_stage(
-            ctx, [train_task], [eval_task], ctx.run.task_stage(train_task.name)
+            task_ctx, [train_task], [eval_task], ctx.run.task_stage(train_task.name)
         )
     if not ctx.is_main:
         return {}
     records = [r for t in train_tasks for r in ctx.run.task_stage(t.name).predictions()]
     atomic_write_jsonl(ctx.run.predictions_file, records)
     return ctx.run.write_results(ctx.config, metrics_from_records(records), {"tasks": infos})
+
+
+def single_task_steps(config: RunConfig, train_tasks: Sequence[Task]) -> dict[str, int]:
+    """Each task's ``max_steps`` in the single setting: ``training.max_steps``, or with
+    ``training.single_task_steps: share`` its share of it, max_steps * n_t / N rounded (at least 1), so
+    that each adapter makes the passes over its task's data that a multi-task run of max_steps makes.
+    E.g. 30 steps, tasks of 40 and 20 examples: 20 and 10 steps."""
+    max_steps = config.training.max_steps
+    if config.training.single_task_steps != "share" or max_steps <= 0:
+        return {t.name: max_steps for t in train_tasks}
+    total = sum(len(t.instances) for t in train_tasks)
+    return {t.name: max(1, round(max_steps * len(t.instances) / total)) for t in train_tasks}
 
 
 def run_continual(ctx: RunContext, train_tasks: list[Task], eval_tasks: list[Task]) -> dict:

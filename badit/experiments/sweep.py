@@ -7,19 +7,28 @@ A sweep file (YAML) names a base run config and what varies::
       data.tasks: [task363_sst2_polarity_classification, task875_emotion_classification]
       training.max_steps: 30
     output_dir: runs/sweep              # relative to the current directory
-    methods: [badit, svd-moe, loramoe, lora]
-    learning_rates: [2.0e-4, 5.0e-4]
+    methods: [badit, svd-moe, loramoe, lora, pissa]
+    learning_rates: [5.0e-4, 2.0e-3, 8.0e-3]
+    extend_grid: true                   # a chosen lr at the grid's edge: one more step beyond it
     seeds: [1, 2, 3]
     interference: [badit, lora]         # also train one adapter per task (setting single)
-    bootstrap_samples: 2000
 
 Protocol (the answer a user wants, without looking at test scores to choose):
+ 0. Before any run, the selection (dev) examples are compared with the test examples
+    (`selection_overlap`): a task whose dev examples are test examples stops the sweep, named. Runs
+    carve dev from train where dev is missing or is test (``data.dev_size``), and own data / raw
+    SuperNI files are split with one seed, the first, for every run (``data.split_sizes.seed``).
  1. ``select/<method>-lr<lr>``: every method at every learning rate with the first seed, scored on
     the **dev** split; the learning rate with the best average dev ROUGE-L is chosen (ties: the
-    smaller one).
- 2. ``test/<method>-seed<seed>``: the chosen learning rate with every seed, scored on test.
- 3. ``single/<method>``: for the ``interference`` methods, ``setting: single`` at the chosen learning
-    rate with the first seed; interference = the first seed's multi-task test average minus it.
+    smaller one). A choice at the grid's smallest or largest learning rate is said (``grid edge: ...``)
+    and, with ``extend_grid``, one selection run one grid step beyond it is added and the choice made
+    again (once).
+ 2. ``test/<method>-seed<seed>``: the chosen learning rate with every seed, scored on test; the first
+    seed's is the winning selection run evaluated on test (no run is trained twice).
+ 3. ``single/<method>-seed<seed>``: for the ``interference`` methods, ``setting: single`` at the chosen
+    learning rate with every seed, each task's adapter given the multi-task run's passes over its data
+    (``training.single_task_steps: share``); interference = multi-task minus single-task, paired by
+    seed and example, with the same interval as the comparison.
 Every run is an ordinary ``badit train`` run folder (config.yaml, metrics.json, predictions.jsonl),
 started as a subprocess of this process; a run whose metrics.json exists is skipped, so rerunning
 the command resumes a sweep. On CPU the runs go one at a time; with N visible GPUs N run at once,
@@ -29,24 +38,29 @@ one per GPU (``CUDA_VISIBLE_DEVICES``). Subprocess logs: ``logs/<run>.log``.
 
     {"schema": "badit-sweep/1", "sweep_file": str, "base": str, "overrides": {field: value},
      "methods": [str], "learning_rates": [float], "seeds": [int], "reference": "badit" | first method,
-     "selection": {method: {"dev_rougeL": {lr_str: float}, "chosen_lr": float, "runs": {lr_str: path}}},
+     "selection": {method: {"dev_rougeL": {lr_str: float}, "chosen_lr": float, "runs": {lr_str: path},
+                            "at_edge": "upper" | "lower" | null, "extended_to": float | null}},
      "results": {method: {
          "learning_rate": float, "runs": {seed_str: path},
          "tasks": {task: {"mean": float, "std": float | null, "values": [float per seed]}},
          "average": {"mean", "std", "values"}, "exact_match_average": {"mean", "std", "values"},
-         "difference_vs_reference": {"mean": float, "ci95": [low, high], "samples": int} | null,
-         "interference": {"single_run": path, "single_average": float, "multi_average": float,
-                          "score": float} | null,
+         "difference_vs_reference": INTERVAL | null,
+         "interference": {"single_runs": {seed_str: path}, "single_average": {"mean", "std", "values"},
+                          "multi_average": {"mean", "std", "values"}, "score": INTERVAL,
+                          "budget": {"multi_task": str, "single_task": str, "batch_size": int,
+                                     "seeds": [int]}} | null,
          "cost": {"tokens_per_second": float | null, "train_seconds": float,
                   "peak_memory_mb": float | null, "adapter_bytes": int | null}}},
      "wall_seconds": float}
 
-``std`` is the sample standard deviation over seeds (null with one seed). The paired bootstrap
-resamples test examples within each task (same examples for both methods, each example's score
-averaged over seeds) and recomputes the mean over tasks of (method - reference); ``ci95`` are the
-2.5th and 97.5th percentiles. Hand-written: no maintained library does a stratified paired
-bootstrap over per-example scores in a few lines (scipy.stats.bootstrap neither pairs by key nor
-stratifies), and this is 15 lines of numpy.
+    INTERVAL = {"mean": float, "ci95": [low, high], "seeds": int, "examples": int, "tasks": int,
+                "df": float, "std_error": float, "interval": str}
+
+``std`` is the sample standard deviation over seeds (null with one seed). INTERVAL is
+`badit.evaluation.statistics.paired_interval`: the mean over tasks of (method - reference), seed s of
+one paired with seed s of the other on the same test examples, with a t interval whose variance counts
+the examples and the seeds (docs/method.md, "Intervals that count seeds"). ``bootstrap_samples`` in a
+sweep file is accepted and unused (the interval is no longer a bootstrap).
 """
 
 from __future__ import annotations
@@ -73,7 +87,6 @@ from badit.experiments.results import (
     Group,
     ResultsError,
     Table,
-    interference,
     load_run,
     number,
     paired_difference,
@@ -90,7 +103,9 @@ KNOWN_KEYS = (
     "seeds",
     "interference",
     "bootstrap_samples",
+    "extend_grid",
 )
+CI_LEVEL = 0.95  # two-sided 95%: percentiles 2.5 and 97.5
 
 
 class SweepError(ConfigError):
@@ -108,6 +123,10 @@ class Sweep:
     seeds: list[int]
     interference: list[str] = field(default_factory=list)
     bootstrap_samples: int = 2000
+    """Unused since the interval became a t interval over seeds and examples (kept: old sweep files)."""
+    extend_grid: bool = False
+    """A method whose chosen learning rate is at the edge of the grid gets one more selection run, one
+    grid step beyond that edge (once)."""
 
     @property
     def reference(self) -> str:
@@ -121,6 +140,9 @@ class Job:
     learning_rate: float
     seed: int
     overrides: dict[str, Any]
+    evaluate: str | None = None
+    """A job that trains nothing: the run folder (under the sweep) whose adapter is evaluated on test
+    into this job's folder (`badit.experiments.reevaluate`, ``as_run``)."""
 
     def run_dir(self, sweep: Sweep) -> Path:
         return sweep.output_dir / self.name
@@ -197,11 +219,23 @@ def parse_sweep(data: dict, source: Path, output_dir: str | Path | None = None) 
     samples = data.get("bootstrap_samples", 2000)
     if not isinstance(samples, int) or isinstance(samples, bool) or samples < 100:
         fail(f"bootstrap_samples must be an integer >= 100, got {samples!r}")
+    extend_grid = data.get("extend_grid", False)
+    if not isinstance(extend_grid, bool):
+        fail(f"extend_grid must be true or false, got {extend_grid!r}")
     out = output_dir if output_dir is not None else data.get("output_dir")
     if not out:
         fail("output_dir is missing (or pass --output)")
     sweep = Sweep(
-        source, base, overrides, Path(str(out)), list(methods), rates, list(seeds), interference, samples
+        source,
+        base,
+        overrides,
+        Path(str(out)),
+        list(methods),
+        rates,
+        list(seeds),
+        interference,
+        samples,
+        extend_grid,
     )
     for job in plan(sweep, {m: rates[0] for m in methods}):
         try:
@@ -211,23 +245,39 @@ def parse_sweep(data: dict, source: Path, output_dir: str | Path | None = None) 
     return sweep
 
 
-def _lr_name(lr: float) -> str:
-    return f"{lr:g}"
+def _lr_name(lr: float | str) -> str:
+    return lr if isinstance(lr, str) else f"{lr:g}"  # a str: a placeholder (``--dry-run``)
 
 
 def plan_selection(sweep: Sweep) -> list[Job]:
     seed = sweep.seeds[0]
     return [
-        Job(f"select/{m}-lr{_lr_name(lr)}", m, lr, seed, {"evaluation.split": "dev"})
+        Job(selection_name(m, lr), m, lr, seed, {"evaluation.split": "dev"})
         for m in sweep.methods
         for lr in sweep.learning_rates
     ]
 
 
+def selection_name(method: str, lr: float) -> str:
+    return f"select/{method}-lr{_lr_name(lr)}"
+
+
 def plan_final(sweep: Sweep, chosen: dict[str, float]) -> list[Job]:
-    jobs = [Job(f"test/{m}-seed{s}", m, chosen[m], s, {}) for m in sweep.methods for s in sweep.seeds]
+    """Test runs at the chosen learning rates and the single-task runs of the interference methods.
+
+    The first seed's test run is the winning selection run (same config, seed and data: dev is carved
+    from train independently of the evaluated split) evaluated on test, not trained again. Single-task
+    runs: every seed, each task's adapter given the passes over its data of the multi-task run
+    (``training.single_task_steps: share``)."""
+    first = sweep.seeds[0]
+    jobs = []
+    for m in sweep.methods:
+        winner = selection_name(m, chosen[m])
+        jobs.append(Job(f"test/{m}-seed{first}", m, chosen[m], first, {}, evaluate=winner))
+        jobs += [Job(f"test/{m}-seed{s}", m, chosen[m], s, {}) for s in sweep.seeds[1:]]
+    single = {"setting": "single", "training.single_task_steps": "share"}
     jobs += [
-        Job(f"single/{m}", m, chosen[m], sweep.seeds[0], {"setting": "single"}) for m in sweep.interference
+        Job(f"single/{m}-seed{s}", m, chosen[m], s, single) for m in sweep.interference for s in sweep.seeds
     ]
     return jobs
 
@@ -236,9 +286,21 @@ def plan(sweep: Sweep, chosen: dict[str, float]) -> list[Job]:
     return plan_selection(sweep) + plan_final(sweep, chosen)
 
 
+def split_seed_override(sweep: Sweep) -> dict[str, Any]:
+    """Own data and raw SuperNI files are split with ``data.split_sizes.seed``, by default the run's
+    seed: pinned to the first seed for every run of the sweep, so every seed and method is scored on
+    the same test examples (and trains on the same rest), unless the sweep already pins it."""
+    config = load_config(sweep.base, sweep.overrides, source=str(sweep.source))
+    sizes = dict(config.data.split_sizes or {})
+    if "seed" in sizes:
+        return {}
+    return {"data.split_sizes": {**sizes, "seed": sweep.seeds[0]}}
+
+
 def job_overrides(sweep: Sweep, job: Job) -> dict[str, Any]:
     return {
         **sweep.overrides,
+        **split_seed_override(sweep),
         "name": job.name.replace("/", "-"),
         "method.name": job.method,
         "training.learning_rate": job.learning_rate,
@@ -333,13 +395,22 @@ def run_jobs(sweep: Sweep, jobs: list[Job], progress: Progress, runner=None) -> 
             raise
 
 
+EVALUATE_CODE = (
+    "import sys; from badit.experiments.reevaluate import reevaluate; "
+    "reevaluate(sys.argv[1], ['evaluation.split=test'], sys.argv[2], as_run=True)"
+)
+
+
 def _train_subprocess(sweep: Sweep, job: Job, gpu: str | None) -> None:
     run_dir = job.run_dir(sweep)
     log = sweep.output_dir / SWEEP_LOG_DIR / f"{job.name.replace('/', '-')}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "badit.cli.main", "train", str(sweep.base)]
-    command += [f"{k}={_yaml_value(v)}" for k, v in job_overrides(sweep, job).items()]
-    if run_dir.exists():
+    if job.evaluate is not None:  # the winning selection run, scored on test
+        command = [sys.executable, "-c", EVALUATE_CODE, str(sweep.output_dir / job.evaluate), str(run_dir)]
+    else:
+        command = [sys.executable, "-m", "badit.cli.main", "train", str(sweep.base)]
+        command += [f"{k}={_yaml_value(v)}" for k, v in job_overrides(sweep, job).items()]
+    if run_dir.exists() and job.evaluate is None:
         command.append("--resume")  # an interrupted run continues from its last checkpoint
     env = dict(os.environ)
     if gpu is not None:
@@ -363,9 +434,78 @@ def choose_learning_rate(dev_scores: dict[float, float]) -> float:
     return min(dev_scores, key=lambda lr: (-dev_scores[lr], lr))
 
 
-def summarize_sweep(sweep: Sweep, chosen: dict[str, float], dev: dict[str, dict[float, float]]) -> dict:
+def selection_overlap(sweep: Sweep) -> list[str]:
+    """One line per task whose selection (dev) examples, as a selection run scores them, include test
+    examples (same id, or same input and answers): choosing on them would be choosing on test."""
+    from badit.data.sources import shared_examples
+    from badit.experiments.stage import data_source, load_run_tasks, task_names
+
+    config = job_config(sweep, plan_selection(sweep)[0])
+    source = data_source(config)
+    names = task_names(config, source)
+    _, dev = load_run_tasks(config, names, source)
+    test = source.load("test", names)
+    lines = []
+    for d, t in zip(dev, test, strict=True):
+        shared = shared_examples(d, t)
+        if shared:
+            lines.append(
+                f"task {d.name}: {shared} of its {len(d.instances)} selection (dev) examples are test examples"
+            )
+    return lines
+
+
+def grid_edge(grid: list[float], chosen: float) -> str | None:
+    """ "upper" / "lower" when ``chosen`` is the largest / smallest of a grid of >= 2 learning rates."""
+    if len(grid) < 2:
+        return None
+    if chosen >= max(grid):
+        return "upper"
+    if chosen <= min(grid):
+        return "lower"
+    return None
+
+
+def step_beyond(grid: list[float], edge: str) -> float:
+    """One grid step beyond ``edge``: the ratio of the two outermost learning rates on that side (a
+    geometric grid 5e-4, 1e-3, 2e-3 goes on to 4e-3 or 2.5e-4)."""
+    g = sorted(grid)
+    return g[-1] * g[-1] / g[-2] if edge == "upper" else g[0] * g[0] / g[1]
+
+
+def _budget(sweep: Sweep) -> dict:
+    """The training budget of both sides of the interference score, in words and numbers."""
+    config = load_config(sweep.base, sweep.overrides, source=str(sweep.source)).training
+    if config.max_steps > 0:
+        multi = f"{config.max_steps} optimizer steps over all tasks"
+        single = f"max_steps x the task's share of the training examples per task ({config.max_steps} in all)"
+    else:
+        multi = f"{config.num_train_epochs:g} epochs over all tasks"
+        single = f"{config.num_train_epochs:g} epochs over the task's own data"
+    return {
+        "multi_task": multi,
+        "single_task": f"{single}: the same passes over each task's data",
+        "batch_size": config.per_device_train_batch_size * config.gradient_accumulation_steps,
+        "seeds": sweep.seeds,
+    }
+
+
+def _paired(group: Group, reference: Group) -> dict:
+    try:
+        return paired_difference(group, reference)
+    except ResultsError as error:
+        raise SweepError(str(error)) from None
+
+
+def summarize_sweep(
+    sweep: Sweep,
+    chosen: dict[str, float],
+    dev: dict[str, dict[float, float]],
+    edges: dict[str, dict] | None = None,
+) -> dict:
     """sweep.json's content: every number from the results model (``badit.experiments.results``)."""
     groups, results = {}, {}
+    edges = edges or {}
     for method in sweep.methods:
         dirs = {s: sweep.output_dir / f"test/{method}-seed{s}" for s in sweep.seeds}
         group = groups[method] = Group(
@@ -383,24 +523,19 @@ def summarize_sweep(sweep: Sweep, chosen: dict[str, float], dev: dict[str, dict[
             "cost": _cost([r.info for r in group.runs]),
         }
         if method in sweep.interference:
-            single_dir = sweep.output_dir / f"single/{method}"
-            single = Group(method, method, "single", "", "test", [load_run(single_dir)])
-            first_seed = Group(method, method, "multitask", "", "test", group.runs[:1])  # the protocol's
-            found = interference(first_seed, single, tasks)
+            single_dirs = {s: sweep.output_dir / f"single/{method}-seed{s}" for s in sweep.seeds}
+            single = Group(method, method, "single", "", "test", [load_run(d) for d in single_dirs.values()])
             results[method]["interference"] = {
-                "single_run": str(single_dir),
-                "single_average": single.score(AVERAGE, "rougeL", tasks).mean,
-                "multi_average": found.group.score(AVERAGE, "rougeL", tasks).mean,
-                "score": found.average["rougeL"],
+                "single_runs": {str(s): str(d) for s, d in single_dirs.items()},
+                "single_average": single.score(AVERAGE, "rougeL", tasks).as_dict(),
+                "multi_average": group.score(AVERAGE, "rougeL", tasks).as_dict(),
+                "score": _paired(group, single),  # multi - single, paired by seed and example
+                "budget": _budget(sweep),
             }
     ref = sweep.reference
     for method in sweep.methods:
         if method != ref:
-            try:
-                difference = paired_difference(groups[method], groups[ref], samples=sweep.bootstrap_samples)
-            except ResultsError as error:
-                raise SweepError(str(error)) from None
-            results[method]["difference_vs_reference"] = difference
+            results[method]["difference_vs_reference"] = _paired(groups[method], groups[ref])
     return {
         "schema": SCHEMA,
         "sweep_file": str(sweep.source),
@@ -414,9 +549,9 @@ def summarize_sweep(sweep: Sweep, chosen: dict[str, float], dev: dict[str, dict[
             m: {
                 "dev_rougeL": {_lr_name(lr): score for lr, score in dev[m].items()},
                 "chosen_lr": chosen[m],
-                "runs": {
-                    _lr_name(lr): str(sweep.output_dir / f"select/{m}-lr{_lr_name(lr)}") for lr in dev[m]
-                },
+                "runs": {_lr_name(lr): str(sweep.output_dir / selection_name(m, lr)) for lr in dev[m]},
+                "at_edge": edges.get(m, {}).get("edge"),
+                "extended_to": edges.get(m, {}).get("extended_to"),
             }
             for m in sweep.methods
         },
@@ -448,6 +583,9 @@ def _pm(stats: dict) -> str:
 
 def format_sweep(summary: dict) -> str:
     """Markdown: selection, per-task mean ± std, average, difference vs reference with its CI, cost."""
+    from badit.evaluation.statistics import METHOD as INTERVAL
+    from badit.evaluation.statistics import describe
+
     methods, results, ref = summary["methods"], summary["results"], summary["reference"]
     seeds = ", ".join(map(str, summary["seeds"]))
     lrs = summary["learning_rates"]
@@ -469,14 +607,15 @@ def format_sweep(summary: dict) -> str:
     diff_cells = []
     for m in methods:
         d = results[m]["difference_vs_reference"]
-        diff_cells.append(
-            "(reference)" if d is None else f"{d['mean']:+.2f} [{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}]"
-        )
+        diff_cells.append("(reference)" if d is None else describe(d))
     rows.append([f"{ref} difference, 95% CI", *diff_cells])
     if any(results[m]["interference"] for m in methods):
         rows.append(
-            ["interference vs single"]
-            + [number((results[m]["interference"] or {}).get("score"), "+.2f") for m in methods]
+            ["interference vs single, 95% CI"]
+            + [
+                describe(results[m]["interference"]["score"]) if results[m]["interference"] else "-"
+                for m in methods
+            ]
         )
     cost = [results[m]["cost"] for m in methods]
     rows.append(["tokens/s", *(number(c["tokens_per_second"], ".0f") for c in cost)])
@@ -484,12 +623,30 @@ def format_sweep(summary: dict) -> str:
     rows.append(["peak memory (MiB)", *(number(c["peak_memory_mb"], ".0f") for c in cost)])
     sizes = [None if c["adapter_bytes"] is None else c["adapter_bytes"] / 2**20 for c in cost]
     rows.append(["adapter size (MiB)", *(number(size) for size in sizes)])
+    budget = next((results[m]["interference"]["budget"] for m in methods if results[m]["interference"]), None)
     notes = [
-        f"Difference: method minus {ref}, mean over tasks, paired bootstrap over test examples "
-        "(each example's score averaged over seeds; 95% percentile interval). Interference: the "
-        "first seed's multi-task average minus that of one adapter per task (negative = interference). "
-        "Peak memory: GPU memory allocated on a GPU, else the process's peak resident memory."
+        f"Difference: method minus {ref}, mean over tasks; 95% interval: {INTERVAL} (n = test examples x "
+        "seeds, seed s of one method paired with seed s of the other). Interference: multi-task minus "
+        "one adapter per task, paired by seed and example, the same interval (negative = interference)."
+        + (
+            f" Budget: multi-task {budget['multi_task']}; single-task {budget['single_task']}; seeds "
+            f"{', '.join(map(str, budget['seeds']))}."
+            if budget
+            else ""
+        )
+        + " Peak memory: GPU memory allocated on a GPU, else the process's peak resident memory."
     ]
+    for m in methods:
+        sel = summary["selection"][m]
+        if sel.get("at_edge"):
+            grid = sorted(map(float, sel["dev_rougeL"]))
+            notes.append(edge_warning(m, sel["chosen_lr"], sel["at_edge"], grid))
+        elif sel.get("extended_to") is not None:
+            extended = sel["dev_rougeL"][_lr_name(sel["extended_to"])]
+            notes.append(
+                f"{m}: the grid was extended to {sel['extended_to']:g} (dev {extended:.2f}); chosen "
+                f"{sel['chosen_lr']:g}, inside the grid."
+            )
     if "wall_seconds" in summary:
         notes.append(f"Wall time of the sweep command: {_clock(summary['wall_seconds'])}.")
     scores = Table(["task (test ROUGE-L)", *methods], rows, strong=strong, notes=notes)
@@ -536,22 +693,71 @@ def write_plots(summary: dict, folder: Path) -> list[Path]:
 # The whole sweep
 
 
-def run_sweep(sweep: Sweep, echo=print, runner=None) -> dict:
+def edge_warning(method: str, lr: float, edge: str, grid: list[float]) -> str:
+    side = "largest" if edge == "upper" else "smallest"
+    beyond = "above" if edge == "upper" else "below"
+    return (
+        f"grid edge: {method} chose {lr:g}, the {side} learning rate of its grid "
+        f"({', '.join(f'{x:g}' for x in sorted(grid))}): its best may lie {beyond} it; add "
+        f"{step_beyond(grid, edge):g} to learning_rates, or set extend_grid: true in the sweep file"
+    )
+
+
+def check_selection_data(sweep: Sweep) -> None:
+    """Refuse a sweep whose selection examples are test examples, naming the tasks (before any run)."""
+    overlap = selection_overlap(sweep)
+    if overlap:
+        raise SweepError(
+            f"{sweep.source}: selection would be on test: {'; '.join(overlap)} (same id, or same input "
+            "and answers). Keep data.dev_size > 0 so that dev is carved from train, give those tasks a "
+            "dev split without test examples, or remove the duplicated rows"
+        )
+
+
+def run_sweep(sweep: Sweep, echo=print, runner=None, check_data: bool = True) -> dict:
     start = time.perf_counter()
+    if check_data:
+        check_selection_data(sweep)
     sweep.output_dir.mkdir(parents=True, exist_ok=True)
     selection = plan_selection(sweep)
-    total = len(selection) + len(sweep.methods) * len(sweep.seeds) + len(sweep.interference)
+    total = (
+        len(selection) + len(sweep.methods) * len(sweep.seeds) + len(sweep.interference) * len(sweep.seeds)
+    )
     progress = Progress(total, 0, echo)
     echo(f"sweep: {total} runs into {sweep.output_dir} ({len(visible_gpus()) or 'no multi-'}GPU parallelism)")
     run_jobs(sweep, selection, progress, runner)
     dev: dict[str, dict[float, float]] = {m: {} for m in sweep.methods}
-    for job in selection:
-        metrics = RunFolder(job.run_dir(sweep)).metrics()
-        dev[job.method][job.learning_rate] = metrics["average"]["rougeL"]
+
+    def read_dev(jobs: list[Job]) -> None:
+        for job in jobs:
+            dev[job.method][job.learning_rate] = RunFolder(job.run_dir(sweep)).metrics()["average"]["rougeL"]
+
+    read_dev(selection)
     chosen = {m: choose_learning_rate(dev[m]) for m in sweep.methods}
+    edges: dict[str, dict] = {}
+    for m in sweep.methods:
+        edge = grid_edge(sweep.learning_rates, chosen[m])
+        if edge:
+            edges[m] = {"edge": edge, "extended_to": None}
+    if sweep.extend_grid and edges:
+        extra = []
+        for m, info in edges.items():
+            lr = step_beyond(sweep.learning_rates, info["edge"])
+            info["extended_to"] = lr
+            extra.append(Job(selection_name(m, lr), m, lr, sweep.seeds[0], {"evaluation.split": "dev"}))
+        echo("extending the grid by one step: " + ", ".join(f"{j.method} {j.learning_rate:g}" for j in extra))
+        progress.total += len(extra)
+        run_jobs(sweep, extra, progress, runner)
+        read_dev(extra)
+        for m, info in edges.items():
+            chosen[m] = choose_learning_rate(dev[m])
+            info["edge"] = grid_edge(list(dev[m]), chosen[m])
+    for m, info in edges.items():
+        if info["edge"]:
+            echo(edge_warning(m, chosen[m], info["edge"], list(dev[m])), flush=True)
     echo("chosen on dev: " + ", ".join(f"{m} {lr:g}" for m, lr in chosen.items()), flush=True)
     run_jobs(sweep, plan_final(sweep, chosen), progress, runner)
-    summary = summarize_sweep(sweep, chosen, dev)
+    summary = summarize_sweep(sweep, chosen, dev, edges)
     summary["wall_seconds"] = round(time.perf_counter() - start, 1)
     table = format_sweep(summary)
     atomic_write_json(sweep.output_dir / SWEEP_FILE, summary)
