@@ -24,7 +24,8 @@ Protocol (the answer a user wants, without looking at test scores to choose):
     and, with ``extend_grid``, one selection run one grid step beyond it is added and the choice made
     again (once).
  2. ``test/<method>-seed<seed>``: the chosen learning rate with every seed, scored on test; the first
-    seed's is the winning selection run evaluated on test (no run is trained twice).
+    seed's is the winning selection run evaluated on test (no run is trained twice; in the continual
+    setting seed 1 is trained again, as its score matrix needs every stage evaluated on test).
  3. ``single/<method>-seed<seed>``: for the ``interference`` methods, ``setting: single`` at the chosen
     learning rate with every seed, each task's adapter given the multi-task run's passes over its data
     (``training.single_task_steps: share``); interference = multi-task minus single-task, paired by
@@ -237,11 +238,11 @@ def parse_sweep(data: dict, source: Path, output_dir: str | Path | None = None) 
         samples,
         extend_grid,
     )
-    for job in plan(sweep, {m: rates[0] for m in methods}):
-        try:
+    try:
+        for job in plan(sweep, {m: rates[0] for m in methods}):
             job_config(sweep, job)  # every run's config is valid before the first one starts
-        except ConfigError as error:
-            raise SweepError(str(error)) from None
+    except ConfigError as error:
+        raise SweepError(str(error)) from None
     return sweep
 
 
@@ -270,9 +271,11 @@ def plan_final(sweep: Sweep, chosen: dict[str, float]) -> list[Job]:
     runs: every seed, each task's adapter given the passes over its data of the multi-task run
     (``training.single_task_steps: share``)."""
     first = sweep.seeds[0]
+    # A continual run's score matrix needs every stage evaluated on test: there seed 1 is trained again.
+    reuse = base_config(sweep).setting != "continual"
     jobs = []
     for m in sweep.methods:
-        winner = selection_name(m, chosen[m])
+        winner = selection_name(m, chosen[m]) if reuse else None
         jobs.append(Job(f"test/{m}-seed{first}", m, chosen[m], first, {}, evaluate=winner))
         jobs += [Job(f"test/{m}-seed{s}", m, chosen[m], s, {}) for s in sweep.seeds[1:]]
     single = {"setting": "single", "training.single_task_steps": "share"}
@@ -286,12 +289,16 @@ def plan(sweep: Sweep, chosen: dict[str, float]) -> list[Job]:
     return plan_selection(sweep) + plan_final(sweep, chosen)
 
 
+def base_config(sweep: Sweep):
+    """The base run config with the sweep's overrides (what every run shares)."""
+    return load_config(sweep.base, sweep.overrides, source=str(sweep.source))
+
+
 def split_seed_override(sweep: Sweep) -> dict[str, Any]:
     """Own data and raw SuperNI files are split with ``data.split_sizes.seed``, by default the run's
     seed: pinned to the first seed for every run of the sweep, so every seed and method is scored on
     the same test examples (and trains on the same rest), unless the sweep already pins it."""
-    config = load_config(sweep.base, sweep.overrides, source=str(sweep.source))
-    sizes = dict(config.data.split_sizes or {})
+    sizes = dict(base_config(sweep).data.split_sizes or {})
     if "seed" in sizes:
         return {}
     return {"data.split_sizes": {**sizes, "seed": sweep.seeds[0]}}
@@ -475,7 +482,7 @@ def step_beyond(grid: list[float], edge: str) -> float:
 
 def _budget(sweep: Sweep) -> dict:
     """The training budget of both sides of the interference score, in words and numbers."""
-    config = load_config(sweep.base, sweep.overrides, source=str(sweep.source)).training
+    config = base_config(sweep).training
     if config.max_steps > 0:
         multi = f"{config.max_steps} optimizer steps over all tasks"
         single = f"max_steps x the task's share of the training examples per task ({config.max_steps} in all)"
