@@ -98,8 +98,16 @@ def test_resume_refuses_a_different_config(tmp_path):
 
 
 @pytest.mark.slow
-def test_single_and_continual_settings(tmp_path):
-    single = run(from_dict(tiny_run_config(tmp_path, "lora", "single", training={"max_steps": 2})))
+def test_single_and_continual_settings(tmp_path, caplog):
+    with caplog.at_level("WARNING", logger="badit"):
+        single = run(from_dict(tiny_run_config(tmp_path, "lora", "single", training={"max_steps": 2})))
+    # the demo tasks' dev.json is their test.json (as SuperNI's release): dev carved from train, said once
+    # for the run, not once per task adapter (2 tasks: 24 train examples each, 10% -> 2 dev, 22 train)
+    carved = [r.getMessage() for r in caplog.records if r.getMessage().startswith("dev split carved")]
+    assert (
+        len(carved) == 1
+        and "for 2 task(s) (shared with test: demo_copy_words, demo_reverse_words)" in carved[0]
+    )
     folder = tmp_path / "run-lora-single"
     assert sorted(single["tasks"]) == ["demo_copy_words", "demo_reverse_words"]
     for task in single["tasks"]:
