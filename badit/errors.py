@@ -55,6 +55,33 @@ def safetensors_message(message: str) -> str:
     )
 
 
+TORCH_WRITE_FAILURES = ("write failed", "unexpected pos", "iostream error")
+"""How torch.save reports a failed write (a RuntimeError without the errno), as seen on a full tmpfs:
+``[enforce fail at inline_container.cc:672] unexpected pos 1472 vs 1366``, ``... iostream error`` or
+``... file write failed``, depending on where the zip writer stopped."""
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """Whether ``error`` (or an error it was raised from) is a full disk: ENOSPC/EDQUOT by errno where the
+    library keeps it; torch's and safetensors' messages where they do not."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError):
+            if error.errno in (errno.ENOSPC, errno.EDQUOT):
+                return True
+        else:
+            message = str(error)
+            # safetensors (a Rust library): SafetensorError("... IoError(Os { code: 28, ... })")
+            if type(error).__name__ == "SafetensorError":
+                if f"code: {errno.ENOSPC}," in message or f"os error {errno.ENOSPC}" in message:
+                    return True
+            elif isinstance(error, RuntimeError) and any(m in message for m in TORCH_WRITE_FAILURES):
+                return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
 def user_error_message(error: BaseException) -> str | None:
     """The one line ``badit`` prints for an error the user can fix: a BaditError's message, a missing file,
     an operating-system error (disk full, permissions...), a damaged safetensors file; None for a bug."""
@@ -66,4 +93,9 @@ def user_error_message(error: BaseException) -> str | None:
         return os_error_message(error)
     if type(error).__name__ == "SafetensorError":  # safetensors' Rust error type, not importable cheaply
         return safetensors_message(one_line(str(error)))
+    if is_disk_full(error):  # torch.save's failed write: a RuntimeError without errno or file name
+        return (
+            f"disk full ({one_line(str(error))[:200]}); free some space (the last complete checkpoint is kept) "
+            "and rerun"
+        )
     return None

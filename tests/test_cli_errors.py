@@ -80,6 +80,13 @@ TRAIN_CASES = {
         "training.lr_scheduler_type 'cosin' is unknown; did you mean 'cosine'? use one of "
         + ", ".join(member.value for member in SchedulerType),
     ),
+    # issue 20: numpy's seeding (Trainer's set_seed) takes 0 .. 2**32 - 1; an empty task list trained on all
+    "seed -1": (
+        ["seed=-1"],
+        "seed must be an integer from 0 to 2**32 - 1 = 4294967295 (numpy's range), got -1",
+    ),
+    "seed 2**40": (["seed=1099511627776"], "seed must be an integer from 0 to 2**32 - 1 = 4294967295"),
+    "no tasks": (["data.tasks=[]"], "data.tasks is an empty list; name the tasks to train on, or remove it"),
 }
 
 
@@ -124,6 +131,16 @@ LOADED_CASES = {  # found by tests/test_cli_property.py: problems that show once
     "deepspeed file missing": (
         ["training.deepspeed=no-such-ds.json"],
         "training.deepspeed no-such-ds.json: no such file; give a DeepSpeed JSON config (or null)",
+    ),
+    # issue 20: K * r is bounded by the targeted layers (gate_proj of the tiny model: 64 in, 96 out)
+    "rank too large": (
+        ["method.r=1000000"],
+        "method.num_experts * method.r = 3 * 1000000 = 3000000 adapter components do not fit layer "
+        "model.layers.0.mlp.gate_proj (64 in, 96 out): at most min(in, out) = 64",
+    ),
+    "too many experts": (
+        ["method.num_experts=100000", "method.top_k=1"],
+        "method.num_experts * method.r = 100000 * 2 = 200000 adapter components do not fit",
     ),
 }
 
@@ -383,6 +400,7 @@ def test_no_code_removes_unmarked_folders():
             "training/checkpoints.py: shutil.rmtree(old, ignore_errors=True)": 2,
             "training/checkpoints.py: staging.parent.rmdir()": 1,
             "adapter/integrity.py: Path(tmp).unlink(missing_ok=True)": 1,
+            "adapter/card.py: os.unlink(temporary)": 1,  # its own temp file, when the card's write fails
         }
     )
     assert deletions(Path(__file__).resolve().parents[1] / "badit") == reviewed

@@ -98,7 +98,13 @@ def write_model_card(
     text = badit_section(config, tasks, metric) + "\n\n" + text.strip("\n") + "\n"
     content = f"---\n{card.data.to_yaml()}\n---\n{text}"
     handle, temporary = tempfile.mkstemp(prefix=".README-", dir=path.parent)
-    with os.fdopen(handle, "w", encoding="utf-8") as out:
-        out.write(content)
-    os.replace(temporary, path)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            out.write(content)
+        os.replace(temporary, path)
+    except OSError as error:
+        os.unlink(temporary)  # our own temporary file, never the card
+        if error.filename is None:  # a failed write (disk full) names no file: name the card
+            raise OSError(error.errno, error.strerror, str(path)) from error
+        raise
     return path

@@ -12,6 +12,9 @@ def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
+    # Task and run names are text, never math: a name such as `$\frac$` would otherwise be parsed as
+    # mathtext and stop the figure with a parse error (and `$x$` would be typeset).
+    matplotlib.rcParams["text.parse_math"] = False
     import matplotlib.pyplot as plt
 
     return plt

@@ -62,6 +62,20 @@ def atomic_write_jsonl(path: str | os.PathLike, rows: list[dict]) -> None:
     atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
+def append_line(path: str | os.PathLike, line: str) -> None:
+    """Append ``line`` and a newline to the text file ``path`` (a log); a failed write (disk full) is an
+    OSError naming the file, as the failed writes of `atomic_write_bytes` are."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(line + "\n")
+    except OSError as error:
+        if error.filename is None:
+            raise OSError(error.errno, error.strerror, str(path)) from error
+        raise
+
+
 def inside(root: Path, path: Path) -> Path:
     """`path` with symlinks resolved; DataError if it lies outside `root` (e.g. `../` or a symlink)."""
     resolved = path.resolve()

@@ -35,6 +35,10 @@ if TYPE_CHECKING:
     from badit.training.methods import MethodConfig
 
 
+MAX_SEED = 2**32 - 1
+"""The largest seed: Trainer's ``set_seed`` seeds numpy, whose legacy seeding takes 0 .. 2**32 - 1."""
+
+
 class ConfigError(BaditError, ValueError):
     """A configuration problem, with the field and the fix in the message."""
 
@@ -459,6 +463,10 @@ def _check_fields(config: RunConfig, source: str) -> None:
         _fail(source, message)
 
     t = config.training
+    if not 0 <= config.seed <= MAX_SEED:
+        fail(f"seed must be an integer from 0 to 2**32 - 1 = {MAX_SEED} (numpy's range), got {config.seed}")
+    if config.data.tasks is not None and not config.data.tasks:
+        fail("data.tasks is an empty list; name the tasks to train on, or remove it (null) for every task")
     data = config.to_dict()
     data.pop("method")
     for name, value in _numbers(data):

@@ -494,10 +494,16 @@ def load_adapter(load_base, adapter_dir: Path, fix: str, trainable: bool = False
     mode unless ``trainable``). The folder is checked before anything is loaded
     (`badit.adapter.integrity.check_adapter_folder`); weights that cannot be read are a ``RunError``
     ending with ``fix``."""
+    import torch
     from peft import PeftModel
     from safetensors import SafetensorError
 
-    from badit.adapter.integrity import UnreadableWeightsError, check_adapter_folder
+    from badit.adapter.integrity import (
+        MANIFEST_FILE,
+        UnreadableWeightsError,
+        check_adapter_folder,
+        has_manifest,
+    )
     from badit.training.continual import is_continual_folder, load_continual_adapter
 
     damaged = f"{adapter_dir}: the adapter's weights are damaged or truncated"
@@ -513,6 +519,18 @@ def load_adapter(load_base, adapter_dir: Path, fix: str, trainable: bool = False
             model = PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=trainable)
     except SafetensorError as error:
         raise RunError(f"{damaged} ({error}); {fix}") from None
+    except torch.OutOfMemoryError:
+        raise
+    except (ValueError, KeyError, TypeError, RuntimeError) as error:
+        # PEFT's errors for an adapter_config.json edited by hand (weights of another shape, an invalid
+        # value, an unknown adapter type) or written for another base model: one line, not a traceback
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        detail = " ".join(lines[:2])[:300] or type(error).__name__
+        checked = "" if has_manifest(adapter_dir) else f" (it has no {MANIFEST_FILE} to check it against)"
+        raise RunError(
+            f"{adapter_dir}: the adapter does not load ({type(error).__name__}: {detail}); its "
+            f"{ADAPTER_CONFIG_FILE} was edited, or does not match its weights or this base model{checked}: {fix}"
+        ) from None
     return (model if trainable else model.eval()), tokenizer
 
 

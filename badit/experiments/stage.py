@@ -197,6 +197,8 @@ def training_arguments(training: TrainingConfig, seed: int, checkpoint_dir: Path
 def adapter_model(config: RunConfig, init_adapter: Path | None = None):
     """(model with the run's adapter, tokenizer): fresh, or continued from a saved adapter folder."""
     base, tokenizer = load_base_model(config)
+    if init_adapter is None and not is_continual(config.method):
+        check_rank_fits(config, base)
     try:
         if is_continual(config.method):  # one more LoRA branch than the previous stage's adapter
             return build_continual_model(base, config.method, config.seed, init_adapter), tokenizer
@@ -208,6 +210,47 @@ def adapter_model(config: RunConfig, init_adapter: Path | None = None):
             f"{config.model.name_or_path}; its linear layers end in {', '.join(linear_layer_names(base))} "
             "(or use 'all-linear')"
         ) from None
+
+
+def check_rank_fits(config: RunConfig, base) -> None:
+    """A ``ConfigError`` when the adapter's ``num_experts * r`` components (the LoRA baselines' rank; hydralora:
+    its shared A's ``r``) exceed
+    ``min(in, out)`` of a layer it targets: BADIT's SVD experts cannot be built there, and a LoRA update of
+    that layer has rank at most ``min(in, out)`` anyway (a huge rank would only fill the memory).
+    Checked before the adapter is built; the targeted layers are found by PEFT's own matching."""
+    from peft import LoraConfig
+    from peft.tuners.tuners_utils import check_target_module_exists
+
+    m = config.method
+    rank = m.r if m.name == "hydralora" else m.num_experts * m.r  # hydralora: one shared A of rank r
+    what = (
+        f"method.r = {m.r}"
+        if m.name == "hydralora"
+        else f"method.num_experts * method.r = {m.num_experts} * {m.r} = {rank}"
+    )
+    targets = linear_layer_names(base) if m.target_modules == "all-linear" else m.target_modules
+    matcher = LoraConfig(target_modules=targets)
+    for name, module in base.named_modules():
+        dims = _in_out(module)
+        if dims is None or not check_target_module_exists(matcher, name):
+            continue
+        if rank > min(dims):
+            raise ConfigError(
+                f"{what} adapter components do not fit layer {name} ({dims[0]} in, {dims[1]} out): at most min(in, out) = {min(dims)}; lower "
+                "method.r or method.num_experts (or leave that layer out of method.target_modules)"
+            )
+
+
+def _in_out(module) -> tuple[int, int] | None:
+    """(in, out) features of a linear layer: ``torch.nn.Linear`` and its quantized subclasses, or
+    transformers' ``Conv1D`` (GPT-2: ``nx`` in, ``nf`` out); None for other modules."""
+    if isinstance(getattr(module, "in_features", None), int) and isinstance(
+        getattr(module, "out_features", None), int
+    ):
+        return module.in_features, module.out_features
+    if type(module).__name__ == "Conv1D" and hasattr(module, "nx") and hasattr(module, "nf"):
+        return module.nx, module.nf
+    return None
 
 
 def linear_layer_names(model) -> list[str]:
@@ -305,6 +348,7 @@ def _stage_info(result: StageResult, eval_seconds: float) -> dict:
         "global_step": result.global_step,
         "processes": result.processes,
         "train_loss": result.train_loss,
+        "train_parts": result.parts,
         "first_logged_loss": losses[0] if losses else None,
         "last_logged_loss": losses[-1] if losses else None,
     }

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from badit.adapter.integrity import has_manifest
-from badit.data.files import atomic_write_bytes
+from badit.data.files import append_line, atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -205,9 +205,7 @@ class RegroupCallback(TrainerCallback):
         }
         self.history.append(record)
         if self.log_file is not None and state.is_world_process_zero:
-            self.log_file.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.log_file, "a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
+            append_line(self.log_file, json.dumps(record))
         summary = {f"regroup/{key}": value for key, value in regroup_summary(stats).items()}
         summary["regroup/seconds"] = seconds
         if self.log_fn is not None:
@@ -281,7 +279,5 @@ class JsonlLogger(TrainerCallback):
     ):
         if not state.is_world_process_zero or not logs:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         record = {"step": state.global_step, "epoch": state.epoch, "time": time.time(), **logs}
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+        append_line(self.path, json.dumps(record))

@@ -13,7 +13,6 @@ that point, so that tests can stop a real training process where a crash hurts m
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import os
 import re
@@ -32,7 +31,7 @@ from badit.adapter.integrity import (
     has_manifest,
     write_manifest,
 )
-from badit.errors import BaditError
+from badit.errors import BaditError, is_disk_full
 
 logger = logging.getLogger(__name__)
 
@@ -81,17 +80,6 @@ def kill_point(point: str, step: int | None = None) -> None:
 # Writing
 
 
-def _is_disk_full(error: BaseException) -> bool:
-    if isinstance(error, OSError):
-        return error.errno in (errno.ENOSPC, errno.EDQUOT)
-    # torch.save reports a failed write as RuntimeError("... file write failed") without the errno;
-    # safetensors (a Rust library) as SafetensorError("... IoError(Os { code: 28, ... })")
-    message = str(error)
-    if type(error).__name__ == "SafetensorError":
-        return f"code: {errno.ENOSPC}," in message or f"os error {errno.ENOSPC}" in message
-    return isinstance(error, RuntimeError) and "write failed" in message
-
-
 @contextmanager
 def staged_write(staging: Path, fresh: bool = True) -> Iterator[Path]:
     """Create ``staging`` (removing a leftover one when ``fresh``; under a launcher the processes share
@@ -104,7 +92,7 @@ def staged_write(staging: Path, fresh: bool = True) -> Iterator[Path]:
         yield staging
     except BaseException as e:
         _discard(staging)
-        if _is_disk_full(e):
+        if is_disk_full(e):
             path = getattr(e, "filename", None) or staging
             raise DiskFullError(f"disk full while writing {path}: free space and rerun with --resume") from e
         raise

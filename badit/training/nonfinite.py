@@ -138,3 +138,28 @@ class NonFiniteGuard:
         )
         if self.log_fn is not None:
             self.log_fn({"nonfinite/skipped_steps": float(len(self.skipped_steps))})
+
+
+def nonfinite_parameters(model: torch.nn.Module) -> list[str]:
+    """The names of the trainable parameters of ``model`` holding a NaN or inf (one host sync in all).
+
+    The guard checks losses and gradients; an update can still overflow the parameters themselves
+    (a huge learning rate: finite gradient times 1e308), at the last step most of all, when no later
+    loss would show it. `train_stage` calls this before the adapter is written.
+    """
+    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad and p.is_floating_point()]
+    if not named:
+        return []
+    finite = torch.stack([torch.isfinite(p.detach()).all().to("cpu", non_blocking=True) for _, p in named])
+    return [name for (name, _), ok in zip(named, finite.tolist(), strict=True) if not ok]
+
+
+def check_final_parameters(model: torch.nn.Module, where: str, step: int) -> None:
+    """Raise ``NonFiniteError`` (nothing written) when a trainable parameter is not finite after training."""
+    bad = nonfinite_parameters(model)
+    if bad:
+        raise NonFiniteError(
+            f"{where}: after step {step}, {len(bad)} adapter tensor(s) hold NaN/inf (first: {bad[0]}); no "
+            "adapter written (lower training.learning_rate, then train again with --overwrite)",
+            step,
+        )

@@ -20,6 +20,7 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from badit.analysis.router_health import model_health, routing_problem, summarize_health
+from badit.data.files import append_line
 
 
 class RouterHealthCallback(TrainerCallback):
@@ -47,10 +48,8 @@ class RouterHealthCallback(TrainerCallback):
         if self.log_fn is not None:
             self.log_fn({f"router/{key}": value for key, value in summary.items()})
         if self.log_file is not None and state.is_world_process_zero:
-            self.log_file.parent.mkdir(parents=True, exist_ok=True)
             record = {"step": step, "epoch": state.epoch, "layers": layers, "summary": summary}
-            with open(self.log_file, "a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
+            append_line(self.log_file, json.dumps(record))
 
 
 def router_warning(run_dir: str | Path, log_files: Sequence[Path]) -> str | None:

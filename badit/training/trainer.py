@@ -13,11 +13,12 @@ import os
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from peft import PeftConfig, PeftModel, get_peft_model
+from peft.utils import CONFIG_NAME as PEFT_CONFIG_NAME
 from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_callback import ProgressCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
@@ -30,6 +31,7 @@ from badit.regrouping import attach_gradient_tracking
 from badit.training.callbacks import JsonlLogger, ProgressBar, RegroupCallback
 from badit.training.checkpoints import (
     STAGING_DIR,
+    CheckpointError,
     kill_point,
     remove_staging,
     resumable_checkpoint,
@@ -39,11 +41,50 @@ from badit.training.checkpoints import (
 from badit.training.gradient_surgery import SURGERIES, TaskGradients
 from badit.training.loss import labelled_positions, lm_head_on, trainer_loss
 from badit.training.model_loading import gpu_half_dtype
-from badit.training.nonfinite import NonFiniteGuard
+from badit.training.nonfinite import NonFiniteGuard, check_final_parameters
 from badit.training.replicas import check_replicas, world_size
 from badit.training.router_logging import RouterHealthCallback
 
 logger = logging.getLogger(__name__)
+
+RUN_TOTALS_FILE = "run_totals.json"
+"""In each checkpoint: the training totals of the run up to that step (`RunTotals`)."""
+
+
+@dataclass(frozen=True)
+class RunTotals:
+    """What a stage's training cost and achieved over all its parts (a run killed and resumed trains in
+    several ``Trainer.train`` calls; Trainer's own ``train_loss`` and runtime cover only the last one).
+
+    ``loss_sum`` is the sum of the optimizer steps' losses as Trainer sums them for ``train_loss``, over
+    the ``steps`` steps counted (all of them unless the run was resumed from a checkpoint of an older
+    badit, which holds no totals: then only the steps trained since); ``seconds``: time inside
+    ``Trainer.train``, over the ``parts`` calls that trained a step (and the setup of those that did not:
+    a finished run resumed to re-evaluate it).
+    """
+
+    loss_sum: float = 0.0
+    steps: int = 0
+    seconds: float = 0.0
+    parts: int = 0
+
+    @property
+    def train_loss(self) -> float | None:
+        return self.loss_sum / self.steps if self.steps else None
+
+    @classmethod
+    def read(cls, checkpoint: str | os.PathLike | None) -> RunTotals:
+        """The totals saved in ``checkpoint`` (zero for a fresh start or an older badit's checkpoint)."""
+        path = Path(checkpoint) / RUN_TOTALS_FILE if checkpoint else None
+        if path is None or not path.is_file():
+            return cls()
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return cls(**{key: data[key] for key in ("loss_sum", "steps", "seconds", "parts")})
+
+    def plus(self, loss_sum: float, steps: int, seconds: float) -> RunTotals:
+        """These totals and one more part (counted in ``parts`` when it trained a step)."""
+        parts = self.parts + (steps > 0)
+        return RunTotals(self.loss_sum + loss_sum, self.steps + steps, self.seconds + seconds, parts)
 
 
 class BaditTrainer(Trainer):
@@ -94,6 +135,40 @@ class BaditTrainer(Trainer):
         self.padded_tokens = 0
         """Positions computed (batch x padded length, summed over micro-batches and processes); the
         Trainer's ``num_input_tokens_seen`` counts the real (attended) tokens."""
+        self._before = RunTotals()  # the totals of the parts trained before this train() call
+        self._train_start = time.perf_counter()
+        self.run_totals = RunTotals()
+        """The whole stage's totals, set when ``train`` returns."""
+
+    def train(self, resume_from_checkpoint: str | None = None, **kwargs):
+        """Trainer's ``train``; then ``run_totals`` holds the totals over every part of the run."""
+        self._before = RunTotals.read(resume_from_checkpoint)
+        self._train_start = time.perf_counter()
+        output = super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+        self.run_totals = self._totals_now(finished=True)
+        return output
+
+    def _totals_now(self, finished: bool = False) -> RunTotals:
+        """The totals up to the current step: the earlier parts' plus this call's. Trainer keeps the loss
+        sum of the logged windows in ``_total_loss_scalar`` and of the window not logged yet in ``_tr_loss``,
+        and adds the latter to the former when training ends (``finished``)."""
+        pending = 0.0 if finished else self._tr_loss.item()
+        steps = self.state.global_step - self._initial_global_step
+        return self._before.plus(
+            self._total_loss_scalar + pending, steps, time.perf_counter() - self._train_start
+        )
+
+    def _run_epoch(self, *args, **kwargs):
+        """Trainer's epoch, except when resumed at (or after) ``max_steps``: Trainer checks ``max_steps``
+        only after a step, so a run resumed from its last checkpoint (killed during the final save or the
+        evaluation, or a finished run resumed to re-evaluate it) would train one step too many whenever
+        ``max_steps`` is not a multiple of the epoch length. Then no step is made; the epoch end that the
+        uninterrupted run reached after its last checkpoint (and its callbacks: an epoch-end regroup) runs."""
+        if self.state.global_step >= self.state.max_steps:
+            self.control.should_training_stop = True
+            self.control = self.callback_handler.on_epoch_end(self.args, self.state, self.control)
+            return None
+        return super()._run_epoch(*args, **kwargs)
 
     def queue_logs(self, values: dict[str, float]) -> None:
         """Values to add to the next log record (calling ``log`` from a callback would cancel the
@@ -242,6 +317,7 @@ class BaditTrainer(Trainer):
             kill_point("after-trainer-state", step)
             if self.args.should_save:
                 atomic_write_json(staging / PADDED_TOKENS_FILE, {"padded_tokens": self.padded_tokens})
+                atomic_write_json(staging / RUN_TOTALS_FILE, asdict(self._totals_now()))
             for callback in self.callback_handler.callbacks:
                 if hasattr(callback, "save_checkpoint_state"):
                     callback.save_checkpoint_state(staging, self.args, self.state, self.model)
@@ -396,10 +472,14 @@ class StageResult:
     adapter_dir: Path
     global_step: int
     train_loss: float | None
+    """Mean loss over the stage's optimizer steps, all parts of a resumed run together (`RunTotals`)."""
     seconds: float
+    """Time spent training, summed over the parts of a resumed run."""
     log_history: list[dict] = field(default_factory=list)
     processes: int = 1
     """Data-parallel processes that trained it (all checked to hold the same adapter)."""
+    parts: int = 1
+    """``Trainer.train`` calls that trained a step of it (1, plus one per resume that trained)."""
 
 
 def train_stage(
@@ -471,6 +551,13 @@ def train_stage(
             logger.info("resuming from %s", checkpoint)
             checkpoint = str(checkpoint)
     if resume and checkpoint is None:
+        if (paths.adapter / PEFT_CONFIG_NAME).is_file():
+            # the adapter is written only once training has finished: training again would redo it
+            raise CheckpointError(
+                f"{paths.adapter} is a trained adapter and {checkpoint_dir} holds no checkpoint to "
+                f"resume from: training is complete; re-evaluate with `badit eval`, or train it again with "
+                "--overwrite"
+            )
         logger.info("no checkpoint in %s: training from the start", checkpoint_dir)
     if regroup is not None:
         regroup.resume_from = checkpoint
@@ -478,13 +565,13 @@ def train_stage(
         if hasattr(callback, "resume_from"):
             callback.resume_from = checkpoint
     trainer.padded_tokens = padded_tokens_at(checkpoint)
-    start = time.perf_counter()
     try:
         output = trainer.train(resume_from_checkpoint=checkpoint)
     finally:
         progress.close()
-    seconds = time.perf_counter() - start
+    totals = trainer.run_totals
     check_replicas(model, str(stage_dir))  # under DDP: every rank holds rank 0's adapter, or an error
+    check_final_parameters(model, str(stage_dir), output.global_step)  # a NaN adapter is never written
 
     adapter_dir = paths.adapter
     if trainer.args.should_save:
@@ -492,8 +579,9 @@ def train_stage(
     return StageResult(
         adapter_dir=adapter_dir,
         global_step=output.global_step,
-        train_loss=output.training_loss,
-        seconds=seconds,
+        train_loss=totals.train_loss,
+        seconds=totals.seconds,
+        parts=totals.parts,
         log_history=list(trainer.state.log_history),
         processes=world_size(),
     )
