@@ -11,7 +11,7 @@ import yaml
 
 from badit.cli.main import main
 from badit.experiments.config import from_dict
-from badit.experiments.folder import prepare_run_dir, resolve_paths
+from badit.experiments.folder import RunFolder, resolve_paths
 from tests.helpers import tiny_run_config
 
 EVAL = {"max_examples_per_task": 1, "max_new_tokens": 2}
@@ -34,7 +34,7 @@ def _untrained_run(root: Path) -> Path:
     from badit.experiments.stage import adapter_model
 
     config = resolve_paths(from_dict(tiny_run_config(root, "badit", evaluation=EVAL)))
-    prepare_run_dir(config, is_main=True)
+    RunFolder(config.output_dir).prepare(config)
     model, _ = adapter_model(config)
     model.save_pretrained(Path(config.output_dir) / "adapter")
     return Path(config.output_dir)
@@ -89,7 +89,7 @@ def test_export_of_an_edited_adapter_config_is_one_line(tmp_path, capsys):
         assert line.startswith(f"badit export: error: {adapter}: the adapter does not load ({detail}"), line
         assert line.endswith(
             "its adapter_config.json was edited, or does not match its weights or this base model (it has no "
-            "badit-manifest.json to check it against): restore the folder, or train it again"
+            "badit-manifest.json to check it against): restore the folder or export another adapter"
         )
         assert not (tmp_path / "out").exists()
 
