@@ -16,7 +16,7 @@ from transformers.trainer_utils import SchedulerType
 
 from badit.cli.main import main
 from badit.experiments.config import from_dict
-from badit.experiments.folder import MARKER_FILE, RunFolder, resolve_paths
+from badit.experiments.folder import LOCK_FILE, MARKER_FILE, RunFolder, resolve_paths
 from tests.helpers import tiny_run_config
 
 
@@ -362,7 +362,11 @@ def test_overwrite_deletes_a_marked_run(tmp_path, capsys, monkeypatch):
     )
     code = main(["train", str(_config_file(tmp_path, method_name="badit")), "--overwrite"])
     assert code == 130
-    assert seen["files"] == [MARKER_FILE, "config.yaml"]
+    assert seen["files"] == [
+        MARKER_FILE,
+        LOCK_FILE,
+        "config.yaml",
+    ]  # the lock: held by the new run (issue 20)
 
 
 DELETING_CALLS = ("rmtree", "unlink", "rmdir", "removedirs")  # and os.remove
@@ -401,6 +405,12 @@ def test_no_code_removes_unmarked_folders():
             "training/checkpoints.py: staging.parent.rmdir()": 1,
             "adapter/integrity.py: Path(tmp).unlink(missing_ok=True)": 1,
             "adapter/card.py: os.unlink(temporary)": 1,  # its own temp file, when the card's write fails
+            # RunFolder.remove(keep_lock=True) (--overwrite of a marked run: its lock file kept) and a folder
+            # that holds only the lock file this process created
+            "experiments/folder.py: shutil.rmtree(entry)": 1,
+            "experiments/folder.py: entry.unlink()": 1,
+            "experiments/folder.py: (self.path / LOCK_FILE).unlink(missing_ok=True)": 1,
+            "experiments/folder.py: self.path.rmdir()": 1,
         }
     )
     assert deletions(Path(__file__).resolve().parents[1] / "badit") == reviewed

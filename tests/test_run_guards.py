@@ -1,18 +1,29 @@
 """Guards of issue 20 that need a run folder: a non-finite final adapter is never written, a finished run
 is not trained again by --resume, an edited adapter_config.json and a task named like mathtext end in one
-line (exit 2), not a traceback."""
+line (exit 2), not a traceback; a copy without the hidden marker resumes in its own folder; an edited
+config.yaml and a run folder's trust_remote_code are refused; one writer per run and sweep folder (a lock,
+tested with two live processes)."""
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import pytest
 import yaml
 
 from badit.cli.main import main
 from badit.experiments.config import from_dict
-from badit.experiments.folder import RunFolder, resolve_paths
+from badit.experiments.folder import LOCK_FILE, MARKER_FILE, RunError, RunFolder, RunLock, resolve_paths
 from tests.helpers import tiny_run_config
+from tests.test_run_folder import file_hashes
+
+ROOT = Path(__file__).resolve().parents[1]
 
 EVAL = {"max_examples_per_task": 1, "max_new_tokens": 2}
 
@@ -115,3 +126,167 @@ def test_report_with_a_task_named_like_mathtext(tmp_path, capsys):
     )
     page = (tmp_path / "r.html").read_text()
     assert "$\\frac$" in page and page.count('<img src="data:image/png;base64,') >= 1
+
+
+# ----------------------------------------------------------------------------------------------
+# A copy without the hidden marker, config.yaml's integrity, trust_remote_code from a run folder
+
+
+def _killed_run(root: Path) -> Path:
+    """A tiny run killed right after its checkpoint of step 2 (of 4)."""
+    from badit.experiments.settings import run
+    from tests.helpers import KillAfterSave, SimulatedKill
+
+    config = tiny_run_config(root, "lora", training={"max_steps": 4, "save_steps": 2}, evaluation=EVAL)
+    with pytest.raises(SimulatedKill):
+        run(from_dict(config), extra_callbacks=[KillAfterSave(2)])
+    return Path(config["output_dir"])
+
+
+@pytest.mark.slow
+def test_a_copy_without_the_marker_resumes_in_its_own_folder(tmp_path, capsys):
+    """`cp -r RUN/* COPY/` leaves the hidden .badit-run behind; the copy resumed into RUN (issue 20). Its
+    config.yaml's first line (badit's, with the sha256 of the rest) tells badit that COPY is the run."""
+    original = _killed_run(tmp_path)
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for entry in original.iterdir():  # as `cp -r RUN/* COPY/`: no hidden files
+        if not entry.name.startswith("."):
+            (shutil.copytree if entry.is_dir() else shutil.copy2)(entry, copy / entry.name)
+    assert not (copy / MARKER_FILE).exists()
+    before = file_hashes(original)
+
+    assert main(["train", str(copy), "--resume"]) == 0
+    assert file_hashes(original) == before  # nothing written into the original
+    info = json.loads((copy / "metrics.json").read_text())["run"]
+    assert (info["global_step"], info["train_parts"]) == (4, 2)  # resumed from the copy's step 2
+    assert (copy / MARKER_FILE).is_file()  # now marked as the run it is
+
+    # an edited config.yaml (here: the learning rate) is refused by every command that reads it
+    text = (copy / "config.yaml").read_text()
+    (copy / "config.yaml").write_text(text.replace("learning_rate: 0.005", "learning_rate: 0.5"))
+    for command in (["eval", str(copy)], ["train", str(copy), "--resume"]):
+        line = _one_error_line(capsys, command)
+        assert line == (
+            f"badit {command[0]}: error: {copy / 'config.yaml'} was changed after badit wrote it (its sha256 "
+            "does not match its first line): restore it from where you got the run, or train a new run from "
+            "an edited copy (`badit train EDITED.yaml`); overrides on the command line change a run without "
+            "editing it"
+        )
+
+
+@pytest.mark.slow
+def test_trust_remote_code_of_a_run_folder_needs_the_command_line(tmp_path, capsys):
+    """A downloaded run whose config.yaml (consistent, or without badit's first line as an older badit
+    wrote it) says model.trust_remote_code: true would run the model folder's Python code; refused by
+    eval, export, train --resume and analyze until --trust-remote-code is given."""
+    run_dir = _untrained_run(tmp_path)
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    saved["model"]["trust_remote_code"] = True
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(saved))  # no header: as an older badit wrote it
+    expected = (
+        f"error: {run_dir / 'config.yaml'}: model.trust_remote_code is true, which runs Python code from the "
+        f"model {tmp_path / 'model'}; if you trust it, pass --trust-remote-code (train: or "
+        "model.trust_remote_code=true)"
+    )
+    commands = {
+        "eval": ["eval", str(run_dir)],
+        "export": ["export", str(run_dir), "--output", str(tmp_path / "out")],
+        "train": ["train", str(run_dir), "--resume"],
+        "analyze": ["analyze", str(run_dir)],
+    }
+    for name, command in commands.items():
+        assert _one_error_line(capsys, command) == f"badit {name}: {expected}"
+    assert not (run_dir / "metrics.json").exists() and not (tmp_path / "out").exists()
+    assert main(["eval", str(run_dir), "--trust-remote-code"]) == 0  # the user said so
+    assert (run_dir / "metrics.json").is_file()
+
+
+# ----------------------------------------------------------------------------------------------
+# The lock: one writer per run folder and per sweep folder
+
+
+def _holder(command: list[str], lock: Path) -> subprocess.Popen:
+    """A live process running ``command``, once it holds ``lock`` (its pid written there)."""
+    process = subprocess.Popen(
+        command,
+        cwd=ROOT,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while not (lock.is_file() and lock.read_text().strip() == str(process.pid)):
+        assert process.poll() is None, process.stderr.read()[-2000:]
+        assert time.monotonic() < deadline, "the process did not take the lock"
+        time.sleep(0.1)
+    return process
+
+
+@pytest.mark.slow
+def test_a_live_run_refuses_a_second_writer_and_overwrite(tmp_path, capsys):
+    """Two live processes: `badit train` training (2000 steps) holds RUN/.lock; `--resume` of the same run
+    and `--overwrite` with another config are refused in one line naming its pid, nothing of it deleted."""
+    config = tiny_run_config(
+        tmp_path, "lora", training={"max_steps": 2000, "save_steps": 1000}, evaluation=EVAL
+    )
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    run_dir = Path(config["output_dir"])
+    live = _holder([sys.executable, "-m", "badit.cli.main", "train", str(path)], run_dir / LOCK_FILE)
+    try:
+        expected = (
+            f"error: {run_dir}: another badit process (pid {live.pid}) is writing this run; wait until it ends "
+            "(or stop it), then rerun"
+        )
+        assert _one_error_line(capsys, ["train", str(path), "--resume"]) == f"badit train: {expected}"
+        other = tmp_path / "other.yaml"
+        other.write_text(yaml.safe_dump({**config, "seed": 1}))
+        assert _one_error_line(capsys, ["train", str(other), "--overwrite"]) == f"badit train: {expected}"
+        assert _one_error_line(capsys, ["eval", str(run_dir)]) == f"badit eval: {expected}"
+        assert (
+            live.poll() is None and (run_dir / "config.yaml").is_file() and (run_dir / MARKER_FILE).is_file()
+        )
+    finally:
+        live.kill()
+        live.wait()
+    with RunLock(run_dir):  # the kernel dropped the killed holder's lock: no stale lock blocks
+        pass
+
+
+@pytest.mark.slow
+def test_a_second_sweep_into_one_folder_is_refused(tmp_path, capsys):
+    from badit.experiments.sweep import load_sweep, run_sweep
+
+    (tmp_path / "base.yaml").write_text("name: base\n")
+    sweep_file = tmp_path / "sweep.yaml"
+    sweep_file.write_text(
+        yaml.safe_dump(
+            {
+                "base": "base.yaml",
+                "output_dir": str(tmp_path / "sweep"),
+                "methods": ["lora"],
+                "learning_rates": [1e-4],
+                "seeds": [1],
+            }
+        )
+    )
+    folder = tmp_path / "sweep"
+    hold = "import sys, time; from badit.experiments.folder import RunLock; RunLock(sys.argv[1]).acquire(); time.sleep(600)"
+    live = _holder([sys.executable, "-c", hold, str(folder)], folder / LOCK_FILE)
+    try:
+        line = _one_error_line(capsys, ["sweep", str(sweep_file)])
+        assert line == (
+            f"badit sweep: error: {folder}: another badit process (pid {live.pid}) is writing this sweep; wait "
+            "until it ends (or stop it), then rerun"
+        )
+
+        def must_not_train(sweep, job, gpu):
+            raise AssertionError("a run started")
+
+        with pytest.raises(RunError):
+            run_sweep(load_sweep(sweep_file), echo=lambda *a, **k: None, runner=must_not_train)
+    finally:
+        live.kill()
+        live.wait()

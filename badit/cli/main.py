@@ -362,6 +362,12 @@ def build_parser() -> argparse.ArgumentParser:
         flags={"output_dir": "--output"},
         metavars={"output_dir": "DIR", "methods": "METHOD", "steps": "N", "eval_examples": "N", "seed": "N"},
     )
+    for command in (train, evaluate, analyze, export, merge):
+        command.add_argument(
+            "--trust-remote-code",
+            action="store_true",
+            help="accept a run folder's model.trust_remote_code: true (runs the model folder's Python code)",
+        )
     return parser
 
 
@@ -372,24 +378,34 @@ def _train(args) -> int:
     overrides = list(args.overrides)
     if args.output:
         overrides.append(f"output_dir={args.output}")
-    if path.is_dir():
-        from badit.experiments.folder import CONFIG_FILE, RunError
+    from badit.experiments.folder import CONFIG_FILE, RunError, RunFolder
 
+    if path.is_dir():
         if not (path / CONFIG_FILE).is_file():
             raise RunError(
                 f"{path} is a folder without {CONFIG_FILE}: give a YAML config file or a run folder"
             )
         path = path / CONFIG_FILE
+    folder = RunFolder(path.parent) if path.name == CONFIG_FILE else None
+    own = folder is not None and folder.holds_run()  # a run's own config (also in a copy without marker)
+    if own:
+        folder.check_config_file()
     config = load_config(path, overrides)  # before torch is imported: a config error shows at once
+    given = any(o.split("=", 1)[0].strip() == "output_dir" for o in overrides)
+    if own:
+        folder.check_remote_code(config, overrides)
+        if not given:  # the run is the folder where it is now (it may have been moved or copied)
+            config = dataclasses.replace(config, output_dir=str(path.parent.resolve()))
+    elif args.resume and folder is not None and folder.has_run_contents() and not given:
+        if Path(config.output_dir).resolve() != path.parent.resolve():  # a copy of an older badit's run
+            raise RunError(
+                f"{path.parent} holds a run whose {CONFIG_FILE} names another folder ({config.output_dir}); to "
+                f"continue it here, pass --output {path.parent}"
+            )
     _quiet_libraries(args)
-    from badit.experiments.folder import CONFIG_FILE, is_run_dir
     from badit.experiments.results import summary_table
     from badit.experiments.settings import run
 
-    given = any(o.split("=", 1)[0].strip() == "output_dir" for o in overrides)
-    if path.name == CONFIG_FILE and is_run_dir(path.parent) and not given:
-        # A run's own config: the run is the folder where it is now (it may have been moved or copied).
-        config = dataclasses.replace(config, output_dir=str(path.parent.resolve()))
     metrics = run(config, resume=args.resume, overwrite=args.overwrite)
     if metrics:
         print()
@@ -632,8 +648,11 @@ def main(argv: list[str] | None = None) -> int:
         "merge": _merge,
         "sweep": _sweep,
     }
+    from badit.experiments.folder import trusting_remote_code
+
     try:
-        return handlers[args.command](args)
+        with trusting_remote_code(getattr(args, "trust_remote_code", False)):
+            return handlers[args.command](args)
     except KeyboardInterrupt:
         print("\ninterrupted; `badit train RUN --resume` continues from the last checkpoint", file=sys.stderr)
         return 130

@@ -5,7 +5,11 @@ Run folder::
 
     RUN/.badit-run             the marker: badit created this folder (the only kind --overwrite deletes)
     RUN/config.yaml            the configuration as resolved (output_dir: where the run was created;
-                               a run folder is read from where it is now, so it can be moved or copied)
+                               a run folder is read from where it is now, so it can be moved or copied),
+                               under a first comment line with the sha256 of the rest (`CONFIG_HEADER`):
+                               badit knows its own run's config (also in a copy without the marker) and
+                               refuses one edited since
+    RUN/.lock                  held (fcntl.flock) by the process writing the run (`RunLock`)
     RUN/metrics.json           per-task scores, averages, run information (+ continual metrics)
     RUN/predictions.jsonl      one line per evaluated example
     RUN/summary.md             the scores as a table
@@ -22,10 +26,15 @@ A stage folder (`StageFolder`) holds one trained adapter: ``adapter/``, ``checkp
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
+import hashlib
 import json
 import os
+import re
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -45,6 +54,7 @@ DONE_FILE = "done.json"  # written in a stage folder once its adapter and evalua
 ADAPTER_CONFIG_FILE = "adapter_config.json"  # PEFT's: present once an adapter has been saved
 MARKER_FILE = ".badit-run"  # written first when badit creates a run folder: {"badit_run": MARKER_VERSION}
 MARKER_VERSION = 1
+LOCK_FILE = ".lock"  # `RunLock`: held (fcntl.flock) by the one process writing a run or sweep folder
 ADAPTER_DIR, CHECKPOINT_DIR, LOG_DIR, TENSORBOARD_DIR = "adapter", "checkpoints", "logs", "tensorboard"
 TASKS_DIR, STAGES_DIR, BASE_STAGE, ANALYSIS_DIR = "tasks", "stages", "base", "analysis"
 ANALYSIS_FILE = "analysis.json"  # in ANALYSIS_DIR, written by `badit.analysis.analyze`
@@ -52,6 +62,90 @@ MERGE_FILE = "merge.json"  # a `badit merge` run: what was merged and how (exper
 LOG_FILES = {"train": "train_log.jsonl", "regroup": "regroup.jsonl", "router": "router_health.jsonl"}
 SWEEP_FILE, SWEEP_TABLE, SWEEP_LOG_DIR = "sweep.json", "sweep.md", "logs"  # a `badit sweep` folder's own
 METRIC_NAMES = METRICS  # the scores every metrics.json holds
+
+
+CONFIG_HEADER = "# written by badit for the run in this folder; sha256 of the lines below: "
+_CONFIG_HEADER_RE = re.compile(re.escape(CONFIG_HEADER) + r"([0-9a-f]{64})\n")
+RUN_CONTENTS = (ADAPTER_DIR, CHECKPOINT_DIR, LOG_DIR, METRICS_FILE, TASKS_DIR, STAGES_DIR)
+"""What only a run folder holds beside its config (a folder holding just a config.yaml is a template)."""
+
+_TRUST_REMOTE_CODE = contextvars.ContextVar("badit_trust_remote_code", default=False)
+
+
+@contextmanager
+def trusting_remote_code(trust: bool = True) -> Iterator[None]:
+    """While inside, a run folder's ``model.trust_remote_code: true`` is accepted (`RunFolder.config`):
+    the command line said so (``--trust-remote-code``)."""
+    token = _TRUST_REMOTE_CODE.set(trust)
+    try:
+        yield
+    finally:
+        _TRUST_REMOTE_CODE.reset(token)
+
+
+class RunLock:
+    """An advisory lock on a run (or sweep) folder: ``fcntl.flock`` (exclusive, non-blocking) on
+    ``FOLDER/.lock``, which holds the holder's pid, taken before a process writes the folder and held
+    until it is done. A second writer (a ``--resume`` of a live run, an ``--overwrite`` that would delete
+    it, a second sweep into one folder) is refused in one line naming the holder's pid. The kernel drops
+    the lock when the holder dies (SIGKILL included), so a stale lock file never blocks. Advisory: only
+    processes that take it are kept out (all badit writers do); flock does not work across the machines
+    of some network file systems."""
+
+    def __init__(self, folder: str | Path, what: str = "run"):
+        self.folder, self.what = Path(folder), what
+        self.path = self.folder / LOCK_FILE
+        self._fd: int | None = None
+
+    def holder(self) -> str:
+        """The pid written by the holder ("unknown" if the file says nothing)."""
+        try:
+            return self.path.read_text(encoding="ascii").strip() or "unknown"
+        except (OSError, UnicodeDecodeError):
+            return "unknown"
+
+    def acquire(self) -> RunLock:
+        import fcntl
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise RunError(
+                f"{self.folder}: another badit process (pid {self.holder()}) is writing this {self.what}; "
+                "wait until it ends (or stop it), then rerun"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode("ascii"))
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            import fcntl
+
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _entries(folder: Path) -> list[Path]:
+    """The entries of ``folder`` but its lock file (a folder holding only a lock is empty)."""
+    return [p for p in folder.iterdir() if p.name != LOCK_FILE]
+
+
+def config_text(config: RunConfig) -> str:
+    """config.yaml as a run folder holds it: `CONFIG_HEADER` with the sha256 of the YAML, then the YAML."""
+    body = config.to_yaml()
+    return f"{CONFIG_HEADER}{hashlib.sha256(body.encode('utf-8')).hexdigest()}\n{body}"
 
 
 # This module imports no torch (badit report reads run folders without it): the writers come from
@@ -344,15 +438,65 @@ class RunFolder(StageFolder):
     def config(self, overrides=()) -> RunConfig:
         """config.yaml read by ``load_config`` (its errors, ``overrides`` as there), with ``output_dir``
         the folder where the run is now: a moved or copied run works in its new place and never writes to
-        the old one."""
+        the old one. Checked first against its header (`check_config_file`); a ``model.trust_remote_code:
+        true`` in it is refused unless the command line says so (`check_remote_code`)."""
         from badit.experiments.config import load_config
 
         if not self.has_config():
             raise RunError(
                 f"{self.path}: not a run folder (no {CONFIG_FILE}); run `badit train CONFIG` first"
             )
+        self.check_config_file()
         config = load_config(self.config_file, overrides)
+        self.check_remote_code(config, overrides)
         return dataclasses.replace(config, output_dir=str(self.path.resolve()))
+
+    def config_written_by_badit(self) -> bool:
+        """Whether config.yaml starts with `CONFIG_HEADER` (badit wrote it for this run)."""
+        try:
+            with open(self.config_file, encoding="utf-8") as f:
+                first = f.readline()
+        except (OSError, UnicodeDecodeError):
+            return False
+        return bool(_CONFIG_HEADER_RE.fullmatch(first))
+
+    def check_config_file(self) -> None:
+        """A ``RunError`` when config.yaml no longer matches the sha256 in its header (edited or damaged
+        since badit wrote it). A config.yaml without the header (an older badit) is taken as it is."""
+        try:
+            text = self.config_file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            return  # load_config names the problem
+        match = _CONFIG_HEADER_RE.match(text)
+        if match is None:
+            return
+        body = text[match.end() :]
+        if hashlib.sha256(body.encode("utf-8")).hexdigest() != match.group(1):
+            raise RunError(
+                f"{self.config_file} was changed after badit wrote it (its sha256 does not match its first "
+                "line): restore it from where you got the run, or train a new run from an edited copy "
+                "(`badit train EDITED.yaml`); overrides on the command line change a run without editing it"
+            )
+
+    def check_remote_code(self, config: RunConfig, overrides=()) -> None:
+        """A ``RunError`` when the run's config says ``model.trust_remote_code: true`` and the command line
+        did not (``--trust-remote-code``, or ``model.trust_remote_code=true`` where overrides are taken):
+        a run folder from elsewhere would otherwise run its model folder's Python code unasked."""
+        given = any(str(o).split("=", 1)[0].strip() == "model.trust_remote_code" for o in overrides)
+        if config.model.trust_remote_code and not (given or _TRUST_REMOTE_CODE.get()):
+            raise RunError(
+                f"{self.config_file}: model.trust_remote_code is true, which runs Python code from the model "
+                f"{config.model.name_or_path}; if you trust it, pass --trust-remote-code (train: or "
+                "model.trust_remote_code=true)"
+            )
+
+    def holds_run(self) -> bool:
+        """Whether this folder is a badit run: marked, or (a copy that lost the hidden marker) its
+        config.yaml was written by badit and it holds a run's files (`RUN_CONTENTS`)."""
+        return self.is_run() or (self.config_written_by_badit() and self.has_run_contents())
+
+    def has_run_contents(self) -> bool:
+        return any((self.path / name).exists() for name in RUN_CONTENTS)
 
     # -- the marker, creating and deleting -------------------------------------------------------
 
@@ -368,15 +512,31 @@ class RunFolder(StageFolder):
         """Write the marker that makes this folder a badit run folder (one ``--overwrite`` may delete)."""
         _write_json(self.marker_file, {"badit_run": MARKER_VERSION})
 
-    def remove(self) -> None:
-        """Delete the run folder, only if badit marked it as one: no code path removes a user's files."""
+    def remove(self, keep_lock: bool = False) -> None:
+        """Delete the run folder, only if badit marked it as one: no code path removes a user's files.
+        ``keep_lock``: everything but the lock file, which this process holds (``--overwrite``: a
+        process that waits for the lock must not find a new lock file and think the folder free)."""
         folder = self.path
         if folder.is_symlink() or not self.is_run():
             raise RunError(
                 f"{folder}: not marked as a badit run (no valid {MARKER_FILE}); badit deletes only folders it "
                 "created: delete it yourself or choose another output_dir"
             )
-        shutil.rmtree(folder)
+        if not keep_lock:
+            shutil.rmtree(folder)
+            return
+        for entry in _entries(folder):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+
+    def remove_lock_only_folder(self) -> None:
+        """Remove this folder if it holds nothing but a lock file (a start refused before anything was
+        written leaves no empty folder behind)."""
+        if self.path.is_dir() and not _entries(self.path):
+            (self.path / LOCK_FILE).unlink(missing_ok=True)
+            self.path.rmdir()
 
     def check_writable(self) -> None:
         """A ``RunError`` naming the fix when this path cannot hold a run folder: it is a file, lies under a
@@ -399,18 +559,18 @@ class RunFolder(StageFolder):
         self.path.mkdir(parents=True, exist_ok=True)
         if not self.is_run():  # a new run, or one resumed with the same config (badit wrote it)
             self.mark()
-        _write_text(self.config_file, config.to_yaml())
+        _write_text(self.config_file, config_text(config))
 
     def _check_reuse(self, config: RunConfig, resume: bool, overwrite: bool) -> None:
         run_dir, saved = self.path, self.config_file
         self.check_writable()
-        if overwrite and run_dir.is_dir() and any(run_dir.iterdir()):
+        if overwrite and run_dir.is_dir() and _entries(run_dir):
             if not self.is_run():
                 raise RunError(
                     f"{run_dir} is not a folder badit created (no {MARKER_FILE}), so --overwrite will not "
                     "delete it; choose another output_dir (or delete the folder yourself)"
                 )
-            self.remove()
+            self.remove(keep_lock=True)
         elif saved.is_file():
             if resume and self.merge_file.is_file():
                 raise RunError(
@@ -432,7 +592,7 @@ class RunFolder(StageFolder):
                     f"{saved} differs from the config given to --resume: {'; '.join(diff)}. "
                     f"Resume with the same config (e.g. `badit train {run_dir} --resume`) or use another output_dir"
                 )
-        elif run_dir.exists() and any(run_dir.iterdir()) and not self.is_run():
+        elif run_dir.exists() and _entries(run_dir) and not self.is_run():
             raise RunError(
                 f"{run_dir} exists and is not empty (and is not a badit run): choose another output_dir"
             )

@@ -8,7 +8,7 @@ from pathlib import Path
 from badit.data.files import atomic_write_jsonl
 from badit.evaluation import metrics_from_records
 from badit.experiments.config import ConfigError
-from badit.experiments.folder import RunError, RunFolder
+from badit.experiments.folder import RunError, RunFolder, RunLock
 from badit.experiments.stage import data_source, evaluate_model, load_run_tasks, task_names
 
 
@@ -34,6 +34,12 @@ def reevaluate(
             )
     config = run.config(overrides)
     out = RunFolder(output_dir) if output_dir else run
+    with RunLock(out.path):  # not while a training (or another evaluation) writes the folder
+        return _reevaluate(run, config, out, as_run)
+
+
+def _reevaluate(run: RunFolder, config, out: RunFolder, as_run: bool) -> dict:
+    """The evaluation itself, while ``out`` is locked."""
     info: dict = {"reevaluated": True}
     if as_run and out.path.resolve() != run.path.resolve():
         import dataclasses

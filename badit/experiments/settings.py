@@ -25,7 +25,7 @@ from badit.data.files import atomic_write_jsonl
 from badit.data.sources import CarvedDevSource
 from badit.evaluation import continual_metrics, metrics_from_records
 from badit.experiments.config import RunConfig
-from badit.experiments.folder import RunFolder, resolve_paths
+from badit.experiments.folder import RunFolder, RunLock, resolve_paths
 from badit.experiments.stage import (
     RunContext,
     adapter_model,
@@ -67,9 +67,25 @@ def run(
     carving = source.describe_carving() if isinstance(source, CarvedDevSource) else None
     if carving and state.is_main_process:
         logger.warning("%s", carving)  # once per run: every stage trains on the same carved splits
-    fresh = overwrite or not folder.path.exists()  # --overwrite replaces the old run anyway
+    existed = folder.path.exists()
+    fresh = overwrite or not existed  # --overwrite replaces the old run anyway
+    lock = RunLock(folder.path)
     if state.is_main_process:  # the other processes wait for it
-        folder.prepare(config, resume=resume, overwrite=overwrite)
+        # Held until the run is written: a second writer is refused, naming this pid. Taken before the
+        # folder is checked (or deleted by --overwrite) when it is new or badit's; a folder of the user's
+        # gets no lock file unless `prepare` accepts it (an empty folder) and makes it a run folder.
+        ours = not existed or folder.is_run()
+        if ours:
+            lock.acquire()
+        try:
+            folder.prepare(config, resume=resume, overwrite=overwrite)
+            if not ours:
+                lock.acquire()
+        except BaseException:
+            lock.release()
+            if not existed:  # the folder that only the lock created
+                folder.remove_lock_only_folder()
+            raise
     state.wait_for_everyone()
     ctx = RunContext.create(config, names, state.is_main_process, resume, extra_callbacks)
     try:
@@ -78,6 +94,8 @@ def run(
         if fresh and ctx.is_main and not folder.training_started() and folder.is_run():
             folder.remove()
         raise
+    finally:
+        lock.release()
     return metrics if ctx.is_main else {}
 
 

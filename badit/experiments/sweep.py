@@ -82,7 +82,7 @@ import yaml
 
 from badit.data.files import atomic_write_json, atomic_write_text
 from badit.experiments.config import METHODS, ConfigError, load_config
-from badit.experiments.folder import SWEEP_FILE, SWEEP_LOG_DIR, SWEEP_TABLE, RunFolder
+from badit.experiments.folder import SWEEP_FILE, SWEEP_LOG_DIR, SWEEP_TABLE, RunFolder, RunLock
 from badit.experiments.results import (
     AVERAGE,
     Group,
@@ -722,9 +722,16 @@ def check_selection_data(sweep: Sweep) -> None:
 
 
 def run_sweep(sweep: Sweep, echo=print, runner=None, check_data: bool = True) -> dict:
+    """Run the sweep (the module docstring says how), holding the sweep folder's lock: a second sweep
+    into the same folder is refused in one line naming this process's pid."""
     start = time.perf_counter()
     if check_data:
         check_selection_data(sweep)
+    with RunLock(sweep.output_dir, "sweep"):
+        return _run_sweep(sweep, echo, runner, start)
+
+
+def _run_sweep(sweep: Sweep, echo, runner, start: float) -> dict:
     sweep.output_dir.mkdir(parents=True, exist_ok=True)
     selection = plan_selection(sweep)
     total = (
