@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -290,3 +291,101 @@ def test_a_second_sweep_into_one_folder_is_refused(tmp_path, capsys):
     finally:
         live.kill()
         live.wait()
+
+
+# ----------------------------------------------------------------------------------------------
+# A sweep: half-finished runs are completed, its runs stop with it
+
+
+def test_a_sweep_completes_a_run_killed_before_its_summary(tmp_path):
+    """metrics.json without summary.md (killed inside write_results, or a multitask run killed after its
+    evaluation wrote metrics.json): not finished, so rerunning the sweep resumes it; a complete run is
+    skipped."""
+    from badit.experiments.sweep import Progress, load_sweep, plan_selection, run_jobs
+
+    (tmp_path / "base.yaml").write_text("name: base\n")
+    sweep_file = tmp_path / "sweep.yaml"
+    sweep_file.write_text(
+        yaml.safe_dump(
+            {
+                "base": "base.yaml",
+                "output_dir": str(tmp_path / "sweep"),
+                "methods": ["lora"],
+                "learning_rates": [1e-4, 3e-4],
+                "seeds": [1],
+            }
+        )
+    )
+    sweep = load_sweep(sweep_file)
+    half, complete = plan_selection(sweep)
+    for job in (half, complete):
+        folder = job.run_dir(sweep)
+        folder.mkdir(parents=True)
+        (folder / "metrics.json").write_text("{}")
+    (complete.run_dir(sweep) / "summary.md").write_text("# done\n")
+    trained = []
+    run_jobs(
+        sweep,
+        [half, complete],
+        Progress(2, 0, echo=lambda *a, **k: None),
+        lambda s, job, gpu: trained.append(job),
+    )
+    assert trained == [half]
+
+
+@pytest.mark.slow
+def test_stopping_a_sweep_stops_its_running_train_process(tmp_path):
+    """Two live processes: `badit sweep` and its `badit train` child (in a process group of its own).
+    SIGTERM to the sweep only: the child is stopped too (before issue 20 it trained on)."""
+    config = tiny_run_config(
+        tmp_path, "lora", training={"max_steps": 2000, "save_steps": 1000}, evaluation=EVAL
+    )
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(config))
+    sweep_file = tmp_path / "sweep.yaml"
+    sweep_file.write_text(
+        yaml.safe_dump(
+            {
+                "base": "base.yaml",
+                "output_dir": str(tmp_path / "sweep"),
+                "methods": ["lora"],
+                "learning_rates": [1e-4],
+                "seeds": [1],
+            }
+        )
+    )
+    parent = subprocess.Popen(
+        [sys.executable, "-m", "badit.cli.main", "sweep", str(sweep_file)],
+        cwd=ROOT,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        lock = tmp_path / "sweep" / "select" / "lora-lr0.0001" / LOCK_FILE
+        deadline = time.monotonic() + 180
+        while not (lock.is_file() and lock.read_text().strip().isdigit()):  # the child trains
+            assert parent.poll() is None, parent.stderr.read()[-2000:]
+            assert time.monotonic() < deadline, "the sweep's run did not start"
+            time.sleep(0.1)
+        child = int(lock.read_text())
+        assert child != parent.pid and _alive(child)
+        parent.send_signal(signal.SIGTERM)
+        assert parent.wait(timeout=60) == 128 + signal.SIGTERM
+        deadline = time.monotonic() + 30
+        while _alive(child):
+            assert time.monotonic() < deadline, f"the run {child} still trains after its sweep was stopped"
+            time.sleep(0.1)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie (ended, not yet reaped)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"

@@ -283,6 +283,12 @@ class StageFolder:
     def has_metrics(self) -> bool:
         return self.metrics_file.is_file()
 
+    def is_complete(self) -> bool:
+        """Whether the run was trained, evaluated and its results written: summary.md is the last file
+        `RunFolder.write_results` writes (after metrics.json with the run's information and the model cards;
+        a multitask run's evaluation alone already writes a metrics.json)."""
+        return (self.path / SUMMARY_FILE).is_file() and self.has_metrics()
+
     def metrics(self, run: Path | None = None) -> dict:
         """metrics.json, its shape checked (`metrics_problem`); ``RunError`` naming the file and the fix
         (``badit eval RUN``, RUN = ``run`` or this folder) when it is missing, not JSON or of another shape."""

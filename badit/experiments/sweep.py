@@ -31,7 +31,7 @@ Protocol (the answer a user wants, without looking at test scores to choose):
     (``training.single_task_steps: share``); interference = multi-task minus single-task, paired by
     seed and example, with the same interval as the comparison.
 Every run is an ordinary ``badit train`` run folder (config.yaml, metrics.json, predictions.jsonl),
-started as a subprocess of this process; a run whose metrics.json exists is skipped, so rerunning
+started as a subprocess of this process; a run whose results are complete (summary.md) is skipped, so rerunning
 the command resumes a sweep. On CPU the runs go one at a time; with N visible GPUs N run at once,
 one per GPU (``CUDA_VISIBLE_DEVICES``). Subprocess logs: ``logs/<run>.log``.
 
@@ -66,12 +66,15 @@ sweep file is accepted and unused (the interval is no longer a bootstrap).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import queue
+import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -331,7 +334,9 @@ def _yaml_value(value: Any) -> str:
 
 
 def is_finished(run_dir: Path) -> bool:
-    return RunFolder(run_dir).has_metrics()
+    """A run killed after its metrics.json but before the rest of its results is not: rerunning the sweep
+    resumes it (`badit train --resume` trains no further step and writes the results)."""
+    return RunFolder(run_dir).is_complete()
 
 
 def visible_gpus() -> list[str]:
@@ -425,7 +430,15 @@ def _train_subprocess(sweep: Sweep, job: Job, gpu: str | None) -> None:
     with open(log, "a", encoding="utf-8") as out:
         out.write("$ " + " ".join(command) + "\n")
         out.flush()
-        code = subprocess.call(command, stdout=out, stderr=subprocess.STDOUT, env=env)
+        # its own process group (session), which `_stop_children` ends when the sweep is stopped
+        child = subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+        _CHILDREN.add(child)
+        try:
+            code = child.wait()
+        finally:
+            _CHILDREN.discard(child)
     if code != 0 or not is_finished(run_dir):
         raise SweepError(
             f"run {job.name} failed (exit code {code}); see {log}. Fix it and rerun the sweep to resume"
@@ -721,13 +734,59 @@ def check_selection_data(sweep: Sweep) -> None:
         )
 
 
+_CHILDREN: set[subprocess.Popen] = set()
+"""The `badit train` processes of the running sweep (each the leader of its own process group)."""
+STOP_GRACE_SECONDS = 10.0
+"""How long a stopped sweep waits for its runs to end after SIGTERM before it kills them (SIGKILL). A run
+has nothing to flush (checkpoints are written crash-safe), so the wait only has to cover a clean exit."""
+
+
+def _stop_children() -> None:
+    """SIGTERM to each running child's process group, SIGKILL to those still alive after the grace time."""
+    children = list(_CHILDREN)
+    for child in children:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_GRACE_SECONDS
+    for child in children:
+        try:
+            child.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(child.pid, signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def _children_stopped_on_signals():
+    """While inside (main thread only), SIGTERM and SIGINT stop the sweep's runs first, then end the sweep
+    as they would (KeyboardInterrupt, exit status 128 + 15): the runs live in process groups of their own,
+    so a terminal's Ctrl-C or a `kill` of the sweep does not reach them otherwise."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        _stop_children()
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        raise SystemExit(128 + signum)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def run_sweep(sweep: Sweep, echo=print, runner=None, check_data: bool = True) -> dict:
-    """Run the sweep (the module docstring says how), holding the sweep folder's lock: a second sweep
-    into the same folder is refused in one line naming this process's pid."""
+    """Run the sweep (the module docstring says how), holding the sweep folder's lock (a second sweep
+    into the same folder is refused in one line naming this process's pid); stopped by SIGTERM or SIGINT,
+    it stops its running `badit train` processes first."""
     start = time.perf_counter()
     if check_data:
         check_selection_data(sweep)
-    with RunLock(sweep.output_dir, "sweep"):
+    with RunLock(sweep.output_dir, "sweep"), _children_stopped_on_signals():
         return _run_sweep(sweep, echo, runner, start)
 
 
