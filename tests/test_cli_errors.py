@@ -85,8 +85,14 @@ TRAIN_CASES = {
         ["seed=-1"],
         "seed must be an integer from 0 to 2**32 - 1 = 4294967295 (numpy's range), got -1",
     ),
-    "seed 2**40": (["seed=1099511627776"], "seed must be an integer from 0 to 2**32 - 1 = 4294967295"),
-    "no tasks": (["data.tasks=[]"], "data.tasks is an empty list; name the tasks to train on, or remove it"),
+    "seed 2**40": (
+        ["seed=1099511627776"],
+        "seed must be an integer from 0 to 2**32 - 1 = 4294967295 (numpy's range), got 1099511627776",
+    ),
+    "no tasks": (
+        ["data.tasks=[]"],
+        "data.tasks is an empty list; name the tasks to train on, or remove it (null) for every task",
+    ),
 }
 
 

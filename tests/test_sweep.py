@@ -215,6 +215,7 @@ def _fake_run(
     }
     run |= {"peak_memory_mb": 500.0, "adapter_bytes": 1000}
     (folder / "metrics.json").write_text(json.dumps({"tasks": tasks, "average": average, "run": run}))
+    (folder / "summary.md").write_text("# scores\n")  # the last file of a finished run's results
 
 
 def test_summary_means_stds_interference_and_difference(tmp_path):
