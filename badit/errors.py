@@ -9,11 +9,21 @@ Errors of other libraries that the user can fix (a full disk, a damaged tensor f
 from __future__ import annotations
 
 import errno
+import re
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # C0 (ESC, CR, BEL...), DEL, C1 (CSI...)
+
+
+def printable(text) -> str:
+    """``text`` with every control character replaced by a space: names and messages that come from
+    files (task names, run names, a config's values) cannot colour, clear or retitle a terminal (ANSI
+    escapes start with ESC or CSI), nor hide what precedes them with a carriage return."""
+    return _CONTROL.sub(" ", str(text))
 
 
 def one_line(message: str) -> str:
-    """A message on one line (YAML and JSON parsers report over several)."""
-    return " ".join(part.strip() for part in message.splitlines() if part.strip())
+    """A message on one line (YAML and JSON parsers report over several), without control characters."""
+    return printable(" ".join(part.strip() for part in str(message).splitlines() if part.strip()))
 
 
 class BaditError(Exception):

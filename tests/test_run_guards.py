@@ -27,6 +27,7 @@ from tests.test_run_folder import file_hashes
 ROOT = Path(__file__).resolve().parents[1]
 
 EVAL = {"max_examples_per_task": 1, "max_new_tokens": 2}
+SCORES = {"rougeL": 50.0, "exact_match": 25.0, "num_examples": 3}
 
 
 def _one_error_line(capsys, argv: list[str]) -> str:
@@ -389,3 +390,50 @@ def _alive(pid: int) -> bool:
     except (FileNotFoundError, ProcessLookupError):
         return False
     return state != "Z"
+
+
+# ----------------------------------------------------------------------------------------------
+# Text from run folders and data reaches the terminal and Markdown without control characters
+
+ANSI = "\x1b]0;owned\x07\x1b[2J\x1b[31m"  # set the terminal's title, clear the screen, red
+HOSTILE = f"t{ANSI}<script>alert(1)</script>\r"
+
+
+def test_names_with_terminal_escapes_are_made_harmless(tmp_path, capsys):
+    """A run name, task names and a config value with ANSI escapes (issue 20 item 9): none of the
+    control characters reaches stdout, stderr, summary.md or `badit compare`'s Markdown; `<script>` in
+    Markdown is escaped (the table type, badit.experiments.results); a figure's texts are stripped too."""
+    import logging
+
+    from badit.cli.main import _printable_record
+    from badit.experiments.results import summary_table
+
+    config = from_dict(tiny_run_config(tmp_path, "lora", name=f"run{ANSI}"))
+    run = RunFolder(tmp_path / "run")
+    run.path.mkdir()
+    run.write_results(config, {"tasks": {HOSTILE: SCORES}, "average": SCORES}, {})
+    summary = run.summary_file.read_text()
+    assert "\x1b" not in summary and "\r" not in summary and "<script>" not in summary
+    assert "\\<script\\>" in summary  # shown as text
+    (run.path / "config.yaml").write_text(json.dumps({"name": "run", "training": {"learning_rate": 1e-4}}))
+    capsys.readouterr()
+    assert main(["compare", str(run.path), "--output", str(tmp_path / "table.md")]) == 0
+    out = capsys.readouterr()
+    for text in (out.out, out.err, (tmp_path / "table.md").read_text()):
+        assert "\x1b" not in text and "\x07" not in text and "<script>" not in text
+    assert "\x1b" not in summary_table({"tasks": {HOSTILE: SCORES}, "average": SCORES}, f"title{ANSI}")
+    # an error line naming a value from the command line or a file, and a log line naming a task
+    line = _one_error_line(capsys, ["train", str(tmp_path / f"missing{ANSI}.yaml")])
+    assert "\x1b" not in line and "\x07" not in line and line.endswith("no such config file")
+    record = logging.LogRecord("badit", logging.WARNING, __file__, 1, "task %s", (HOSTILE,), None)
+    assert _printable_record(record) and "\x1b" not in record.getMessage()
+
+
+def test_figure_texts_lose_their_control_characters():
+    from badit.analysis.plots import heatmap_figure, printable_texts, pyplot
+
+    fig = heatmap_figure([[1.0]], [HOSTILE], [HOSTILE], f"title{ANSI}")
+    printable_texts(fig)
+    texts = [t.get_text() for t in fig.findobj(__import__("matplotlib").text.Text)]
+    assert any("script" in t for t in texts) and not any(c in t for t in texts for c in "\x1b\x07\r")
+    pyplot().close(fig)

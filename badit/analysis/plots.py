@@ -20,6 +20,20 @@ def pyplot():
     return plt
 
 
+def printable_texts(fig) -> None:
+    """Strip control characters from every text of ``fig`` (titles, ticks, legends) before it is drawn:
+    a task or run name with an ANSI escape would show missing-glyph boxes, and matplotlib's warning about
+    them would print the raw escape to the terminal."""
+    from matplotlib.text import Text
+
+    from badit.errors import printable
+
+    for text in fig.findobj(Text):
+        original = text.get_text()
+        if printable(original) != original:
+            text.set_text(printable(original))
+
+
 def short_label(name: str, limit: int = 28) -> str:
     """``name`` cut to ``limit`` characters (``...`` at the end) for an axis or a legend."""
     return name if len(name) <= limit else name[: limit - 3] + "..."

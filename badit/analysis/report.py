@@ -11,7 +11,7 @@ from torch import nn
 
 from badit.analysis.coactivation import expert_usage, neuron_overlap
 from badit.analysis.gradient_conflict import gradient_conflict
-from badit.analysis.plots import heatmap_figure, pyplot, short_label
+from badit.analysis.plots import heatmap_figure, printable_texts, pyplot, short_label
 from badit.data.files import atomic_write_json
 from badit.regrouping.gradients import is_badit_layer
 
@@ -24,6 +24,7 @@ def _heatmap(matrix: torch.Tensor, labels_x, labels_y, title: str, path: Path, v
     """`badit.analysis.plots.heatmap_figure` written to ``path`` (a temp file renamed: never half an image)."""
     fig = heatmap_figure(matrix.tolist(), labels_x, labels_y, title, vmin=vmin, vmax=vmax)
     tmp = path.with_name(f".{path.name}.tmp.png")
+    printable_texts(fig)
     fig.savefig(tmp, dpi=120, bbox_inches="tight")
     pyplot().close(fig)
     os.replace(tmp, path)

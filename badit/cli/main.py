@@ -19,7 +19,7 @@ import warnings
 from pathlib import Path
 
 from badit import __version__
-from badit.errors import user_error_message
+from badit.errors import one_line, printable, user_error_message
 
 EPILOG_TRAIN = """\
 examples:
@@ -410,7 +410,7 @@ def _train(args) -> int:
     if metrics:
         print()
         print(summary_table(metrics, f"{config.name}: {config.method.name}, {config.setting}"))
-        print(f"run folder: {config.output_dir}")
+        print(f"run folder: {printable(config.output_dir)}")
         _warn_router(config.output_dir)
     return 0
 
@@ -422,7 +422,7 @@ def _warn_router(run_dir) -> None:
 
     warning = router_warning(run_dir, RunFolder(run_dir).router_logs())
     if warning:
-        print(f"badit train: warning: {warning}", file=sys.stderr)
+        print(f"badit train: warning: {one_line(warning)}", file=sys.stderr)
 
 
 def _export(args) -> int:
@@ -514,6 +514,7 @@ def _analyze(args) -> int:
     result = analyze_run(args.run, args.output, args.examples_per_task)
     conflict = result["gradient_conflict"]
     a, b, cosine = conflict["most_conflicting_pair"]
+    a, b = printable(a), printable(b)  # task names, from the data
     print(f"mean gradient cosine between tasks: {conflict['mean_offdiag']:+.3f} (negative = conflict)")
     print(
         f"most conflicting pair: {a} vs {b} ({cosine:+.3f}); most conflicting layer: {conflict['most_conflicting_layer']}"
@@ -610,6 +611,12 @@ def _dashed_training_fields(extra: list[str]) -> list[str]:
     return result
 
 
+def _printable_record(record: logging.LogRecord) -> bool:
+    """Log lines name files, tasks and runs: printed without control characters (`badit.errors.printable`)."""
+    record.msg, record.args = printable(record.getMessage()), None
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     # Overrides may follow options (`train CONFIG --resume a.b=1`): argparse leaves those unparsed.
@@ -629,6 +636,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_printable_record)
     if not args.verbose:
         warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation notices
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")

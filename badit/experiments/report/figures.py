@@ -10,7 +10,7 @@ import io
 import math
 from collections.abc import Sequence
 
-from badit.analysis.plots import heatmap_figure, pyplot, short_label
+from badit.analysis.plots import heatmap_figure, printable_texts, pyplot, short_label
 
 WIDTH_IN = 7.5  # inches at DPI: 900 px, shown at most 100% of a 1280 px page's content column
 DPI = 120
@@ -20,6 +20,7 @@ COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e3
 def _uri(fig) -> str:
     plt = pyplot()
     buffer = io.BytesIO()
+    printable_texts(fig)
     fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
     plt.close(fig)
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
