@@ -261,7 +261,7 @@ def test_a_live_run_refuses_a_second_writer_and_overwrite(tmp_path, capsys):
 def test_a_second_sweep_into_one_folder_is_refused(tmp_path, capsys):
     from badit.experiments.sweep import load_sweep, run_sweep
 
-    (tmp_path / "base.yaml").write_text("name: base\n")
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(tiny_run_config(tmp_path, "lora")))
     sweep_file = tmp_path / "sweep.yaml"
     sweep_file.write_text(
         yaml.safe_dump(
