@@ -11,11 +11,10 @@ regrouping's gradient tracking attached, as training runs it. Target: the BADIT/
 
 from __future__ import annotations
 
-import argparse
 import statistics
-import time
 
 import torch
+from bench import interleaved_times, parser, timed
 from peft import LoraConfig
 from peft.tuners.lora import Linear as LoraLinear
 from torch import nn
@@ -32,19 +31,13 @@ def frozen_linear(in_features: int, out_features: int) -> nn.Linear:
     return layer
 
 
-def synchronize(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
 def step_time(layer: nn.Module, x: torch.Tensor) -> float:
-    synchronize(x.device.type)
-    start = time.perf_counter()
-    with torch.autocast(x.device.type, dtype=x.dtype, enabled=x.dtype != torch.float32):
-        out = layer(x)
-    out.float().square().mean().backward()
-    synchronize(x.device.type)
-    return time.perf_counter() - start
+    def step() -> None:
+        with torch.autocast(x.device.type, dtype=x.dtype, enabled=x.dtype != torch.float32):
+            out = layer(x)
+        out.float().square().mean().backward()
+
+    return timed(step, x.device.type)
 
 
 def compare(
@@ -80,28 +73,20 @@ def compare(
             if parameter.requires_grad:
                 parameter.data = parameter.data.float()
     x = torch.randn(batch, seq, in_features, device=device, dtype=dtype, requires_grad=True)
-    times = {"badit": [], "lora": []}
-    for i in range(
-        repeats + 1
-    ):  # interleaved so that machine load affects both alike; first round is warm-up
-        for name, layer in (("badit", badit_layer), ("lora", lora_layer)):
-            elapsed = step_time(layer, x)
-            if i > 0:
-                times[name].append(elapsed)
+    steps = {
+        name: (lambda layer=layer: step_time(layer, x))
+        for name, layer in (("badit", badit_layer), ("lora", lora_layer))
+    }
+    times = interleaved_times(steps, repeats)
     return statistics.median(times["badit"]), statistics.median(times["lora"])
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--seq", type=int, default=256)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--shapes", nargs="+", default=["576x1536", "4096x11008"])
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    args = parser.parse_args()
+    options = parser(__doc__, batch=4)
+    options.add_argument("--shapes", nargs="+", default=["576x1536", "4096x11008"])
+    options.add_argument("--device", default="cpu")
+    options.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    args = options.parse_args()
     dtype = getattr(torch, args.dtype)
     torch.manual_seed(0)
     print(

@@ -16,15 +16,14 @@ the shared CPU machine the project is built on: numbers there would measure the 
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import torch
+from bench import interleaved_times, parser, smollm2_shaped, timed
 from tokenizers import Tokenizer, models
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerFast
 
 from badit.training.continual import build_continual_model, olora_penalty
 from badit.training.methods import MethodConfig, build_peft_config
@@ -34,17 +33,8 @@ TARGETS = ["q_proj", "v_proj", "gate_proj"]
 
 
 def base_model(layers: int, device: str) -> torch.nn.Module:
-    config = LlamaConfig(
-        vocab_size=49152,
-        hidden_size=576,
-        intermediate_size=1536,
-        num_hidden_layers=layers,
-        num_attention_heads=9,
-        num_key_value_heads=3,
-        max_position_embeddings=2048,
-    )
     torch.manual_seed(0)
-    return LlamaForCausalLM(config).to(device)
+    return smollm2_shaped(layers, tie_word_embeddings=False).to(device)
 
 
 def method(name: str, **fields) -> MethodConfig:
@@ -69,31 +59,23 @@ def staged_model(m: MethodConfig, tasks: int, layers: int, device: str):
 
 
 def step_time(model, m: MethodConfig | None, batch: dict) -> float:
-    device = batch["input_ids"].device.type
-    if device == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    loss = model(**batch).loss
-    if m is not None and m.name == "o-lora":
-        loss = loss + olora_penalty(model, model.continual_state, m.orthogonality_weight, m.l2_weight)
-    loss.backward()
-    model.zero_grad(set_to_none=True)
-    if device == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
+    def step() -> None:
+        loss = model(**batch).loss
+        if m is not None and m.name == "o-lora":
+            loss = loss + olora_penalty(model, model.continual_state, m.orthogonality_weight, m.l2_weight)
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+
+    model.train()
+    return timed(step, batch["input_ids"].device.type)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--tasks", type=int, default=4)
-    parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--seq", type=int, default=256)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--layers", type=int, default=30)
-    parser.add_argument("--device", default="cpu")
-    args = parser.parse_args()
+    options = parser(__doc__, batch=4)
+    options.add_argument("--tasks", type=int, default=4)
+    options.add_argument("--layers", type=int, default=30)
+    options.add_argument("--device", default="cpu")
+    args = options.parse_args()
     lora = build_adapter_model(base_model(args.layers, "cpu"), build_peft_config(method("lora")), 0).to(
         args.device
     )
@@ -105,13 +87,10 @@ def main() -> None:
     labels = ids.clone()
     labels[:, : args.seq // 2] = -100  # the first half is the prompt
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
-    times = {name: [] for name in models}
-    for i in range(args.repeats + 1):  # interleaved, so that load affects all alike; round 0 warms up
-        for name, (model, m) in models.items():
-            model.train()
-            elapsed = step_time(model, m, batch)
-            if i > 0:
-                times[name].append(elapsed)
+    steps = {
+        name: (lambda model=model, m=m: step_time(model, m, batch)) for name, (model, m) in models.items()
+    }
+    times = interleaved_times(steps, args.repeats)
     base = statistics.median(times["lora"])
     print(f"{args.layers} layers, batch {args.batch} x {args.seq}, stage {args.tasks}, {args.device}")
     for name, values in times.items():

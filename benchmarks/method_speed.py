@@ -19,28 +19,13 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
-import time
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM, TrainingArguments
+from bench import interleaved_times, parser, smollm2_shaped, timed
+from transformers import TrainingArguments
 
 from badit.training.methods import MethodConfig, build_peft_config
 from badit.training.trainer import BaditTrainer, build_adapter_model
-
-
-def smollm2_shaped(layers: int) -> LlamaForCausalLM:
-    """SmolLM2-135M's shapes (hidden 576, MLP 1536, 9 heads / 3 KV heads), random weights."""
-    config = LlamaConfig(
-        vocab_size=49152,
-        hidden_size=576,
-        intermediate_size=1536,
-        num_hidden_layers=layers,
-        num_attention_heads=9,
-        num_key_value_heads=3,
-        max_position_embeddings=2048,
-        tie_word_embeddings=True,
-    )
-    return LlamaForCausalLM(config)
 
 
 def batch_of(tasks: int, batch: int, seq: int, device: str) -> dict[str, torch.Tensor]:
@@ -70,43 +55,31 @@ def trainer_for(method: str, surgery: str, args: argparse.Namespace, output_dir:
 
 
 def step_time(trainer: BaditTrainer, model, batch: dict, device: str) -> float:
-    if device == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    trainer.training_step(model, dict(batch))
-    if device == "cuda":
-        torch.cuda.synchronize()
-    elapsed = time.perf_counter() - start
+    elapsed = timed(lambda: trainer.training_step(model, dict(batch)), device)
     model.zero_grad(set_to_none=True)
     return elapsed
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--methods", nargs="+", default=["lora", "badit", "hydralora"])
-    parser.add_argument("--surgery", nargs="+", default=["none", "pcgrad"])
-    parser.add_argument("--tasks", type=int, default=4)
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--seq", type=int, default=256)
-    parser.add_argument("--layers", type=int, default=30)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    args = parser.parse_args()
+    options = parser(__doc__, batch=8)
+    options.add_argument("--methods", nargs="+", default=["lora", "badit", "hydralora"])
+    options.add_argument("--surgery", nargs="+", default=["none", "pcgrad"])
+    options.add_argument("--tasks", type=int, default=4)
+    options.add_argument("--layers", type=int, default=30)
+    options.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    options.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    args = options.parse_args()
     batch = batch_of(args.tasks, args.batch, args.seq, args.device)
     runs = {}
     with tempfile.TemporaryDirectory() as output_dir:
         for method in args.methods:
             for surgery in args.surgery:
                 runs[(method, surgery)] = trainer_for(method, surgery, args, output_dir)
-        times = {key: [] for key in runs}
-        for i in range(args.repeats + 1):
-            for key, (trainer, model) in runs.items():
-                elapsed = step_time(trainer, model, batch, args.device)
-                if i > 0:
-                    times[key].append(elapsed)
+        steps = {
+            key: (lambda trainer=trainer, model=model: step_time(trainer, model, batch, args.device))
+            for key, (trainer, model) in runs.items()
+        }
+        times = interleaved_times(steps, args.repeats)
     print(
         f"{args.layers} layers, batch {args.batch} x {args.seq} tokens, {args.tasks} tasks, {args.device} "
         f"{args.dtype}, {torch.get_num_threads()} threads, one training step (forward + backward)"

@@ -31,6 +31,17 @@ def logits(model, inputs=None, **kwargs) -> torch.Tensor:
     return model(**(inputs or batch()), **kwargs).logits
 
 
+def assert_within_tol(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    assert (actual - expected).abs().max() <= TOL
+
+
+def assert_active_and_base(model, active: torch.Tensor, pretrained: torch.Tensor) -> None:
+    """The model's logits are ``active`` with its active adapter, ``pretrained`` with adapters disabled."""
+    assert_within_tol(logits(model), active)
+    with model.disable_adapter():
+        assert_within_tol(logits(model), pretrained)
+
+
 @torch.no_grad()
 def perturb(model, adapter_name: str, seed: int) -> None:
     """Move one adapter's experts and router away from their initial values, as training would."""
@@ -57,9 +68,7 @@ def two_adapters():
 def test_second_adapter_leaves_the_first_and_the_base_exact(two_adapters):
     model, pretrained, default_alone = two_adapters
     model.set_adapter("default")
-    assert (logits(model) - default_alone).abs().max() <= TOL
-    with model.disable_adapter():
-        assert (logits(model) - pretrained).abs().max() <= TOL
+    assert_active_and_base(model, default_alone, pretrained)
     model.set_adapter("other")
     other = logits(model)
     assert (other - default_alone).abs().max() > 1e-2  # the adapters really differ
@@ -74,26 +83,22 @@ def test_each_adapter_equals_itself_alone_after_save_and_load(two_adapters, tmp_
     assert (tmp_path / "other" / "adapter_model.safetensors").is_file()
 
     only_other = PeftModel.from_pretrained(make_tiny_model("llama"), tmp_path / "other").eval()
-    assert (logits(only_other) - other_with_both).abs().max() <= TOL
+    assert_within_tol(logits(only_other), other_with_both)
 
     loaded = PeftModel.from_pretrained(make_tiny_model("llama"), tmp_path).eval()
     loaded.load_adapter(tmp_path / "other", adapter_name="other")
-    assert (logits(loaded) - default_alone).abs().max() <= TOL
+    assert_within_tol(logits(loaded), default_alone)
     loaded.set_adapter("other")
-    assert (logits(loaded) - other_with_both).abs().max() <= TOL
-    with loaded.disable_adapter():
-        assert (logits(loaded) - pretrained).abs().max() <= TOL
+    assert_active_and_base(loaded, other_with_both, pretrained)
 
 
 def test_deleting_an_adapter_restores_the_rest(two_adapters):
     model, pretrained, default_alone = two_adapters
     model.delete_adapter("other")
     model.set_adapter("default")
-    assert (logits(model) - default_alone).abs().max() <= TOL
-    with model.disable_adapter():
-        assert (logits(model) - pretrained).abs().max() <= TOL
+    assert_active_and_base(model, default_alone, pretrained)
     # Unloading gives back the pretrained weights themselves.
-    assert (logits(model.unload()) - pretrained).abs().max() <= TOL
+    assert_within_tol(logits(model.unload()), pretrained)
 
 
 def test_deleting_the_first_adapter_keeps_the_second(two_adapters):
@@ -101,9 +106,7 @@ def test_deleting_the_first_adapter_keeps_the_second(two_adapters):
     model.set_adapter("other")
     other = logits(model)
     model.delete_adapter("default")
-    assert (logits(model) - other).abs().max() <= TOL
-    with model.disable_adapter():
-        assert (logits(model) - pretrained).abs().max() <= TOL
+    assert_active_and_base(model, other, pretrained)
 
 
 def test_mixed_batch_gives_each_sequence_its_adapter(two_adapters):
@@ -112,11 +115,11 @@ def test_mixed_batch_gives_each_sequence_its_adapter(two_adapters):
     other = logits(model)
     model.set_adapter("default")
     mixed = logits(model, adapter_names=["other", "__base__", "default"])
-    assert (mixed[0] - other[0]).abs().max() <= TOL
-    assert (mixed[1] - pretrained[1]).abs().max() <= TOL
-    assert (mixed[2] - default_alone[2]).abs().max() <= TOL
+    assert_within_tol(mixed[0], other[0])
+    assert_within_tol(mixed[1], pretrained[1])
+    assert_within_tol(mixed[2], default_alone[2])
     # The active adapter is untouched afterwards.
-    assert (logits(model) - default_alone).abs().max() <= TOL
+    assert_within_tol(logits(model), default_alone)
 
 
 def test_mixed_batch_rejects_unknown_names_and_training_mode(two_adapters):
@@ -210,7 +213,7 @@ def test_plain_module_with_default_task_type():
     assert isinstance(model.base_model.model.proj, BaditLinear)
     model.eval()
     with torch.no_grad():
-        assert (model(x) - expected).abs().max() <= TOL  # a zero router reproduces the module
+        assert_within_tol(model(x), expected)  # a zero router reproduces the module
         layer = model.base_model.model.proj
         layer.badit_router["default"].weight.normal_(0, 1)
         out = model(x)

@@ -28,17 +28,25 @@ def router_weights(model) -> list[torch.Tensor]:
     return [p.detach().clone() for n, p in model.named_parameters() if "badit_router" in n]
 
 
+def docs_block_on_tiny_model(tmp_path, monkeypatch, heading: str, replacements: dict[str, str]) -> str:
+    """docs/usage.md's block under ``heading`` with the model swapped for a tiny one saved in tmp_path,
+    run from tmp_path beside the own-data mix (write_mix), and ``replacements`` made."""
+    monkeypatch.chdir(tmp_path)
+    write_mix(tmp_path / "mix.jsonl")
+    save_tiny_model(tmp_path / "tiny")
+    model = {'"smollm2-135m-instruct"': repr(str(tmp_path / "tiny"))}
+    return substitute(doc_block("docs/usage.md", heading), {**model, **replacements})
+
+
 @pytest.mark.slow
 def test_plain_pytorch_loop_docs_block_trains_router_and_regroups(tmp_path, monkeypatch):
     """docs/usage.md's plain PyTorch loop as written (model, sizes and schedule made tiny)."""
     torch.manual_seed(0)
-    monkeypatch.chdir(tmp_path)
-    write_mix(tmp_path / "mix.jsonl")
-    save_tiny_model(tmp_path / "tiny")
-    code = substitute(
-        doc_block("docs/usage.md", "### A plain PyTorch loop"),
+    code = docs_block_on_tiny_model(
+        tmp_path,
+        monkeypatch,
+        "### A plain PyTorch loop",
         {
-            '"smollm2-135m-instruct"': repr(str(tmp_path / "tiny")),
             "num_epochs = 3": "num_epochs = 1",
             "max_source_length=974, max_target_length=50": "max_source_length=64, max_target_length=8",
             "regroup_every=50": "regroup_every=2, regroup_until=1.0, lora_dropout=0.0",
@@ -84,23 +92,21 @@ def test_trl_sft_trainer_docs_block_with_regroup_callback(tmp_path, monkeypatch)
     pytest.importorskip("trl")
     datasets = pytest.importorskip("datasets")
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "cache"))
-    monkeypatch.chdir(tmp_path)
-    write_mix(tmp_path / "mix.jsonl")
+    code = docs_block_on_tiny_model(
+        tmp_path,
+        monkeypatch,
+        "### TRL's SFTTrainer",
+        {
+            'task_type="CAUSAL_LM"': 'task_type="CAUSAL_LM", lora_dropout=0.0, regroup_every=2, regroup_until=1.0',
+            "learning_rate=2e-4,": 'learning_rate=1e-2, max_steps=4, per_device_train_batch_size=8, report_to="none",',
+        },
+    )
     with open(tmp_path / "mix.jsonl", "a", encoding="utf-8") as f:  # as the README's add_one task
         f.writelines(
             json.dumps({"task": "add_one", "prompt": f"{n} plus one:", "completion": [str(n + 1), f"n{n}"]})
             + "\n"
             for n in range(12)
         )
-    save_tiny_model(tmp_path / "tiny")
-    code = substitute(
-        doc_block("docs/usage.md", "### TRL's SFTTrainer"),
-        {
-            '"smollm2-135m-instruct"': repr(str(tmp_path / "tiny")),
-            'task_type="CAUSAL_LM"': 'task_type="CAUSAL_LM", lora_dropout=0.0, regroup_every=2, regroup_until=1.0',
-            "learning_rate=2e-4,": 'learning_rate=1e-2, max_steps=4, per_device_train_batch_size=8, report_to="none",',
-        },
-    )
     namespace: dict = {}
     exec(compile(code, "docs/usage.md (TRL's SFTTrainer)", "exec"), namespace)
     # --- checks ---

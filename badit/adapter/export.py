@@ -17,7 +17,8 @@ import copy
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -138,9 +139,20 @@ def _replace_directory(staging: Path, output: Path) -> None:
         os.replace(staging, output)
 
 
-def _staging_dir(output: Path) -> Path:
+@contextmanager
+def _staged(output: Path, readme: str | None) -> Iterator[Path]:
+    """A staging folder beside `output` for the body of the ``with`` to write; when the body succeeds the
+    model card `readme` (None: none) is added and the folder replaces `output` whole; it is removed in any
+    case, so a failed export leaves neither a half-written folder nor debris."""
     output.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{output.name}-", dir=output.parent))
+    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}-", dir=output.parent))
+    try:
+        yield staging
+        if readme is not None:
+            (staging / "README.md").write_text(readme, encoding="utf-8")
+        _replace_directory(staging, output)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def export_lora(
@@ -194,15 +206,9 @@ def export_lora(
         base_model_name_or_path=base_model_name_or_path,
     )
     output = Path(output)
-    staging = _staging_dir(output)
-    try:
+    with _staged(output, readme) as staging:
         config.save_pretrained(staging)
         save_file(state, staging / "adapter_model.safetensors", metadata={"format": "pt"})
-        if readme is not None:
-            (staging / "README.md").write_text(readme, encoding="utf-8")
-        _replace_directory(staging, output)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return output
 
 
@@ -237,16 +243,10 @@ def export_merged(
     if dtype is not None:
         merged = merged.to(dtype)
     output = Path(output)
-    staging = _staging_dir(output)
-    try:
+    with _staged(output, readme) as staging:
         merged.save_pretrained(staging)
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
-        if readme is not None:
-            (staging / "README.md").write_text(readme, encoding="utf-8")
-        _replace_directory(staging, output)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return output
 
 

@@ -29,10 +29,11 @@ from typing import Any
 
 import torch
 from peft.config import PeftConfig
-from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
+from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
 from badit.adapter.peft_type import HYDRALORA_PREFIX, hydralora_peft_type
+from badit.adapter.tuner import AdapterTuner
 
 
 @dataclass
@@ -176,32 +177,22 @@ class HydraLoraLinear(nn.Module, HydraLoraLayer):
         return "hydralora." + super().__repr__()
 
 
-class HydraLoraModel(BaseTuner):
+class HydraLoraModel(AdapterTuner):
     """HydraLoRA tuner; build it with `peft.get_peft_model(model, HydraLoraConfig(...))` after `import badit`."""
 
     prefix: str = HYDRALORA_PREFIX
     tuner_layer_cls = HydraLoraLayer
     target_module_mapping: dict[str, list[str]] = {}
 
-    def _create_and_replace(
-        self,
-        config: HydraLoraConfig,
-        adapter_name: str,
-        target: nn.Module,
-        target_name: str,
-        parent: nn.Module,
-        current_key: str,
-        **optional_kwargs: Any,
-    ) -> None:
-        if isinstance(target, HydraLoraLinear):
-            target.update_layer(adapter_name, config)
-            return
+    def _is_own_layer(self, target: nn.Module) -> bool:
+        return isinstance(target, HydraLoraLinear)
+
+    def _new_layer(
+        self, target: nn.Module, adapter_name: str, config: HydraLoraConfig, current_key: str
+    ) -> nn.Module:
         if isinstance(target, BaseTunerLayer) or not isinstance(target, nn.Linear):
             raise TypeError(
                 f"HydraLoRA cannot adapt module '{current_key}' of type {type(target).__name__}: only "
                 "torch.nn.Linear layers are supported; remove it from target_modules"
             )
-        new_module = HydraLoraLinear(target, adapter_name, config)
-        if adapter_name not in self.active_adapters:
-            new_module.requires_grad_(False)  # an additional adapter is not trainable until activated
-        self._replace_module(parent, target_name, new_module, target)
+        return HydraLoraLinear(target, adapter_name, config)

@@ -7,18 +7,19 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
-from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
+from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 from tqdm.auto import tqdm
 
 from badit.adapter.config import BaditConfig
 from badit.adapter.layer import BaditLayer, BaditLinear, is_adaptable
 from badit.adapter.routing import RoutingState
+from badit.adapter.tuner import AdapterTuner
 from badit.regrouping import attach_gradient_tracking
 from badit.regrouping.gradients import is_badit_layer
 
 
-class BaditModel(BaseTuner):
+class BaditModel(AdapterTuner):
     """BADIT tuner; build it with `peft.get_peft_model(model, BaditConfig(...))` after `import badit`.
 
     Besides PEFT's usual API it offers:
@@ -56,22 +57,12 @@ class BaditModel(BaseTuner):
     def _attach_regroup_tracking(self) -> None:
         attach_gradient_tracking(self)
 
-    def _create_and_replace(
-        self,
-        config: BaditConfig,
-        adapter_name: str,
-        target: nn.Module,
-        target_name: str,
-        parent: nn.Module,
-        current_key: str,
-        **optional_kwargs: Any,
-    ) -> None:
-        progress = self.__dict__.get("_init_progress")
-        if is_badit_layer(target):
-            target.update_layer(adapter_name, config)
-            if progress is not None:
-                progress.update()
-            return
+    def _is_own_layer(self, target: nn.Module) -> bool:
+        return is_badit_layer(target)
+
+    def _new_layer(
+        self, target: nn.Module, adapter_name: str, config: BaditConfig, current_key: str
+    ) -> nn.Module:
         if isinstance(target, BaseTunerLayer) or not is_adaptable(target):
             quantised = "quant" in type(target).__name__.lower() or "quant" in type(target).__module__.lower()
             hint = (
@@ -86,9 +77,10 @@ class BaditModel(BaseTuner):
             )
         new_module = BaditLinear(target, adapter_name, config, layer_name=current_key)
         new_module.routing_state = self.__dict__["routing_state"]
-        if adapter_name not in self.active_adapters:
-            new_module.requires_grad_(False)  # an additional adapter is not trainable until activated
-        self._replace_module(parent, target_name, new_module, target)
+        return new_module
+
+    def _layer_done(self) -> None:
+        progress = self.__dict__.get("_init_progress")
         if progress is not None:
             progress.update()
 

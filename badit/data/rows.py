@@ -190,14 +190,21 @@ def _table_problem(table: Table, columns: Columns, default_task: str | None) -> 
     return None
 
 
+def _required(row: dict, column: str, problem: str, fix: str) -> Any:
+    """The value in ``column`` of ``row``; a _RowProblem (``problem``, ``fix``) where it is empty or missing."""
+    value = row.get(column)
+    if not _filled(value):
+        raise _RowProblem(column, problem, fix)
+    return value
+
+
 def _row_task(row: dict, column: str) -> str:
-    task = row.get(column)
-    if not _filled(task):
-        raise _RowProblem(
-            column,
-            "empty: every row needs its task's name",
-            "fill it in (or drop the column for a one-task file)",
-        )
+    task = _required(
+        row,
+        column,
+        "empty: every row needs its task's name",
+        "fill it in (or drop the column for a one-task file)",
+    )
     try:
         return check_task_name(str(task).strip())
     except DataError as error:
@@ -207,13 +214,12 @@ def _row_task(row: dict, column: str) -> str:
 
 
 def _row_split(row: dict, column: str) -> Split:
-    value = row.get(column)
-    if not _filled(value):
-        raise _RowProblem(
-            column,
-            "empty: with a split column every row needs its split",
-            "fill it in (train, dev or test), or drop the column to split off test examples with the seed",
-        )
+    value = _required(
+        row,
+        column,
+        "empty: with a split column every row needs its split",
+        "fill it in (train, dev or test), or drop the column to split off test examples with the seed",
+    )
     split = SPLIT_NAMES.get(str(value).strip().lower())
     if split is None:
         raise _RowProblem(column, f"{value!r} is not a split", f"use one of {', '.join(SPLIT_NAMES)}")

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Literal, Union
 
 import yaml
 
+from badit.data.rows import Columns
 from badit.errors import BaditError
 from badit.names import CONTINUAL_METHODS, DATA_FORMATS, METHODS, SETTINGS
 
@@ -60,14 +61,14 @@ class DataConfig:
     ``.jsonl`` / ``.csv`` file of own tasks, a folder saved by ``datasets`` or a hub dataset name."""
     format: str = "auto"
     """``auto`` (recognised from ``path``), ``superni``, ``jsonl``, ``csv`` or ``datasets``."""
-    task_column: str = "task"
+    task_column: str = Columns.task
     """Own data: the column naming each row's task (without it the file is one task)."""
-    prompt_column: str = "prompt"
-    answer_column: str = "completion"
+    prompt_column: str = Columns.prompt
+    answer_column: str = Columns.answer
     """Own data: the answer, a string or a list of acceptable answers."""
-    messages_column: str = "messages"
+    messages_column: str = Columns.messages
     """Own data, chat rows: the conversation; its last (assistant) turn is the answer."""
-    split_column: str = "split"
+    split_column: str = Columns.split
     """Own data: train / dev / test per row (optional)."""
     split_sizes: dict[str, int | float] | None = None
     """Tasks without a given split (raw SuperNI files, own data without a split column): examples per
