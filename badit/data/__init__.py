@@ -12,6 +12,7 @@ import importlib
 
 _EXPORTS = {
     "DataCollator": "batches",
+    "LengthGroupedSampler": "batches",
     "TaskBalancedSampler": "batches",
     "DataError": "files",
     "PAPER_TEMPLATE": "prompts",

@@ -8,6 +8,7 @@
 | folder written by `save_to_disk`             | `datasets` | `datasets.load_from_disk`         |
 | other folder                                 | `superni`  | `badit.data.tasks` (both layouts) |
 | `owner/name` that is no local path           | `datasets` | `datasets.load_dataset` (the hub) |
+| `generated:interference`                    | `generated`| `badit.data.synthetic` (in memory) |
 
 Every source gives the same `Task` objects, so training, evaluation and analysis never look at the
 format. Tasks without a given split have their test (and dev) examples split off per task with a seed
@@ -49,6 +50,7 @@ from badit.data.rows import (
     table_columns,
     table_notes,
 )
+from badit.data.synthetic import GENERATED_PREFIX, GeneratedSource, generated_sizes
 from badit.data.tasks import (
     OWN_DATA_SIZES,
     SPLITS,
@@ -371,6 +373,8 @@ def open_source(
     over the format's defaults. `strict=False` keeps own data's row problems in `.problems` instead
     of raising (for `badit data check`)."""
     path = str(path)
+    if path.startswith(GENERATED_PREFIX):  # a suite generated in memory (badit.data.synthetic)
+        return GeneratedSource(path, generated_sizes(sizes))
     format = detect_format(path, format)
     split_sizes = _sizes(format, sizes)
     if format == "superni":

@@ -94,6 +94,9 @@ class DataConfig:
     balanced_sampling: bool = False
     """Draw tasks with temperature sampling instead of proportionally to their size."""
     sampling_temperature: float = 1.0
+    group_by_length: bool = True
+    """Batches of similar lengths (badit.data.LengthGroupedSampler, as transformers' group_by_length; with
+    balanced_sampling its draws are grouped): padding costs little. false: plain shuffled batches."""
 
 
 @dataclass

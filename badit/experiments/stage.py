@@ -291,6 +291,7 @@ def train(ctx: RunContext, model, tokenizer, tasks: Sequence[Task], stage: Stage
         training_arguments(config.training, config.seed, stage.checkpoints),
         balanced_sampling=config.data.balanced_sampling,
         sampling_temperature=config.data.sampling_temperature,
+        group_by_length=config.data.group_by_length,
         tensorboard=report_to is None or "tensorboard" in report_to,
         resume=ctx.resume,
         extra_callbacks=callbacks,

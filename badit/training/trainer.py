@@ -25,7 +25,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from badit.adapter import BaditConfig
 from badit.adapter.integrity import check_adapter_folder
-from badit.data import IGNORE_INDEX, DataCollator, TaskBalancedSampler
+from badit.data import IGNORE_INDEX, DataCollator, LengthGroupedSampler, TaskBalancedSampler
 from badit.data.files import atomic_write_json
 from badit.regrouping import attach_gradient_tracking
 from badit.training.callbacks import JsonlLogger, ProgressBar, RegroupCallback
@@ -88,7 +88,8 @@ class RunTotals:
 
 
 class BaditTrainer(Trainer):
-    """``Trainer`` that accepts the data collator's ``task_ids`` and can sample tasks with a temperature.
+    """``Trainer`` that accepts the data collator's ``task_ids``, can sample tasks with a temperature and
+    groups batches by length (``group_by_length``, badit.data.LengthGroupedSampler).
 
     ``task_ids`` identify each example's task for the sampler and for analysis; the model does not
     take them (BADIT routes from the prompt), so they are removed before the forward pass.
@@ -104,6 +105,7 @@ class BaditTrainer(Trainer):
         *args,
         balanced_sampling: bool = False,
         sampling_temperature: float = 1.0,
+        group_by_length: bool = True,
         router_lr_multiplier: float = 1.0,
         nonfinite_guard: NonFiniteGuard | None = None,
         gradient_surgery: str = "none",
@@ -129,6 +131,7 @@ class BaditTrainer(Trainer):
         self._task_gradients: TaskGradients | None = None
         self.balanced_sampling = balanced_sampling
         self.sampling_temperature = sampling_temperature
+        self.group_by_length = group_by_length
         self.router_lr_multiplier = router_lr_multiplier
         self.nonfinite_guard = nonfinite_guard
         self._queued_logs: dict[str, float] = {}
@@ -337,11 +340,18 @@ class BaditTrainer(Trainer):
         super()._save_optimizer_and_scheduler(output_dir)
 
     def _get_train_sampler(self, train_dataset=None):
-        if not self.balanced_sampling:
-            return super()._get_train_sampler(train_dataset)
+        """Task-balanced draws (``balanced_sampling``) and/or length-grouped batches (``group_by_length``,
+        unless ``train_sampling_strategy`` names another of the Trainer's samplers); else the Trainer's."""
         dataset = train_dataset if train_dataset is not None else self.train_dataset
-        task_ids = [example["task_id"] for example in dataset]
-        return TaskBalancedSampler(task_ids, self.sampling_temperature, seed=self.args.seed)
+        base = None
+        if self.balanced_sampling:
+            task_ids = [example["task_id"] for example in dataset]
+            base = TaskBalancedSampler(task_ids, self.sampling_temperature, seed=self.args.seed)
+        if not self.group_by_length or self.args.train_sampling_strategy != "random":
+            return base if base is not None else super()._get_train_sampler(train_dataset)
+        lengths = [len(example["input_ids"]) for example in dataset]
+        group = self.args.train_batch_size * self.args.gradient_accumulation_steps  # as the Trainer's
+        return LengthGroupedSampler(lengths, group, seed=self.args.seed, base=base)
 
 
 PADDED_TOKENS_FILE = "padded_tokens.json"
@@ -491,6 +501,7 @@ def train_stage(
     *,
     balanced_sampling: bool = False,
     sampling_temperature: float = 1.0,
+    group_by_length: bool = True,
     tensorboard: bool = True,
     resume: bool = False,
     extra_callbacks: Sequence[TrainerCallback] = (),
@@ -518,6 +529,7 @@ def train_stage(
         processing_class=tokenizer,
         balanced_sampling=balanced_sampling,
         sampling_temperature=sampling_temperature,
+        group_by_length=group_by_length,
         router_lr_multiplier=router_lr_multiplier,
         gradient_surgery=gradient_surgery,
     )
