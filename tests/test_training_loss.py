@@ -108,7 +108,7 @@ def test_trainer_loss_equals_the_full_logits_loss(tmp_path, method):
 
 
 def test_padded_tokens_are_counted_logged_and_checkpointed(tmp_path):
-    from badit.training.trainer import PADDED_TOKENS_FILE, padded_tokens_at, train_stage
+    from badit.training.trainer import PADDED_TOKENS_FILE, StagePaths, padded_tokens_at, train_stage
     from tests.helpers import char_tokenizer
 
     model = get_peft_model(
@@ -129,7 +129,16 @@ def test_padded_tokens_are_counted_logged_and_checkpointed(tmp_path):
         save_steps=1,
         include_num_input_tokens_seen="non_padding",
     )
-    result = train_stage(model, char_tokenizer(), examples, tmp_path, args, tensorboard=False)
+    logs = tmp_path / "logs"
+    paths = StagePaths(
+        tmp_path,
+        tmp_path / "adapter",
+        logs / "train.jsonl",
+        logs / "regroup.jsonl",
+        logs / "router.jsonl",
+        logs,
+    )
+    result = train_stage(model, char_tokenizer(), examples, paths, args, tensorboard=False)
     steps = [r for r in result.log_history if "loss" in r]
     assert [(r["num_input_tokens_seen"], r["padded_tokens"]) for r in steps] == [(8, 10), (16, 20)]
     assert steps[-1]["padding_fraction"] == pytest.approx(0.2)  # 1 - 16 / 20
