@@ -177,6 +177,22 @@ def test_a_copy_without_the_marker_resumes_in_its_own_folder(tmp_path, capsys):
         )
 
 
+def test_a_marker_less_copy_of_an_older_badit_s_run_is_refused_with_the_fix(tmp_path, capsys):
+    """Without badit's first line in config.yaml (an older badit) nothing says the copy is the run: --resume
+    would continue the folder its config names, so it is refused, naming --output."""
+    original = _untrained_run(tmp_path)
+    copy = tmp_path / "copy"
+    shutil.copytree(original, copy)
+    (copy / MARKER_FILE).unlink()
+    saved = yaml.safe_load((copy / "config.yaml").read_text())
+    (copy / "config.yaml").write_text(yaml.safe_dump(saved))  # as an older badit wrote it: no first line
+    line = _one_error_line(capsys, ["train", str(copy), "--resume"])
+    assert line == (
+        f"badit train: error: {copy} holds a run whose config.yaml names another folder ({original}); to "
+        f"continue it here, pass --output {copy}"
+    )
+
+
 @pytest.mark.slow
 def test_trust_remote_code_of_a_run_folder_needs_the_command_line(tmp_path, capsys):
     """A downloaded run whose config.yaml (consistent, or without badit's first line as an older badit

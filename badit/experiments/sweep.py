@@ -408,9 +408,13 @@ def run_jobs(sweep: Sweep, jobs: list[Job], progress: Progress, runner=None) -> 
 
 
 EVALUATE_CODE = (
-    "import sys; from badit.experiments.reevaluate import reevaluate; "
-    "reevaluate(sys.argv[1], ['evaluation.split=test'], sys.argv[2], as_run=True)"
+    "import sys; from badit.experiments.folder import trusting_remote_code; "
+    "from badit.experiments.reevaluate import reevaluate\n"
+    "with trusting_remote_code(sys.argv[3] == 'trust'):\n"
+    "    reevaluate(sys.argv[1], ['evaluation.split=test'], sys.argv[2], as_run=True)"
 )
+"""A winning selection run scored on test (argv: the run, the new run folder, ``trust`` when the sweep's own
+base config sets model.trust_remote_code: the user's file said so, not a run folder from elsewhere)."""
 
 
 def _train_subprocess(sweep: Sweep, job: Job, gpu: str | None) -> None:
@@ -418,7 +422,15 @@ def _train_subprocess(sweep: Sweep, job: Job, gpu: str | None) -> None:
     log = sweep.output_dir / SWEEP_LOG_DIR / f"{job.name.replace('/', '-')}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     if job.evaluate is not None:  # the winning selection run, scored on test
-        command = [sys.executable, "-c", EVALUATE_CODE, str(sweep.output_dir / job.evaluate), str(run_dir)]
+        trust = "trust" if base_config(sweep).model.trust_remote_code else "-"
+        command = [
+            sys.executable,
+            "-c",
+            EVALUATE_CODE,
+            str(sweep.output_dir / job.evaluate),
+            str(run_dir),
+            trust,
+        ]
     else:
         command = [sys.executable, "-m", "badit.cli.main", "train", str(sweep.base)]
         command += [f"{k}={_yaml_value(v)}" for k, v in job_overrides(sweep, job).items()]
