@@ -193,6 +193,17 @@ def test_a_marker_less_copy_of_an_older_badit_s_run_is_refused_with_the_fix(tmp_
     )
 
 
+def test_the_user_s_own_config_with_trust_remote_code_resumes(tmp_path):
+    """`badit train MY.yaml --resume` (or a sweep's run) with model.trust_remote_code: true in the user's own
+    file: the saved config.yaml is only compared with it, so no refusal."""
+    config = resolve_paths(from_dict(tiny_run_config(tmp_path, "lora", model={"trust_remote_code": True})))
+    folder = RunFolder(config.output_dir)
+    folder.prepare(config)
+    folder.prepare(config, resume=True)  # no RunError
+    with pytest.raises(RunError, match="model.trust_remote_code is true"):
+        folder.config()  # read from the folder alone (eval, export, analyze): refused
+
+
 @pytest.mark.slow
 def test_trust_remote_code_of_a_run_folder_needs_the_command_line(tmp_path, capsys):
     """A downloaded run whose config.yaml (consistent, or without badit's first line as an older badit

@@ -588,7 +588,9 @@ class RunFolder(StageFolder):
                     f"{run_dir} already holds a run; pass --resume to continue it, --overwrite to replace it, "
                     "or set output_dir to another folder"
                 )
-            before, now = self.config().to_dict(), config.to_dict()
+            with trusting_remote_code():  # only compared: the config given (the user's) decides what runs
+                before = self.config().to_dict()
+            now = config.to_dict()
             # evaluation settings may change on resume, and the run folder may have been moved or copied
             for key in ("evaluation", "output_dir"):
                 before.pop(key), now.pop(key)
