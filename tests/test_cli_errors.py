@@ -400,7 +400,7 @@ def test_no_code_removes_unmarked_folders():
     reviewed = Counter(
         {
             "adapter/export.py: shutil.rmtree(old, ignore_errors=True)": 1,  # its temp folder of the replaced export
-            "adapter/export.py: shutil.rmtree(staging, ignore_errors=True)": 2,  # its own staging folders
+            "adapter/export.py: shutil.rmtree(staging, ignore_errors=True)": 1,  # its own staging folder (one writer)
             "data/files.py: Path(tmp).unlink(missing_ok=True)": 2,  # its own temp file
             "experiments/folder.py: shutil.rmtree(folder)": 1,  # RunFolder.remove: only a marked run folder
             "training/model_loading.py: shutil.rmtree(staging, ignore_errors=True)": 1,  # its own staging folder
