@@ -102,7 +102,7 @@ runpy.run_module("badit.cli.main", run_name="__main__")
 def test_every_name_has_its_implementation():
     # The names a config is checked against (badit.names, torch-free) and the code behind them.
     from badit.data.sources import FORMATS
-    from badit.evaluation.evaluate import score_example
+    from badit.evaluation.scoring import score_example
     from badit.experiments.settings import SETTINGS
     from badit.names import DATA_FORMATS, METHODS, METRICS
     from badit.names import SETTINGS as SETTING_NAMES

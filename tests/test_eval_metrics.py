@@ -9,7 +9,7 @@ import pytest
 
 from badit.evaluation import continual_metrics, exact_match, interference_score, normalize_answer, rouge_l
 from badit.evaluation import metrics as metrics_module
-from badit.evaluation.evaluate import metrics_from_records, score_example, score_predictions_file
+from badit.evaluation.scoring import metrics_from_records, score_example, score_predictions_file
 
 
 def test_normalisation_and_exact_match():

@@ -3,22 +3,40 @@
 The three measurements of the BADIT paper's interference analysis, computed on any PEFT or plain
 causal LM from one batch (or a few) per task:
 
-- `gradient_conflict`: cosine between the tasks' gradients on the trainable parameters, per layer;
-  negative values mean the tasks pull shared weights in opposite directions.
+- `gradient_conflict` (module `conflict`): cosine between the tasks' gradients on the trainable
+  parameters, per layer; negative values mean the tasks pull shared weights in opposite directions.
 - `expert_usage`: mean routing weight of each expert per task (BADIT / MoE adapters), and how
   similar the tasks' expert profiles are.
 - `neuron_overlap`: Jaccard overlap of the most active MLP neurons between tasks.
+
+Names are loaded on first use (PEP 562 `__getattr__`, as `badit` itself), so that `badit report`,
+which only needs `plots` and the verdicts of `router_health`, never imports torch. No submodule is
+named like a name exported here: importing a submodule sets the package attribute of its name.
 """
 
-from badit.analysis.coactivation import expert_usage, neuron_overlap, top_fraction_jaccard
-from badit.analysis.gradient_conflict import cosine_matrix, gradient_conflict
-from badit.analysis.report import analyze
+from __future__ import annotations
 
-__all__ = [
-    "analyze",
-    "cosine_matrix",
-    "expert_usage",
-    "gradient_conflict",
-    "neuron_overlap",
-    "top_fraction_jaccard",
-]
+import importlib
+
+_EXPORTS = {
+    "expert_usage": "coactivation",
+    "neuron_overlap": "coactivation",
+    "top_fraction_jaccard": "coactivation",
+    "cosine_matrix": "conflict",
+    "gradient_conflict": "conflict",
+    "analyze": "report",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f"badit.analysis.{_EXPORTS[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'badit.analysis' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted([*globals(), *_EXPORTS])

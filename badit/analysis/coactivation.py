@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from badit.adapter import get_routing_weights
-from badit.analysis.gradient_conflict import cosine_matrix
+from badit.analysis.conflict import cosine_matrix
 from badit.analysis.progress import task_bar
 
 

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from badit.analysis.coactivation import expert_usage, neuron_overlap
-from badit.analysis.gradient_conflict import gradient_conflict
+from badit.analysis.conflict import gradient_conflict
 from badit.analysis.plots import heatmap_figure, printable_texts, pyplot, short_label
 from badit.data.files import atomic_write_json
 from badit.regrouping.gradients import is_badit_layer

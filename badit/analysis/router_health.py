@@ -9,14 +9,23 @@ Two failure modes matter (see docs/method.md, "Router health"):
 
 Routing weights are per sequence, (batch, K); with router_scale="preserve" they sum to K, so every
 function here first normalises each row to sum to 1.
+
+The measurements of a live model (`normalise`, `layer_health`, `model_health`) take torch tensors and
+use only their methods; the verdicts on logged or analysed numbers (`summarize_health`,
+`routing_problem`, `starved_experts`, `tasks_route_alike`) use numpy. The module itself imports no
+torch, so that `badit report` renders its verdicts without it.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
-import torch
+import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 # Collapse: the top expert's mean share of the weight in a layer. 0.9 = the other K-1 experts together
 # get less than a tenth, "nearly all weight" in the issue's words.
@@ -47,7 +56,7 @@ def layer_health(weights: torch.Tensor) -> dict[str, float | list[float]]:
     """
     w = normalise(weights)
     k = w.shape[-1]
-    entropy = -(w * w.clamp_min(1e-12).log()).sum(-1) / math.log(k) if k > 1 else torch.zeros(w.shape[0])
+    entropy = -(w * w.clamp_min(1e-12).log()).sum(-1) / math.log(k) if k > 1 else w.new_zeros(w.shape[0])
     load = w.mean(0)
     return {
         "load": load.tolist(),
@@ -98,22 +107,24 @@ def routing_problem(layers: Mapping[str, Mapping]) -> str | None:
     return None
 
 
-def starved_experts(usage: torch.Tensor) -> list[tuple[int, int, int, float]]:
+def starved_experts(usage: np.ndarray) -> list[tuple[int, int, int, float]]:
     """(layer, task, expert, load) where an expert's load is below STARVED_LOAD_FRACTION / K.
 
     `usage` (L, T, K): mean routing weight per layer, task and expert, rows summing to 1
-    (``analysis.json``'s ``expert_usage.usage``).
+    (``analysis.json``'s ``expert_usage.usage``); any array-like (nested lists, a CPU tensor).
     """
+    usage = np.asarray(usage, dtype=np.float64)
     k = usage.shape[-1]
-    low = (usage < STARVED_LOAD_FRACTION / k).nonzero().tolist()
+    low = np.argwhere(usage < STARVED_LOAD_FRACTION / k).tolist()
     return [(a, b, c, float(usage[a, b, c])) for a, b, c in low]
 
 
-def tasks_route_alike(usage: torch.Tensor) -> tuple[bool, float]:
+def tasks_route_alike(usage: np.ndarray) -> tuple[bool, float]:
     """(alike, largest distance): whether every pair of tasks has total-variation distance below
     ALIKE_TOTAL_VARIATION in every layer; `usage` (L, T, K) as in ``starved_experts``."""
+    usage = np.asarray(usage, dtype=np.float64)
     if usage.shape[1] < 2:
         return False, float("nan")
-    distance = 0.5 * (usage[:, :, None, :] - usage[:, None, :, :]).abs().sum(-1)  # (L, T, T)
+    distance = 0.5 * np.abs(usage[:, :, None, :] - usage[:, None, :, :]).sum(-1)  # (L, T, T)
     largest = float(distance.max())
     return largest < ALIKE_TOTAL_VARIATION, largest

@@ -642,8 +642,8 @@ def main(argv: list[str] | None = None) -> int:
         warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation notices
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         logging.getLogger("badit").setLevel(logging.INFO)
-    # train: after its config is read (see _train); data check never needs transformers (nor torch)
-    if args.command not in ("train", "data"):
+    # train: after its config is read (see _train); data check and report never need transformers (nor torch)
+    if args.command not in ("train", "data", "report"):
         _quiet_libraries(args)
     handlers = {
         "train": _train,

@@ -1,20 +1,39 @@
-"""badit.evaluation: greedy generation, SuperNI metrics, interference and continual-learning scores."""
+"""badit.evaluation: greedy generation, SuperNI metrics, interference and continual-learning scores.
 
-from badit.evaluation.continual import continual_metrics, interference_score, mean_over_tasks
-from badit.evaluation.evaluate import evaluate, metrics_from_records, score_predictions_file
-from badit.evaluation.generate import generate_answers, generate_ids
-from badit.evaluation.metrics import exact_match, normalize_answer, rouge_l
+Names are loaded on first use (PEP 562 `__getattr__`, as `badit` itself), so that the pure numeric
+parts (`continual`, `statistics`) import without torch (`badit report` uses them); `generate` and
+`scoring` (which calls it) import torch. No submodule is named like a name exported here: importing a
+submodule sets the package attribute of its name (hence `scoring.py` for `evaluate`).
+"""
 
-__all__ = [
-    "continual_metrics",
-    "evaluate",
-    "exact_match",
-    "generate_answers",
-    "generate_ids",
-    "interference_score",
-    "mean_over_tasks",
-    "normalize_answer",
-    "rouge_l",
-    "score_predictions_file",
-    "metrics_from_records",
-]
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "continual_metrics": "continual",
+    "interference_score": "continual",
+    "mean_over_tasks": "continual",
+    "evaluate": "scoring",
+    "metrics_from_records": "scoring",
+    "score_predictions_file": "scoring",
+    "generate_answers": "generate",
+    "generate_ids": "generate",
+    "exact_match": "metrics",
+    "normalize_answer": "metrics",
+    "rouge_l": "metrics",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f"badit.evaluation.{_EXPORTS[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'badit.evaluation' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted([*globals(), *_EXPORTS])

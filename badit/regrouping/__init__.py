@@ -4,24 +4,39 @@
 since the last regroup; `regroup(model, optimizer)` clusters the components of every BADIT layer into
 experts of equal size (balanced spherical k-means) and permutes them, with their optimizer state;
 `regroup_due(config, ...)` implements the schedule of the BaditConfig.
+
+Names are loaded on first use (PEP 562 `__getattr__`, as `badit` itself), so that `schedule` (read by
+`badit report` to say why a run never regrouped) imports without torch.
 """
 
-from badit.regrouping.core import regroup, regroup_summary
-from badit.regrouping.gradients import attach_gradient_tracking, detach_gradient_tracking
-from badit.regrouping.permute import UnsupportedOptimizerState, permute_components
-from badit.regrouping.plan import RegroupPlan, grouping_stats, plan_regroup
-from badit.regrouping.schedule import never_regroups, regroup_due
+from __future__ import annotations
 
-__all__ = [
-    "RegroupPlan",
-    "UnsupportedOptimizerState",
-    "attach_gradient_tracking",
-    "detach_gradient_tracking",
-    "grouping_stats",
-    "permute_components",
-    "plan_regroup",
-    "regroup",
-    "never_regroups",
-    "regroup_due",
-    "regroup_summary",
-]
+import importlib
+
+_EXPORTS = {
+    "regroup": "core",
+    "regroup_summary": "core",
+    "attach_gradient_tracking": "gradients",
+    "detach_gradient_tracking": "gradients",
+    "UnsupportedOptimizerState": "permute",
+    "permute_components": "permute",
+    "RegroupPlan": "plan",
+    "grouping_stats": "plan",
+    "plan_regroup": "plan",
+    "never_regroups": "schedule",
+    "regroup_due": "schedule",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f"badit.regrouping.{_EXPORTS[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'badit.regrouping' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted([*globals(), *_EXPORTS])

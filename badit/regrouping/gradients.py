@@ -19,10 +19,14 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import torch
-from peft.config import PeftConfig
 from torch import nn
+
+if TYPE_CHECKING:  # only a type: importing PEFT here would import badit.adapter (the registration
+    # hook in badit/__init__.py), which imports this package again while it is half initialised
+    from peft.config import PeftConfig
 
 WINDOWS_ATTR = "_badit_gradient_windows"  # layer attribute: dict adapter name -> GradientWindow
 

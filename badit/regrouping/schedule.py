@@ -6,8 +6,10 @@ The fields are validated (and defaulted) once, by `BaditConfig`; this module onl
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
-from peft.config import PeftConfig
+if TYPE_CHECKING:  # only a type: `badit report` reads the schedule without importing PEFT (and torch)
+    from peft.config import PeftConfig
 
 
 def regroup_due(config: PeftConfig, *, step: int, total_steps: int | None, epoch_end: bool) -> bool:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 
-import torch
+import numpy as np
 
 from badit.analysis import router_health as health
 from badit.experiments.folder import StageFolder, base_method
@@ -236,13 +237,13 @@ def router_section(collection: Collection) -> Section | None:
     return section
 
 
-def _usage(run: Run) -> tuple[list[str], list[str], torch.Tensor] | None:
+def _usage(run: Run) -> tuple[list[str], list[str], np.ndarray] | None:
     """(tasks, layers in numeric order, usage (L, T, K)) from analysis.json; None without it."""
     usage_info = (run.analysis or {}).get("expert_usage")
     if not usage_info:
         return None
     layers = list(usage_info["layers"])
-    usage = torch.tensor(usage_info["usage"], dtype=torch.float64)  # (L, T, K)
+    usage = np.asarray(usage_info["usage"], dtype=np.float64)  # (L, T, K)
     order = sorted(range(len(layers)), key=lambda i: natural_key(layers[i]))  # 0, 1, 2, ..., 10
     return run.analysis.get("tasks", []), [layers[i] for i in order], usage[order]
 
@@ -289,16 +290,13 @@ def _usage_blocks(section: Section, run: Run) -> None:
     rows = []
     for t, task in enumerate(tasks):
         load = usage[:, t].mean(0)
-        entropy = float(
-            -(usage[:, t] * usage[:, t].clamp_min(1e-12).log()).sum(-1).mean()
-            / torch.log(torch.tensor(float(k)))
-        )
+        entropy = float(-(usage[:, t] * np.log(np.maximum(usage[:, t], 1e-12))).sum(-1).mean() / math.log(k))
         rows.append(
             [
                 task,
                 " / ".join(f"{v:.2f}" for v in load.tolist()),
                 f"{entropy:.2f}",
-                f"{float(usage[:, t].amax(-1).mean()):.2f}",
+                f"{float(usage[:, t].max(-1).mean()):.2f}",
             ]
         )
     section.add(
