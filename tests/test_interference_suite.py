@@ -89,3 +89,10 @@ def test_shipped_configs_read():
         configs = [job_config(sweep, job) for job in plan_selection(sweep)]
         assert {c.data.path for c in configs} == {"generated:interference"}
     assert configs[0].method.train_router is False  # the published variant
+
+
+def test_superni_cpu_evidence_sweep_reads():
+    sweep = load_sweep(ROOT / "configs" / "sweeps" / "superni_cpu_evidence.yaml")
+    assert sweep.methods == ["badit", "svd-moe", "pissa", "lora"] and sweep.seeds == [1, 2, 3]
+    config = job_config(sweep, plan_selection(sweep)[0])
+    assert len(config.data.tasks) == 4 and config.evaluation.max_examples_per_task is None
