@@ -69,15 +69,6 @@ def _size(text: str) -> int | float:
     return int(value) if value.is_integer() else value
 
 
-def _add_overrides(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "overrides",
-        nargs="*",
-        metavar="section.field=value",
-        help="change a config field, e.g. training.learning_rate=1e-4 (repeatable)",
-    )
-
-
 def add_signature_options(
     parser: argparse.ArgumentParser,
     function,
@@ -119,18 +110,69 @@ def call_with_options(function, args: argparse.Namespace):
     )
 
 
-def _command(commands, name: str, help: str, description: str, epilog: str | None = None, raw: bool = True):
-    """A subcommand; ``raw``: its description and epilog keep their line breaks."""
+def _command(
+    commands,
+    name: str,
+    help: str,
+    description: str,
+    options: dict[str, dict],
+    epilog: str | None = None,
+    raw: bool = True,
+):
+    """A subcommand with ``options`` ({flag or positional name: add_argument keywords}, in help order);
+    ``raw``: its description and epilog keep their line breaks."""
     formatter = argparse.RawDescriptionHelpFormatter if raw else argparse.HelpFormatter
-    return commands.add_parser(
+    command = commands.add_parser(
         name, help=help, description=description, epilog=epilog, formatter_class=formatter
     )
+    _add_options(command, options)
+    return command
+
+
+def _add_options(parser, options: dict[str, dict]) -> None:
+    """``options``: {flag or positional name: add_argument keywords}, in the order the help lists them."""
+    for flag, keywords in options.items():
+        parser.add_argument(flag, **keywords)
+
+
+def _flag(help: str) -> dict:
+    """An option that is off unless given."""
+    return {"action": "store_true", "help": help}
+
+
+def _value(metavar: str, help: str, **more) -> dict:
+    """An option with a value, named ``metavar`` in the help."""
+    return {"metavar": metavar, "help": help, **more}
+
+
+def _choice(names, help: str) -> dict:
+    """One of ``names`` (a badit.names list), the first by default (``{default}`` in ``help`` names it)."""
+    first = next(iter(names))
+    return {"choices": tuple(names), "default": first, "help": help.format(default=first)}
+
+
+def _split_size(name: str, help: str) -> dict:
+    """``data check``'s size of split ``name`` (a SplitSizes field); unset: the format's default."""
+    return _value("N", f"seeded split: {help}", type=_size, dest=f"split_size_{name}")
+
+
+# The options several commands share, defined once.
+OVERRIDES = {
+    "nargs": "*",
+    "metavar": "section.field=value",
+    "help": "change a config field, e.g. training.learning_rate=1e-4 (repeatable)",
+}
+TRAINED_RUN = {"help": "a run folder written by `badit train`"}
+TRUST_REMOTE_CODE = _flag(
+    "accept a run folder's model.trust_remote_code: true (runs the model folder's Python code)"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
     from badit.data.rows import Columns
     from badit.experiments.demo import run_demo
-    from badit.names import DATA_FORMATS, EXPORT_FORMATS, METRICS
+    from badit.experiments.merge import merge_run
+    from badit.names import DATA_FORMATS, EXPORT_FORMATS, MERGE_METHODS, METRICS
 
     parser = argparse.ArgumentParser(
         prog="badit",
@@ -150,46 +192,42 @@ def build_parser() -> argparse.ArgumentParser:
         "Train the configured method in the configured setting (multitask, single, continual),\n"
         "evaluate it and write everything into the run folder (output_dir): config.yaml, checkpoints/,\n"
         "logs/ (JSONL, TensorBoard), adapter/, predictions.jsonl, metrics.json, summary.md.",
+        {
+            "config": {"help": "a YAML config file, or a run folder (its config.yaml) with --resume"},
+            "overrides": OVERRIDES,
+            "--resume": _flag("continue the run in output_dir from its last checkpoint"),
+            "--overwrite": _flag("delete an existing run in output_dir first"),
+            "--output": _value("DIR", "shorthand for output_dir=DIR"),
+        },
         EPILOG_TRAIN,
     )
-    train.add_argument("config", help="a YAML config file, or a run folder (its config.yaml) with --resume")
-    _add_overrides(train)
-    train.add_argument(
-        "--resume", action="store_true", help="continue the run in output_dir from its last checkpoint"
-    )
-    train.add_argument("--overwrite", action="store_true", help="delete an existing run in output_dir first")
-    train.add_argument("--output", metavar="DIR", help="shorthand for output_dir=DIR")
-
     evaluate = _command(
         commands,
         "eval",
         "evaluate a trained run again",
         "Load the run's base model and trained adapter(s), generate greedily and score\n"
         "(ROUGE-L, exact match); writes predictions.jsonl, metrics.json and summary.md.",
+        {
+            "run": TRAINED_RUN,
+            "overrides": OVERRIDES,
+            "--output": _value("DIR", "write the results here instead of into the run folder"),
+        },
         EPILOG_EVAL,
     )
-    evaluate.add_argument("run", help="a run folder written by `badit train`")
-    _add_overrides(evaluate)
-    evaluate.add_argument(
-        "--output", metavar="DIR", help="write the results here instead of into the run folder"
-    )
-
-    comp = _command(
+    _command(
         commands,
         "compare",
         "table of runs (methods) by task with averages and the interference score",
         "Print a Markdown table: one row per task, one column per run, the average over\n"
         "tasks, the interference score of multi-task runs and the continual metrics of continual runs.",
+        {
+            "runs": _value("RUN", "run folders", nargs="+"),
+            "--metric": _choice(METRICS, "score shown (default {default})"),
+            "--output": _value("FILE", "also write the table (Markdown) to FILE"),
+            "--json": _value("FILE", "also write all numbers as JSON to FILE"),
+        },
         EPILOG_COMPARE,
     )
-    comp.add_argument("runs", nargs="+", metavar="RUN", help="run folders")
-    first_metric = next(iter(METRICS))
-    comp.add_argument(
-        "--metric", choices=tuple(METRICS), default=first_metric, help=f"score shown (default {first_metric})"
-    )
-    comp.add_argument("--output", metavar="FILE", help="also write the table (Markdown) to FILE")
-    comp.add_argument("--json", metavar="FILE", help="also write all numbers as JSON to FILE")
-
     analyze = _command(
         commands,
         "analyze",
@@ -198,13 +236,17 @@ def build_parser() -> argparse.ArgumentParser:
         "training examples per task: the cosine between the tasks' gradients (overall and per layer;\n"
         "negative = conflict), the mean routing weight of each expert per task (BADIT runs) and the\n"
         "overlap of the tasks' most active MLP neurons. Writes analysis.json and PNG heatmaps.",
+        {
+            "run": {"help": "a run folder written by `badit train` (setting multitask or continual)"},
+            "--output": _value("DIR", "where to write (default RUN/analysis)"),
+            # analyze_run's default, restated: reading its signature would import torch (badit.analysis)
+            "--examples-per-task": {
+                "type": int,
+                "default": 8,
+                "help": "training examples per task in the batch (default 8)",
+            },
+        },
     )
-    analyze.add_argument("run", help="a run folder written by `badit train` (setting multitask or continual)")
-    analyze.add_argument("--output", metavar="DIR", help="where to write (default RUN/analysis)")
-    analyze.add_argument(
-        "--examples-per-task", type=int, default=8, help="training examples per task in the batch (default 8)"
-    )
-
     export = _command(
         commands,
         "export",
@@ -212,34 +254,33 @@ def build_parser() -> argparse.ArgumentParser:
         "With a fixed routing (a task's mean routing over its training prompts, given weights,\n"
         "or uniform) a BADIT adapter is exactly a LoRA of rank 2*K*r. Writes a PEFT LoRA folder that\n"
         "loads without badit (--format lora) or the merged full model (--format merged).",
+        {"source": _value("RUN|ADAPTER", "a run folder or a saved BADIT adapter folder")},
     )
-    export.add_argument("source", metavar="RUN|ADAPTER", help="a run folder or a saved BADIT adapter folder")
-    routing = export.add_mutually_exclusive_group()
-    routing.add_argument("--task", metavar="NAME", help="the task's mean routing (run folders only)")
-    routing.add_argument(
-        "--weights",
-        metavar="w1,..,wK",
-        help="mixing weights (times K with router_scale=preserve: 1 each = uniform)",
+    _add_options(
+        export.add_mutually_exclusive_group(),
+        {
+            "--task": _value("NAME", "the task's mean routing (run folders only)"),
+            "--weights": _value(
+                "w1,..,wK", "mixing weights (times K with router_scale=preserve: 1 each = uniform)"
+            ),
+            "--uniform": _flag("every expert weighted equally (the default)"),
+        },
     )
-    routing.add_argument("--uniform", action="store_true", help="every expert weighted equally (the default)")
-    export.add_argument(
-        "--format", choices=EXPORT_FORMATS, default=EXPORT_FORMATS[0], help=f"default {EXPORT_FORMATS[0]}"
+    _add_options(
+        export,
+        {
+            "--format": _choice(EXPORT_FORMATS, "default {default}"),
+            "--base": _value(
+                "MODEL",
+                "the base model (folder or hub name; default: the run's model or the adapter's recorded base)",
+            ),
+            "--dtype": {
+                "choices": ("float32", "bfloat16", "float16"),
+                "help": "--format merged: the saved weights' dtype (default: the base model's)",
+            },
+            "--output": _value("DIR", "the folder to write", required=True),
+        },
     )
-    export.add_argument(
-        "--base",
-        metavar="MODEL",
-        help="the base model (folder or hub name; default: the run's model or the adapter's recorded base)",
-    )
-    export.add_argument(
-        "--dtype",
-        choices=("float32", "bfloat16", "float16"),
-        help="--format merged: the saved weights' dtype (default: the base model's)",
-    )
-    export.add_argument("--output", metavar="DIR", required=True, help="the folder to write")
-
-    from badit.experiments.merge import DEFAULT_DENSITY, DEFAULT_WEIGHT
-    from badit.names import MERGE_METHODS
-
     merge = _command(
         commands,
         "merge",
@@ -247,26 +288,28 @@ def build_parser() -> argparse.ArgumentParser:
         "Merge the one-LoRA-per-task adapters of a `setting: single`, `method.name: lora` run with\n"
         "PEFT's add_weighted_adapter and evaluate the result on every task: a multi-task run folder\n"
         'that compare and report read like any other (docs/method.md, "Merged single-task LoRAs").',
+        {
+            "run": {"help": "a `setting: single` lora run folder"},
+            "--method": {"choices": MERGE_METHODS, "required": True, "help": "how the task deltas combine"},
+            "--output": _value("DIR", "the run folder to write", required=True),
+        },
     )
-    merge.add_argument("run", help="a `setting: single` lora run folder")
-    merge.add_argument("--method", choices=MERGE_METHODS, required=True, help="how the task deltas combine")
-    merge.add_argument("--output", metavar="DIR", required=True, help="the run folder to write")
-    merge.add_argument("--weight", type=float, default=DEFAULT_WEIGHT, help=f"λ (default {DEFAULT_WEIGHT})")
-    merge.add_argument(
-        "--density",
-        type=float,
-        default=DEFAULT_DENSITY,
-        help=f"ties: fraction kept (default {DEFAULT_DENSITY})",
+    add_signature_options(  # merge_run's parameters: names, defaults and types from there
+        merge,
+        merge_run,
+        {"weight": "λ", "density": "ties: fraction kept", "overwrite": "replace an existing run in DIR"},
     )
-    merge.add_argument("--overwrite", action="store_true", help="replace an existing run in DIR")
-    merge.add_argument(
-        "overrides",
-        nargs="*",
-        metavar="evaluation.field=value",
-        help="change an evaluation field, e.g. evaluation.split=dev (choose --weight on dev)",
+    _add_options(
+        merge,
+        {
+            "overrides": {
+                **OVERRIDES,
+                "metavar": "evaluation.field=value",
+                "help": "change an evaluation field, e.g. evaluation.split=dev (choose --weight on dev)",
+            }
+        },
     )
-
-    report = _command(
+    _command(
         commands,
         "report",
         "one self-contained HTML page: scores, interference, training curves, regrouping, router health",
@@ -274,19 +317,17 @@ def build_parser() -> argparse.ArgumentParser:
         "per-task scores (seed spread when several seeds of a method are given), interference score,\n"
         "continual metrics, training curves, BADIT regrouping and router health, and the `badit analyze`\n"
         "results where present. Every number comes from files in the run folders; the page names them.",
+        {
+            "runs": _value("RUN", "run folders, or folders of runs (a sweep, the demo's folder)", nargs="+"),
+            "--output": _value("FILE", "HTML file (default report.html)", default="report.html"),
+            "--title": {"default": "badit report", "help": "the page's title"},
+        },
     )
-    report.add_argument(
-        "runs", nargs="+", metavar="RUN", help="run folders, or folders of runs (a sweep, the demo's folder)"
-    )
-    report.add_argument(
-        "--output", metavar="FILE", default="report.html", help="HTML file (default report.html)"
-    )
-    report.add_argument("--title", default="badit report", help="the page's title")
 
     data = commands.add_parser("data", help="data tools (see `badit data check --help`)")
-    data_commands = data.add_subparsers(dest="data_command", metavar="COMMAND")
-    check = _command(
-        data_commands,
+    sizes = "a count, or a fraction such as 0.1"
+    _command(
+        data.add_subparsers(dest="data_command", metavar="COMMAND"),
         "check",
         "validate a data source and report counts per task",
         "Read every task of PATH and report its train/dev/test counts and every problem found.\n"
@@ -294,33 +335,25 @@ def build_parser() -> argparse.ArgumentParser:
         "files), a .jsonl/.csv file of {task, prompt, completion} or chat {task, messages} rows, a folder\n"
         "written by datasets' save_to_disk, a .json/.parquet data file, or a hub dataset name.\n"
         "Exit status 0 when all is well, 1 when problems were found.",
+        {
+            "path": {"help": "the data (as data.path in a run config)"},
+            "--format": _choice(DATA_FORMATS, "force the format (default: recognised from PATH)"),
+            **{  # own data's columns: the Columns fields, as data.<name>_column in a config
+                f"--{column.name}-column": _value(
+                    "NAME", f"own data: the {column.name} column ({column.default})", default=column.default
+                )
+                for column in dataclasses.fields(Columns)
+            },
+            # the SplitSizes fields; their defaults differ by format, hence the helps written here
+            "--train-size": _split_size("train", "training examples per task (default: all; SuperNI 1000)"),
+            "--dev-size": _split_size("dev", f"dev examples per task, {sizes} (default 0)"),
+            "--test-size": _split_size(
+                "test", f"test examples per task, {sizes} (default 10%%; SuperNI 100)"
+            ),
+            "--seed": _value("N", "seed of the split (default 42)", type=int, dest="split_size_seed"),
+        },
     )
-    check.add_argument("path", help="the data (as data.path in a run config)")
-    check.add_argument(
-        "--format",
-        choices=DATA_FORMATS,
-        default=DATA_FORMATS[0],
-        help="force the format (default: recognised from PATH)",
-    )
-    for column in dataclasses.fields(Columns):  # own data's columns, as data.<name>_column in a config
-        check.add_argument(
-            f"--{column.name}-column",
-            default=column.default,
-            metavar="NAME",
-            help=f"own data: the {column.name} column ({column.default})",
-        )
-    sizes = "a count, or a fraction such as 0.1"
-    size_helps = {
-        "train": "seeded split: training examples per task (default: all; SuperNI 1000)",
-        "dev": f"seeded split: dev examples per task, {sizes} (default 0)",
-        "test": f"seeded split: test examples per task, {sizes} (default 10%%; SuperNI 100)",
-        "seed": "seed of the split (default 42)",
-    }
-    for name, text in size_helps.items():  # SplitSizes fields; unset: the format's default
-        option, kind = ("--seed", int) if name == "seed" else (f"--{name}-size", _size)
-        check.add_argument(option, dest=f"split_size_{name}", type=kind, metavar="N", help=text)
-
-    sweep = _command(
+    _command(
         commands,
         "sweep",
         "methods x learning rates x seeds: lr chosen on dev, mean ± std on test, bootstrap CI, cost",
@@ -328,14 +361,13 @@ def build_parser() -> argparse.ArgumentParser:
         "dev; the best learning rate per method with every seed, scored on test; one adapter per task\n"
         "for the interference methods. Writes ordinary run folders, sweep.json, sweep.md and plots.\n"
         "Rerunning resumes (finished runs are skipped). The file format: badit/experiments/sweep.py.",
+        {
+            "sweep_file": _value("SWEEP.yaml", "the sweep file"),
+            "--output": _value("DIR", "output folder (default: the file's output_dir)"),
+            "--dry-run": _flag("check the file and print the runs; train nothing"),
+        },
         EPILOG_SWEEP,
     )
-    sweep.add_argument("sweep_file", metavar="SWEEP.yaml", help="the sweep file")
-    sweep.add_argument("--output", metavar="DIR", help="output folder (default: the file's output_dir)")
-    sweep.add_argument(
-        "--dry-run", action="store_true", help="check the file and print the runs; train nothing"
-    )
-
     demo = _command(
         commands,
         "demo",
@@ -343,6 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Generate six small tasks that conflict on shared inputs (copy/reverse, sort up/down, "
         "add/subtract one), train LoRA and BADIT on them jointly with the embedded SmolLM2-135M-Instruct, "
         "evaluate, print the comparison and write run folders, the table and analysis plots under --output.",
+        {},
         raw=False,
     )
     add_signature_options(  # the options are run_demo's parameters: names, defaults and types from there
@@ -363,11 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavars={"output_dir": "DIR", "methods": "METHOD", "steps": "N", "eval_examples": "N", "seed": "N"},
     )
     for command in (train, evaluate, analyze, export, merge):
-        command.add_argument(
-            "--trust-remote-code",
-            action="store_true",
-            help="accept a run folder's model.trust_remote_code: true (runs the model folder's Python code)",
-        )
+        command.add_argument("--trust-remote-code", **TRUST_REMOTE_CODE)
     return parser
 
 
