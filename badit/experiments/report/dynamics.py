@@ -23,9 +23,33 @@ def _segment_label(run: Run, segment: LogSegment) -> str:
     return run.label if run.setting == "multitask" else f"{run.label}: {segment.name}"
 
 
+# The panels of the figures over the optimizer step: {key of the lines: (panel title, y label)}.
+CURVE_PANELS = {
+    "loss": ("training loss", "loss"),
+    "lr": ("learning rate", "learning rate"),
+    "tps": ("throughput", "tokens / s"),
+}
+REGROUP_PANELS = {
+    "moved": ("components moved", "components moved"),
+    "cosine": ("gradient cosine after regroup", "cosine"),
+}
+HEALTH_PANELS = {  # the keys are the router log's summary fields
+    "entropy": ("routing entropy (mean over layers)", "entropy / log K"),
+    "top_share": ("top expert's share (mean over layers)", "share of weight"),
+    "min_load": ("smallest expert load (any layer)", "share of weight"),
+}
+
+
+def _step_figure(section: Section, spec: dict, lines: dict[str, list], title: str, alt: str) -> None:
+    """One panel per key of ``spec`` (a ``*_PANELS`` table) with ``lines[key]`` over the optimizer step
+    (continual stages one after another)."""
+    panels = [(name, ylabel, lines[key]) for key, (name, ylabel) in spec.items()]
+    section.add(figure(figures.line_panels(panels, "optimizer step", title), alt))
+
+
 def _curves(run: Run) -> dict[str, list[figures.Line]]:
     """Loss, learning rate and tokens/s lines of a run (continual stages joined, single tasks apart)."""
-    out: dict[str, list] = {"loss": [], "lr": [], "tps": []}
+    out: dict[str, list] = {key: [] for key in CURVE_PANELS}
     joined = run.setting == "continual"
     for segment in run.segments:
         records = [r for r in segment.train if "loss" in r and "step" in r]
@@ -58,7 +82,7 @@ def _curves(run: Run) -> dict[str, list[figures.Line]]:
 
 def training_section(collection: Collection) -> Section:
     section = Section("Training curves")
-    panels = {"loss": [], "lr": [], "tps": []}
+    panels = {key: [] for key in CURVE_PANELS}
     for run in collection.runs:
         for key, lines in _curves(run).items():
             panels[key] += lines
@@ -77,16 +101,13 @@ def training_section(collection: Collection) -> Section:
             f"processes together).{continual}"
         )
     )
-    uri = figures.line_panels(
-        [
-            ("training loss", "loss", panels["loss"]),
-            ("learning rate", "learning rate", panels["lr"]),
-            ("throughput", "tokens / s", panels["tps"]),
-        ],
-        "optimizer step",
+    _step_figure(
+        section,
+        CURVE_PANELS,
+        panels,
         "Training curves",
+        "training loss, learning rate and tokens per second",
     )
-    section.add(figure(uri, "training loss, learning rate and tokens per second"))
     return section
 
 
@@ -158,20 +179,18 @@ def regroup_section(collection: Collection) -> Section | None:
         cosines.append((f"{run.label} intra", steps, [row["intra_cosine"] for row in rows]))
         cosines.append((f"{run.label} inter", steps, [row["inter_cosine"] for row in rows]))
     if moved:
-        uri = figures.line_panels(
-            [
-                ("components moved", "components moved", moved),
-                ("gradient cosine after regroup", "cosine", cosines),
-            ],
-            "optimizer step",
+        _step_figure(
+            section,
+            REGROUP_PANELS,
+            {"moved": moved, "cosine": cosines},
             "Regrouping over training",
+            "components moved and expert cosines per regroup",
         )
-        section.add(figure(uri, "components moved and expert cosines per regroup"))
     return section
 
 
 def _health_lines(run: Run) -> dict[str, list]:
-    lines = {"entropy": [], "top_share": [], "min_load": []}
+    lines = {key: [] for key in HEALTH_PANELS}
     for segment in run.segments:
         records = [r for r in segment.router if "summary" in r]
         if not records:
@@ -196,7 +215,7 @@ def router_section(collection: Collection) -> Section | None:
             f"{health.UNIFORM_DEVIATION:g} of 1/K in every layer. Entropy is divided by log K (1 = uniform)."
         )
     )
-    panels = {"entropy": [], "top_share": [], "min_load": []}
+    panels = {key: [] for key in HEALTH_PANELS}
     for run in runs:
         for key, lines in _health_lines(run).items():
             panels[key] += lines
@@ -222,16 +241,13 @@ def router_section(collection: Collection) -> Section | None:
             section.add(paragraph(f"{text}: {verdict}", kind))
         _usage_blocks(section, run)
     if panels["entropy"]:
-        uri = figures.line_panels(
-            [
-                ("routing entropy (mean over layers)", "entropy / log K", panels["entropy"]),
-                ("top expert's share (mean over layers)", "share of weight", panels["top_share"]),
-                ("smallest expert load (any layer)", "share of weight", panels["min_load"]),
-            ],
-            "optimizer step",
+        _step_figure(
+            section,
+            HEALTH_PANELS,
+            panels,
             "Router health during training (training batches)",
+            "router health during training",
         )
-        section.add(figure(uri, "router health during training"))
     else:
         section.add(paragraph("No router health log (logs/router_health.jsonl) in these runs."))
     return section
@@ -328,17 +344,8 @@ def _usage_blocks(section: Section, run: Run) -> None:
         )
     similarity = usage_info.get("similarity")
     if similarity and len(tasks) > 1:
-        uri = figures.heatmap(
-            similarity,
-            tasks,
-            tasks,
-            f"{run.label}: expert-preference similarity",
-            "task",
-            "task",
-            "cosine of preferences",
-            vmin=-1.0,
-            vmax=1.0,
-        )
+        title = f"{run.label}: expert-preference similarity"
+        uri = figures.task_heatmap(similarity, tasks, title, "cosine of preferences", -1.0, 1.0)
         section.add(figure(uri, f"task-by-task expert preference similarity of {run.label}"))
 
 
@@ -363,30 +370,12 @@ def analysis_section(collection: Collection) -> Section | None:
                     f"{conflict.get('most_conflicting_layer', '-')}"
                 )
             )
-            uri = figures.heatmap(
-                conflict["overall"],
-                tasks,
-                tasks,
-                f"{run.label}: gradient cosine between tasks",
-                "task",
-                "task",
-                "cosine",
-                vmin=-1.0,
-                vmax=1.0,
-            )
+            title = f"{run.label}: gradient cosine between tasks"
+            uri = figures.task_heatmap(conflict["overall"], tasks, title, "cosine", -1.0, 1.0)
             section.add(figure(uri, f"gradient conflict of {run.label}"))
         neurons = run.analysis.get("neuron_overlap")
         if neurons:
-            uri = figures.heatmap(
-                neurons["mean_jaccard"],
-                tasks,
-                tasks,
-                f"{run.label}: top-{neurons.get('top_fraction', 0):.0%} neuron overlap",
-                "task",
-                "task",
-                "Jaccard overlap",
-                vmin=0.0,
-                vmax=1.0,
-            )
+            title = f"{run.label}: top-{neurons.get('top_fraction', 0):.0%} neuron overlap"
+            uri = figures.task_heatmap(neurons["mean_jaccard"], tasks, title, "Jaccard overlap", 0.0, 1.0)
             section.add(figure(uri, f"neuron overlap of {run.label}"))
     return section

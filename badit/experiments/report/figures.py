@@ -96,6 +96,11 @@ def heatmap(matrix, xlabels, ylabels, title: str, xlabel: str, ylabel: str, colo
     )
 
 
+def task_heatmap(matrix, tasks, title: str, colorbar: str, vmin: float, vmax: float) -> str:
+    """A task-by-task matrix (gradient cosine, neuron overlap, preference similarity) on a fixed scale."""
+    return heatmap(matrix, tasks, tasks, title, "task", "task", colorbar, vmin=vmin, vmax=vmax)
+
+
 def heatmap_panels(
     matrices: Sequence[Sequence[Sequence[float]]],
     panel_titles: Sequence[str],
