@@ -110,15 +110,7 @@ def call_with_options(function, args: argparse.Namespace):
     )
 
 
-def _command(
-    commands,
-    name: str,
-    help: str,
-    description: str,
-    options: dict[str, dict],
-    epilog: str | None = None,
-    raw: bool = True,
-):
+def _command(commands, name: str, help: str, description: str, options: dict, epilog=None, raw=True):
     """A subcommand with ``options`` ({flag or positional name: add_argument keywords}, in help order);
     ``raw``: its description and epilog keep their line breaks."""
     formatter = argparse.RawDescriptionHelpFormatter if raw else argparse.HelpFormatter
@@ -157,12 +149,9 @@ def _split_size(name: str, help: str) -> dict:
 
 
 # The options several commands share, defined once.
-OVERRIDES = {
-    "nargs": "*",
-    "metavar": "section.field=value",
-    "help": "change a config field, e.g. training.learning_rate=1e-4 (repeatable)",
-}
-TRAINED_RUN = {"help": "a run folder written by `badit train`"}
+OVERRIDES = _value(
+    "section.field=value", "change a config field, e.g. training.learning_rate=1e-4 (repeatable)", nargs="*"
+)
 TRUST_REMOTE_CODE = _flag(
     "accept a run folder's model.trust_remote_code: true (runs the model folder's Python code)"
 )
@@ -208,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Load the run's base model and trained adapter(s), generate greedily and score\n"
         "(ROUGE-L, exact match); writes predictions.jsonl, metrics.json and summary.md.",
         {
-            "run": TRAINED_RUN,
+            "run": {"help": "a run folder written by `badit train`"},
             "overrides": OVERRIDES,
             "--output": _value("DIR", "write the results here instead of into the run folder"),
         },
