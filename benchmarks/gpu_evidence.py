@@ -1,11 +1,11 @@
 """The GPU evidence run: SuperNI multi-task on SmolLM2-135M with badit, svd-moe, pissa and lora.
 
-One command, one seed, each method at the learning rate its plan file names (configs/gpu_evidence.yaml:
+One command, one seed, each method at the learning rate its plan file names (benchmarks/gpu_evidence.yaml:
 the 10 shared SuperNI tasks, 3 epochs, batch 32, bf16 on a bf16 GPU, length-grouped batches), every
 run an ordinary `badit train` run folder (a subprocess each, as `badit sweep` starts them), then one
 JSON with the card, the times, tokens/s (real tokens; padded positions beside them) and the scores:
 
-    python benchmarks/gpu_evidence.py [--plan configs/gpu_evidence.yaml] [--output runs/gpu-evidence]
+    python benchmarks/gpu_evidence.py [--plan benchmarks/gpu_evidence.yaml] [--output runs/gpu-evidence]
                                       [--methods badit lora] [--data DIR]
     # a CPU check of the script with a tiny budget:
     python benchmarks/gpu_evidence.py --max-steps 2 --tasks 2 --examples 4 --output runs/gpu-evidence-cpu
@@ -41,7 +41,7 @@ def load_plan(path: Path) -> dict[str, Any]:
     plan = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     missing = [key for key in ("base", "learning_rates") if key not in plan]
     if missing:
-        raise SystemExit(f"{path}: missing field(s) {', '.join(missing)}; see configs/gpu_evidence.yaml")
+        raise SystemExit(f"{path}: missing field(s) {', '.join(missing)}; see benchmarks/gpu_evidence.yaml")
     plan["base"] = str((path.parent / plan["base"]).resolve())
     plan.setdefault("overrides", {})
     plan.setdefault("seed", 1)
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--plan", type=Path, default=ROOT / "configs" / "gpu_evidence.yaml")
+    parser.add_argument("--plan", type=Path, default=ROOT / "benchmarks" / "gpu_evidence.yaml")
     parser.add_argument("--output", type=Path, default=ROOT / "runs" / "gpu-evidence")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--data", default=None, help="data.path (default: the plan's)")

@@ -27,7 +27,7 @@ def _args(**values):
 
 def test_plan_gives_each_method_its_learning_rate_and_a_config_that_loads(tmp_path):
     script = _script()
-    plan = script.load_plan(ROOT / "configs" / "gpu_evidence.yaml")
+    plan = script.load_plan(ROOT / "benchmarks" / "gpu_evidence.yaml")
     assert set(plan["learning_rates"]) == set(script.METHODS)
     for method in script.METHODS:
         overrides = script.run_overrides(plan, method, tmp_path, _args(examples=4, max_steps=2))

@@ -51,10 +51,20 @@ def test_shipped_configs_load_with_paper_hyperparameters(path):
     default = RunConfig()
     if path.name == "published_code.yaml":  # the public code's choices, and only those, differ
         assert dataclasses.replace(default.method, **PUBLISHED) == config.method
+    elif path.name == "interference.yaml":
+        # the generated benchmark's budget is steps, not epochs of SuperNI: 2 epochs of 150 steps
+        # regroup every 25 steps in the first half; its answers are 4 numbers (<= 16 tokens), and
+        # its learning rate is the middle of its sweep's grid (configs/sweeps/interference_cpu.yaml)
+        assert dataclasses.replace(default.method, regroup_every=25) == config.method
+        assert (config.data.path, config.data.max_target_length) == ("generated:interference", 16)
+        return
     else:
         assert config.method == default.method
     assert config.training.learning_rate == default.training.learning_rate
     assert config.data.max_target_length == 50
+
+
+VARIANT_SWEEPS = {"interference_cpu_published.yaml": "interference_cpu.yaml"}
 
 
 @pytest.mark.parametrize("path", sorted((CONFIGS / "sweeps").glob("*.yaml")), ids=lambda p: p.name)
@@ -62,13 +72,21 @@ def test_shipped_sweep_files_load(path):
     from badit.experiments.sweep import load_sweep
 
     sweep = load_sweep(path)
-    # every shipped sweep compares badit with a baseline over at least 3 seeds
-    assert "badit" in sweep.methods and len(sweep.methods) >= 2 and len(sweep.seeds) >= 3
+    # every shipped sweep compares badit with a baseline over at least 3 seeds; a variant sweep (one
+    # method under other settings) is compared with its main sweep's runs: same base, grid and seeds
+    assert "badit" in sweep.methods and len(sweep.seeds) >= 3
+    if path.name in VARIANT_SWEEPS:
+        main = load_sweep(path.parent / VARIANT_SWEEPS[path.name])
+        assert (sweep.base, sweep.learning_rates, sweep.seeds) == (main.base, main.learning_rates, main.seeds)
+        assert set(sweep.methods) < set(main.methods)
+    else:
+        assert len(sweep.methods) >= 2
     # the data path works from any clone (relative to the repository root), not one machine's path
     assert not Path(sweep.overrides.get("data.path", "../shared/data/superni")).is_absolute()
     if len(sweep.learning_rates) > 1:  # a comparison (not the one-lr diagnostic): a grid that can bracket
         assert len(sweep.learning_rates) >= 3
-        if load_config(sweep.base).setting == "multitask":  # the controls: SVD init alone, no regrouping
+        # the controls: SVD init alone, no regrouping (a variant's controls are in its main sweep)
+        if load_config(sweep.base).setting == "multitask" and path.name not in VARIANT_SWEEPS:
             assert {"pissa", "svd-moe"} <= set(sweep.methods)
 
 

@@ -350,7 +350,9 @@ class BaditTrainer(Trainer):
         if not self.group_by_length or self.args.train_sampling_strategy != "random":
             return base if base is not None else super()._get_train_sampler(train_dataset)
         lengths = [len(example["input_ids"]) for example in dataset]
-        group = self.args.train_batch_size * self.args.gradient_accumulation_steps  # as the Trainer's
+        # one group = one optimizer step's examples over all processes (the sharded loader hands each
+        # process its consecutive slice), so N processes x batch b see the batches of 1 process x N*b
+        group = self.args.train_batch_size * self.args.gradient_accumulation_steps * self.args.world_size
         return LengthGroupedSampler(lengths, group, seed=self.args.seed, base=base)
 
 
