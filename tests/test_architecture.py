@@ -11,7 +11,7 @@ import badit
 
 ROOT = Path(__file__).resolve().parents[1] / "badit"
 
-LEAVES = ("errors", "names")
+LEAVES = ("errors", "lazy", "names")
 """Top-level modules below every package: the error base class and the name lists. They import only
 the standard library (no torch), so any package may import them."""
 

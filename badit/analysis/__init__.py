@@ -16,7 +16,7 @@ named like a name exported here: importing a submodule sets the package attribut
 
 from __future__ import annotations
 
-import importlib
+from badit.lazy import lazy_exports
 
 _EXPORTS = {
     "expert_usage": "coactivation",
@@ -29,14 +29,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(f"badit.analysis.{_EXPORTS[name]}"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'badit.analysis' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted([*globals(), *_EXPORTS])
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -8,7 +8,7 @@ submodule sets the package attribute of its name (hence `scoring.py` for `evalua
 
 from __future__ import annotations
 
-import importlib
+from badit.lazy import lazy_exports
 
 _EXPORTS = {
     "continual_metrics": "continual",
@@ -26,14 +26,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(f"badit.evaluation.{_EXPORTS[name]}"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'badit.evaluation' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted([*globals(), *_EXPORTS])
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -11,7 +11,7 @@ Names are loaded on first use (PEP 562 `__getattr__`, as `badit` itself), so tha
 
 from __future__ import annotations
 
-import importlib
+from badit.lazy import lazy_exports
 
 _EXPORTS = {
     "regroup": "core",
@@ -29,14 +29,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(f"badit.regrouping.{_EXPORTS[name]}"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'badit.regrouping' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted([*globals(), *_EXPORTS])
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
