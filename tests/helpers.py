@@ -8,6 +8,7 @@ import string
 from pathlib import Path
 
 import torch
+import yaml
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import (
     Gemma2Config,
@@ -193,3 +194,20 @@ def hand_run(
     run = {"name": folder.name, "method": method, "setting": setting, "model": "m", "seed": seed}
     (folder / "metrics.json").write_text(json.dumps({"tasks": tasks, "average": average, "run": run}))
     return folder
+
+
+def write_sweep(folder: Path, base: dict | str, **fields) -> Path:
+    """``folder/base.yaml`` (``base``: a run config dict, or YAML text) and ``folder/sweep.yaml`` over
+    it, writing into ``folder/sweep``: one lora run at lr 1e-4 and seed 1 unless ``fields`` say otherwise."""
+    (folder / "base.yaml").write_text(base if isinstance(base, str) else yaml.safe_dump(base))
+    sweep = {
+        "base": "base.yaml",
+        "output_dir": str(folder / "sweep"),
+        "methods": ["lora"],
+        "learning_rates": [1e-4],
+        "seeds": [1],
+        **fields,
+    }
+    path = folder / "sweep.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    return path

@@ -21,7 +21,7 @@ import yaml
 from badit.cli.main import main
 from badit.experiments.config import from_dict
 from badit.experiments.folder import LOCK_FILE, MARKER_FILE, RunError, RunFolder, RunLock, resolve_paths
-from tests.helpers import tiny_run_config
+from tests.helpers import tiny_run_config, write_sweep
 from tests.test_run_folder import file_hashes
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -288,19 +288,7 @@ def test_a_live_run_refuses_a_second_writer_and_overwrite(tmp_path, capsys):
 def test_a_second_sweep_into_one_folder_is_refused(tmp_path, capsys):
     from badit.experiments.sweep import load_sweep, run_sweep
 
-    (tmp_path / "base.yaml").write_text(yaml.safe_dump(tiny_run_config(tmp_path, "lora")))
-    sweep_file = tmp_path / "sweep.yaml"
-    sweep_file.write_text(
-        yaml.safe_dump(
-            {
-                "base": "base.yaml",
-                "output_dir": str(tmp_path / "sweep"),
-                "methods": ["lora"],
-                "learning_rates": [1e-4],
-                "seeds": [1],
-            }
-        )
-    )
+    sweep_file = write_sweep(tmp_path, tiny_run_config(tmp_path, "lora"))
     folder = tmp_path / "sweep"
     hold = "import sys, time; from badit.experiments.folder import RunLock; RunLock(sys.argv[1]).acquire(); time.sleep(600)"
     live = _holder([sys.executable, "-c", hold, str(folder)], folder / LOCK_FILE)
@@ -331,19 +319,7 @@ def test_a_sweep_completes_a_run_killed_before_its_summary(tmp_path):
     skipped."""
     from badit.experiments.sweep import Progress, load_sweep, plan_selection, run_jobs
 
-    (tmp_path / "base.yaml").write_text("name: base\n")
-    sweep_file = tmp_path / "sweep.yaml"
-    sweep_file.write_text(
-        yaml.safe_dump(
-            {
-                "base": "base.yaml",
-                "output_dir": str(tmp_path / "sweep"),
-                "methods": ["lora"],
-                "learning_rates": [1e-4, 3e-4],
-                "seeds": [1],
-            }
-        )
-    )
+    sweep_file = write_sweep(tmp_path, "name: base\n", learning_rates=[1e-4, 3e-4])
     sweep = load_sweep(sweep_file)
     half, complete = plan_selection(sweep)
     for job in (half, complete):
@@ -368,19 +344,7 @@ def test_stopping_a_sweep_stops_its_running_train_process(tmp_path):
     config = tiny_run_config(
         tmp_path, "lora", training={"max_steps": 2000, "save_steps": 1000}, evaluation=EVAL
     )
-    (tmp_path / "base.yaml").write_text(yaml.safe_dump(config))
-    sweep_file = tmp_path / "sweep.yaml"
-    sweep_file.write_text(
-        yaml.safe_dump(
-            {
-                "base": "base.yaml",
-                "output_dir": str(tmp_path / "sweep"),
-                "methods": ["lora"],
-                "learning_rates": [1e-4],
-                "seeds": [1],
-            }
-        )
-    )
+    sweep_file = write_sweep(tmp_path, config)
     parent = subprocess.Popen(
         [sys.executable, "-m", "badit.cli.main", "sweep", str(sweep_file)],
         cwd=ROOT,

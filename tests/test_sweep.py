@@ -288,24 +288,12 @@ def test_sweep_on_a_tiny_model(tmp_path):
     # Real `badit train` runs, as few as show the protocol: one method, two learning rates scored on dev,
     # the chosen one's adapter evaluated on test (2 trainings, 1 evaluation: no run trained twice). The statistics over seeds and methods are worked by hand in
     # test_summary_means_stds_interference_and_difference.
-    from tests.helpers import tiny_run_config
+    from tests.helpers import tiny_run_config, write_sweep
 
     config = tiny_run_config(tmp_path, data={"max_train_examples_per_task": 8})
     config["training"]["max_steps"] = 2
     config["evaluation"]["max_new_tokens"] = 4
-    (tmp_path / "base.yaml").write_text(yaml.safe_dump(config))
-    sweep_file = tmp_path / "sweep.yaml"
-    sweep_file.write_text(
-        yaml.safe_dump(
-            {
-                "base": "base.yaml",
-                "output_dir": str(tmp_path / "sweep"),
-                "methods": ["badit"],
-                "learning_rates": [1e-3, 5e-2],
-                "seeds": [3],
-            }
-        )
-    )
+    sweep_file = write_sweep(tmp_path, config, methods=["badit"], learning_rates=[1e-3, 5e-2], seeds=[3])
     sweep = load_sweep(sweep_file)
     summary = run_sweep(sweep, echo=lambda *a, **k: None)
     out = tmp_path / "sweep"
