@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,14 +85,7 @@ def _inputs(family: str, count: int, rng: random.Random) -> list[str]:
                 f"the number tasks have 989 distinct inputs; asked for {count} (train + test + 2)"
             )
         return [str(n) for n in rng.sample(range(10, 999), count)]
-    seen: set[str] = set()
-    inputs: list[str] = []
-    while len(inputs) < count:
-        text = " ".join(rng.sample(WORDS, rng.randint(3, 4)))
-        if text not in seen:
-            seen.add(text)
-            inputs.append(text)
-    return inputs
+    return _word_lists(count, rng, WORDS)
 
 
 def generate_demo_tasks(
@@ -211,12 +204,12 @@ def interference_tasks(seed: int = 0) -> dict[str, tuple[str, AnswerFn]]:
     return dict(sorted(tasks.items()))
 
 
-def _word_lists(count: int, rng: random.Random) -> list[str]:
-    """``count`` distinct lists of 3-4 distinct words of the suite's vocabulary."""
+def _word_lists(count: int, rng: random.Random, vocabulary: Sequence[str]) -> list[str]:
+    """``count`` distinct lists of 3-4 distinct words of ``vocabulary`` (the demo's or the suite's)."""
     seen: set[str] = set()
     inputs: list[str] = []
     while len(inputs) < count:
-        text = " ".join(rng.sample(INTERFERENCE_VOCABULARY, rng.randint(3, 4)))
+        text = " ".join(rng.sample(vocabulary, rng.randint(3, 4)))
         if text not in seen:
             seen.add(text)
             inputs.append(text)
@@ -237,7 +230,9 @@ def generate_interference_tasks(
         )
     counts = {split: sizes.count(split, 0) for split in ("dev", "test")}
     counts["train"] = INTERFERENCE_SIZES.train if sizes.train is None else sizes.train
-    pool = _word_lists(2 + sum(counts.values()), random.Random(f"interference-inputs-{seed}"))
+    pool = _word_lists(
+        2 + sum(counts.values()), random.Random(f"interference-inputs-{seed}"), INTERFERENCE_VOCABULARY
+    )
     start, ranges = 2, {}
     for split in ("train", "dev", "test"):
         ranges[split] = pool[start : start + counts[split]]
