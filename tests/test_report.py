@@ -121,6 +121,7 @@ def test_seed_spread_and_interference_by_hand(tmp_path):
     page = build_report([tmp_path / "sweep", tmp_path / "single"])
     assert "45.00 ± 7.07" in page and "57.50 ± 10.61" in page
     assert ["interference score (mean)", "-2.50"] in _cells(page)
+    assert ["resolvable (80% power)", "-"] in _cells(page)  # no predictions.jsonl: no interval
 
 
 def test_sweep_folder_gives_its_test_and_single_runs(tmp_path):

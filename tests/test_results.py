@@ -77,3 +77,51 @@ def test_names_from_run_folders_cannot_reach_the_terminal_or_html_as_code():
         f"run {evil}",
     )
     assert "\x1b" not in summary and "<script>" not in summary and summary.startswith("# run ")
+
+
+def test_interference_carries_its_interval_and_the_smallest_resolvable_difference(tmp_path):
+    """The results model's paired interference (`Interference.paired`), and the resolvable difference in
+    the terminal table of `badit compare` and on the report page, from the same numbers."""
+    import json
+    import re
+
+    from badit.experiments.compare import compare, comparison_json, format_table
+    from badit.experiments.report import build_report
+
+    def run(name, setting, examples):
+        means = {t: sum(v) / len(v) for t, v in examples.items()}
+        folder = hand_run(tmp_path / "runs" / name, "lora", setting, 0, means)
+        records = [
+            {"task": t, "id": str(i), "rougeL": v, "exact_match": v / 2}
+            for t, values in examples.items()
+            for i, v in enumerate(values)
+        ]
+        (folder / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+
+    run("multi", "multitask", {"t1": [40.0, 50.0, 60.0], "t2": [80.0, 80.0, 80.0]})
+    run("single", "single", {"t1": [50.0, 50.0, 50.0], "t2": [60.0, 70.0, 80.0]})
+    hand_run(tmp_path / "bare" / "multi", "lora", "multitask", 3, {"t1": 40.0, "t2": 40.0})  # no predictions
+    # multi - single: t1 [-10, 0, 10] (mean 0, variance 100), t2 [20, 10, 0] (mean 10, variance 100);
+    # one seed -> examples only: V = (100/3 + 100/3) / 2^2 = 16.67, SE = 4.082, df = 6 - 2 = 4;
+    # t_{0.975, 4} = 2.776, t_{0.80, 4} = 0.941: half-width 11.33, resolvable 3.717 * 4.082 = 15.18
+    runs = compare([tmp_path / "runs" / "multi", tmp_path / "runs" / "single", tmp_path / "bare" / "multi"])
+    paired = runs[0].measured.paired("rougeL")
+    assert paired["mean"] == pytest.approx(5.0) and paired["std_error"] == pytest.approx((50 / 3) ** 0.5)
+    assert paired["df"] == pytest.approx(4.0) and paired["resolvable"] == pytest.approx(15.176, abs=1e-3)
+    assert paired["ci95"] == pytest.approx([5.0 - 11.334, 5.0 + 11.334], abs=1e-3)
+    assert runs[0].measured.paired("exact_match")["resolvable"] == pytest.approx(15.176 / 2, abs=1e-3)
+    # the run without predictions (and without a seed-3 single run) has an interference score (40 - 60) but
+    # no interval: "-"
+    assert runs[2].measured.paired("rougeL") is None
+    table = format_table(runs)
+    rows = {line.split("|")[1].strip(): line for line in table.splitlines() if line.startswith("|")}
+    cells = [c.strip() for c in rows["interference resolvable (80% power)"].split("|")[2:5]]
+    assert cells == ["≥ 15.18 (n = 6 examples x 1 seed)", "-", "-"]
+    assert [c.strip() for c in rows["interference vs single"].split("|")[2:5]] == ["5.00", "-", "-20.00"]
+    assert "interference resolvable: the smallest true difference" in table
+    numbers = comparison_json(runs)["lora (multitask) seed 0"]["interference_interval"]
+    assert numbers["rougeL"]["resolvable"] == pytest.approx(15.176, abs=1e-3)
+    page = build_report([tmp_path / "runs"])
+    cells = [re.findall(r"<td>(.*?)</td>", row) for row in re.findall(r"<tr>(.*?)</tr>", page)]
+    assert ["resolvable (80% power)", "≥ 15.18 (n = 6 examples x 1 seed)"] in cells
+    assert ["interference score (mean)", "5.00"] in cells

@@ -23,6 +23,10 @@ matter (docs/method.md, "Intervals that count seeds", has the simulated error ra
 scipy's t-tests take one sample (seeds or examples), not two variance components with strata; the
 formulas are a few lines of numpy over arrays that may carry leading batch axes (the simulations in
 tests/test_statistics.py run thousands of intervals at once).
+
+The smallest resolvable difference (`resolvable_difference`) says how large a true difference must be
+for this interval, at this n, to exclude 0 in most repetitions of the experiment: a minimum detectable
+difference from the same standard error and degrees of freedom as the interval.
 """
 
 from __future__ import annotations
@@ -33,6 +37,18 @@ import numpy as np
 from scipy import stats
 
 LEVEL = 0.95
+POWER = 0.80
+"""Power of the resolvable difference: the conventional 80% of power analysis (Cohen 1988, Statistical
+Power Analysis for the Behavioral Sciences), a 1-in-5 chance of missing a true difference of that size;
+beside the interval's 5% chance of a false claim it weighs a miss a quarter as heavily as a false
+claim (beta = 4 alpha), Cohen's argument for the convention."""
+RESOLVABLE = (
+    f"resolvable: the smallest true difference that the {LEVEL:.0%} interval tells from 0 in "
+    f"{POWER:.0%} of repetitions at its n (test examples x seeds); a smaller difference could not "
+    "be told from 0 at this n. '-': no interval (seeds that do not pair, no predictions.jsonl, different "
+    "test examples, or a task with fewer than 2 examples)."
+)
+"""What a 'resolvable' cell means, said under every table that shows one (`describe_resolvable`)."""
 METHOD = "seed-paired t interval over seeds and examples (variance components, Welch-Satterthwaite df)"
 
 
@@ -74,6 +90,41 @@ def interval_arrays(differences: np.ndarray, task_index: np.ndarray, level: floa
     return {"mean": mean, "low": mean - half, "high": mean + half, "std_error": std_error, "df": df}
 
 
+def resolvable_difference(std_error, df, level: float = LEVEL, power: float = POWER) -> dict | None:
+    """The smallest true difference that the interval ``theta +- t_{(1+level)/2, df} * std_error`` tells
+    from 0 with probability ``power``, and that interval's half-width.
+
+    ``std_error`` and ``df`` are floats or arrays of one shape (broadcast); returns {"half_width",
+    "resolvable"} of that shape (floats for floats), resolvable >= half_width >= 0 for std_error >= 0.
+    None for a float std_error or df that is None or not finite (fewer than 2 examples or seeds: no
+    variance to estimate), and NaN at such entries of arrays.
+
+    Standard power analysis (Cohen 1988; Bloom 1995, "Minimum detectable effects", Evaluation Review
+    19(5)): the interval excludes 0 on the positive side when theta_hat > t_{(1+level)/2} * SE. If
+    (theta_hat - delta) / SE follows a t distribution with df degrees of freedom, that happens with
+    probability ``power`` when delta - t_{(1+level)/2} * SE = t_{power} * SE, i.e.
+
+        resolvable = (t_{(1+level)/2, df} + t_{power, df}) * SE     (2.05 + 0.85 = 2.90 SE at df = 28)
+
+    The chance of excluding 0 on the wrong side is left out (at that delta below 1e-4 at df = 28,
+    0.5% at df = 2). The SE here is
+    the interval's own estimate, so the figure is what this design resolves, not a prediction for
+    another n. With very few df it is slightly optimistic: the exact (noncentral t) power at that delta
+    is 77% at df = 2.7 and 79.5% at df = 5."""
+    if std_error is None or df is None:
+        return None
+    se, dof = np.asarray(std_error, dtype=float), np.asarray(df, dtype=float)
+    valid = np.isfinite(se) & np.isfinite(dof) & (dof > 0)
+    if se.ndim == 0 and dof.ndim == 0 and not valid:
+        return None
+    dof = np.where(valid, dof, 1.0)  # any df: the entry becomes NaN below
+    half = np.where(valid, stats.t.ppf(0.5 + level / 2, dof) * se, np.nan)
+    resolvable = np.where(valid, half + stats.t.ppf(power, dof) * se, np.nan)
+    if half.ndim == 0:
+        return {"half_width": float(half), "resolvable": float(resolvable)}
+    return {"half_width": half, "resolvable": resolvable}
+
+
 def aligned_scores(
     runs: Sequence[Sequence[dict]], metric: str = "rougeL"
 ) -> tuple[list[tuple[str, str]], np.ndarray]:
@@ -96,8 +147,9 @@ def paired_interval(
     """Mean over tasks of (method - reference) with its seed- and example-aware interval, from one list
     of prediction records per seed on each side (seed s of one paired with seed s of the other).
 
-    Returns {"mean", "ci95": [low, high], "seeds", "examples", "tasks", "df", "std_error", "interval"}:
-    the counts that the interval rests on travel with it."""
+    Returns {"mean", "ci95": [low, high], "seeds", "examples", "tasks", "df", "std_error", "interval",
+    "resolvable", "power"}: the counts that the interval rests on travel with it, and the smallest
+    difference it resolves at ``power`` (`resolvable_difference`)."""
     if len(method) != len(reference):
         raise ValueError(
             f"pairing by seed needs as many seeds on both sides, got {len(method)} and {len(reference)}"
@@ -109,6 +161,7 @@ def paired_interval(
     names = sorted({task for task, _ in keys})
     task_index = np.array([names.index(task) for task, _ in keys])
     out = interval_arrays(a - b, task_index, level)
+    resolvable = resolvable_difference(float(out["std_error"]), float(out["df"]), level)
     return {
         "mean": float(out["mean"]),
         "ci95": [float(out["low"]), float(out["high"])],
@@ -118,13 +171,32 @@ def paired_interval(
         "df": float(out["df"]),
         "std_error": float(out["std_error"]),
         "interval": METHOD,
+        "resolvable": resolvable["resolvable"] if resolvable else None,
+        "power": POWER,
     }
 
 
 def describe(result: dict) -> str:
     """``+1.23 [-0.50, +2.96] (n = 24 examples x 3 seeds)``: an interval never printed without its counts."""
     low, high = result["ci95"]
-    return (
-        f"{result['mean']:+.2f} [{low:+.2f}, {high:+.2f}] "
-        f"(n = {result['examples']} examples x {result['seeds']} seed{'s' if result['seeds'] != 1 else ''})"
-    )
+    return f"{result['mean']:+.2f} [{low:+.2f}, {high:+.2f}] {_counts(result)}"
+
+
+def describe_resolvable(result: dict | None) -> str:
+    """``>= 1.90 (n = 24 examples x 3 seeds)``: the smallest difference a `paired_interval` result resolves
+    (at `POWER`), with its counts; ``-`` where there is none (no result, or no standard error). A result
+    written before this field existed (an older sweep.json) gets it from its std_error and df."""
+    if not result:
+        return "-"
+    value = result.get("resolvable")
+    if value is None and "resolvable" not in result:
+        computed = resolvable_difference(result.get("std_error"), result.get("df"))
+        value = computed["resolvable"] if computed else None
+    if value is None or value != value:
+        return "-"
+    return f"≥ {value:.2f} {_counts(result)}"
+
+
+def _counts(result: dict) -> str:
+    seeds = result["seeds"]
+    return f"(n = {result['examples']} examples x {seeds} seed{'s' if seeds != 1 else ''})"

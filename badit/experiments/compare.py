@@ -18,6 +18,7 @@ from badit.experiments.folder import METRIC_NAMES
 from badit.experiments.results import (
     AVERAGE,
     Group,
+    Interference,
     RunResult,
     Table,
     interference,
@@ -31,11 +32,13 @@ from badit.experiments.results import (
 @dataclass
 class RunScores:
     """One column of the comparison: a run, its interference score (multi-task runs) and the label of the
-    single-task run it was measured against."""
+    single-task run it was measured against; ``measured``: that comparison in the results model (its
+    paired interval and smallest resolvable difference, `Interference.paired`)."""
 
     run: RunResult
     interference: dict[str, float | None] = field(default_factory=dict)
     reference: str | None = None
+    measured: Interference | None = None
 
     def __getattr__(self, name):  # path, label, method, setting, tasks, average, continual...: the run's
         return getattr(self.__dict__["run"], name)
@@ -55,7 +58,8 @@ def compare(run_dirs: list[str | Path]) -> list[RunScores]:
         reference = single_reference(group, groups)
         if reference is not None:
             scores.reference = reference.label
-            scores.interference = interference(group, reference).average
+            scores.measured = interference(group, reference)
+            scores.interference = scores.measured.average
     return out
 
 
@@ -77,6 +81,8 @@ def _continual_with_single(scores: RunScores, group: Group, groups: list[Group])
 
 def comparison_table(runs: list[RunScores], metric: str = "rougeL") -> Table:
     """One row per task, one column per run; average, interference, step size and continual rows."""
+    from badit.evaluation.statistics import POWER, RESOLVABLE, describe_resolvable  # numpy, scipy: lazily
+
     if metric not in METRIC_NAMES:
         raise ValueError(f"metric must be one of {', '.join(METRIC_NAMES)}, got {metric!r}")
     tasks = sorted({t for r in runs for t in r.tasks})
@@ -86,6 +92,12 @@ def comparison_table(runs: list[RunScores], metric: str = "rougeL") -> Table:
     strong = {len(rows) - 1}
     if any(r.interference for r in runs):
         rows.append(["interference vs single", *(number(r.interference.get(metric)) for r in runs)])
+        rows.append(
+            [
+                f"interference resolvable ({POWER:.0%} power)",
+                *(describe_resolvable(r.measured.paired(metric) if r.measured else None) for r in runs),
+            ]
+        )
     # The step size of each run: a learning rate or scale mismatch between columns is visible here.
     if any(r.learning_rate is not None for r in runs):
         rows.append(["learning rate", *(number(r.learning_rate, "g") for r in runs)])
@@ -101,6 +113,8 @@ def comparison_table(runs: list[RunScores], metric: str = "rougeL") -> Table:
         for r in runs
         if r.reference
     ]
+    if any(r.interference for r in runs):
+        notes.append(f"interference {RESOLVABLE}")
     if any(r.continual for r in runs):
         notes.append(f"continual metrics: {DEFINITIONS}")
     missing = [r.label for r in runs if r.setting == "multitask" and not r.reference]
@@ -128,6 +142,9 @@ def comparison_json(runs: list[RunScores]) -> dict:
             "average": r.average,
             "interference": r.interference or None,
             "interference_reference": r.reference,
+            "interference_interval": (
+                {m: r.measured.paired(m) for m in METRIC_NAMES} if r.measured else None
+            ),
             "learning_rate": r.learning_rate,
             "effective_scale": r.effective_scale,
             "continual": r.continual,

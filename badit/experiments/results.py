@@ -327,6 +327,19 @@ class Interference:
     tasks: list[str]
     per_task: dict[str, dict[str, float]]  # task -> metric -> multi - single
     average: dict[str, float]  # metric -> interference score
+    _paired: dict = field(default_factory=dict, repr=False, compare=False)  # metric -> paired(metric)
+
+    def paired(self, metric: str = "rougeL") -> dict | None:
+        """The interference score as a `paired_difference` (multi-task minus single-task, paired by seed and
+        example, on the tasks of the score): its 95% interval, counts and smallest resolvable difference.
+        None where it cannot be formed (seeds that do not pair, a run without predictions.jsonl, different
+        test examples, a task with fewer than 2 examples)."""
+        if metric not in self._paired:
+            try:
+                self._paired[metric] = paired_difference(self.group, self.reference, metric, self.tasks)
+            except (ResultsError, RunError, KeyError, OSError):
+                self._paired[metric] = None
+        return self._paired[metric]
 
 
 def interference(group: Group, reference: Group, tasks: Sequence[str] | None = None) -> Interference:
@@ -357,12 +370,16 @@ def interferences(groups: Sequence[Group], tasks: Sequence[str] | None = None) -
 # Paired comparisons
 
 
-def paired_difference(group: Group, reference: Group, metric: str = "rougeL") -> dict:
-    """``group`` minus ``reference`` on the same test examples, mean over tasks, with its 95% interval:
-    the one place the comparison statistic is chosen. It is
-    `badit.evaluation.statistics.paired_interval`: seed s of one group paired with seed s of the other
-    (runs matched by seed; the groups must hold the same seeds), a t interval whose variance counts the
-    test examples and the seeds, and the counts (``examples``, ``seeds``) it rests on beside it."""
+def paired_difference(
+    group: Group, reference: Group, metric: str = "rougeL", tasks: Sequence[str] | None = None
+) -> dict:
+    """``group`` minus ``reference`` on the same test examples, mean over tasks (``tasks``: only these;
+    default every task of the predictions), with its 95% interval: the one place the comparison statistic
+    is chosen. It is `badit.evaluation.statistics.paired_interval`: seed s of one group paired with seed s
+    of the other (runs matched by seed; the groups must hold the same seeds), a t interval whose variance
+    counts the test examples and the seeds, the counts (``examples``, ``seeds``) it rests on beside it,
+    and ``resolvable``: the smallest difference it tells from 0 at 80% power (None without a standard
+    error; `badit.evaluation.statistics.resolvable_difference`)."""
     from badit.evaluation.statistics import paired_interval
 
     mine, theirs = {r.seed: r for r in group.runs}, {r.seed: r for r in reference.runs}
@@ -372,10 +389,13 @@ def paired_difference(group: Group, reference: Group, metric: str = "rougeL") ->
             f"{sorted(mine, key=str)}, {reference.label} {sorted(theirs, key=str)}"
         )
     seeds = sorted(mine, key=str)
+    wanted = None if tasks is None else set(tasks)
+
+    def records(run: RunResult) -> list[dict]:
+        return [p for p in run.predictions() if wanted is None or p["task"] in wanted]
+
     try:
-        return paired_interval(
-            [mine[s].predictions() for s in seeds], [theirs[s].predictions() for s in seeds], metric
-        )
+        return paired_interval([records(mine[s]) for s in seeds], [records(theirs[s]) for s in seeds], metric)
     except ValueError as error:
         raise ResultsError(f"{group.label} vs {reference.label}: {error}") from None
 

@@ -55,12 +55,16 @@ one per GPU (``CUDA_VISIBLE_DEVICES``). Subprocess logs: ``logs/<run>.log``.
      "wall_seconds": float}
 
     INTERVAL = {"mean": float, "ci95": [low, high], "seeds": int, "examples": int, "tasks": int,
-                "df": float, "std_error": float, "interval": str}
+                "df": float, "std_error": float, "interval": str, "resolvable": float | null,
+                "power": 0.8}
 
 ``std`` is the sample standard deviation over seeds (null with one seed). INTERVAL is
 `badit.evaluation.statistics.paired_interval`: the mean over tasks of (method - reference), seed s of
 one paired with seed s of the other on the same test examples, with a t interval whose variance counts
-the examples and the seeds (docs/method.md, "Intervals that count seeds"). ``bootstrap_samples`` in a
+the examples and the seeds (docs/method.md, "Intervals that count seeds"); ``resolvable``: the smallest
+true difference that interval tells from 0 with probability ``power`` at its n
+(`badit.evaluation.statistics.resolvable_difference`; absent from sweep.json files written before it,
+whose tables compute it from std_error and df). ``bootstrap_samples`` in a
 sweep file is accepted and unused (the interval is no longer a bootstrap).
 """
 
@@ -616,7 +620,7 @@ def _pm(stats: dict) -> str:
 def format_sweep(summary: dict) -> str:
     """Markdown: selection, per-task mean ± std, average, difference vs reference with its CI, cost."""
     from badit.evaluation.statistics import METHOD as INTERVAL
-    from badit.evaluation.statistics import describe
+    from badit.evaluation.statistics import POWER, RESOLVABLE, describe, describe_resolvable
 
     methods, results, ref = summary["methods"], summary["results"], summary["reference"]
     seeds = ", ".join(map(str, summary["seeds"]))
@@ -641,14 +645,17 @@ def format_sweep(summary: dict) -> str:
         d = results[m]["difference_vs_reference"]
         diff_cells.append("(reference)" if d is None else describe(d))
     rows.append([f"{ref} difference, 95% CI", *diff_cells])
+    resolvable = [
+        "(reference)" if d is None else describe_resolvable(d)
+        for d in (results[m]["difference_vs_reference"] for m in methods)
+    ]
+    rows.append([f"{ref} difference resolvable ({POWER:.0%} power)", *resolvable])
     if any(results[m]["interference"] for m in methods):
-        rows.append(
-            ["interference vs single, 95% CI"]
-            + [
-                describe(results[m]["interference"]["score"]) if results[m]["interference"] else "-"
-                for m in methods
-            ]
-        )
+        scores_of = [
+            results[m]["interference"]["score"] if results[m]["interference"] else None for m in methods
+        ]
+        rows.append(["interference vs single, 95% CI", *(describe(s) if s else "-" for s in scores_of)])
+        rows.append([f"interference resolvable ({POWER:.0%} power)", *map(describe_resolvable, scores_of)])
     cost = [results[m]["cost"] for m in methods]
     rows.append(["tokens/s", *(number(c["tokens_per_second"], ".0f") for c in cost)])
     rows.append(["train seconds", *(number(c["train_seconds"], ".0f") for c in cost)])
@@ -666,7 +673,8 @@ def format_sweep(summary: dict) -> str:
             if budget
             else ""
         )
-        + " Peak memory: GPU memory allocated on a GPU, else the process's peak resident memory."
+        + " Peak memory: GPU memory allocated on a GPU, else the process's peak resident memory.",
+        f"Difference and interference {RESOLVABLE}",
     ]
     for m in methods:
         sel = summary["selection"][m]

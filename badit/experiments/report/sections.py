@@ -57,12 +57,15 @@ def scores_section(collection: Collection, groups: list[Group]) -> Section:
 
 
 def interference_section(collection: Collection, groups: list[Group]) -> Section:
+    from badit.evaluation.statistics import POWER, RESOLVABLE, describe_resolvable  # numpy, scipy: lazily
+
     section = Section("Interference (multi-task minus single-task)")
     found = interferences(groups, collection.shared_tasks)
     section.add(
         paragraph(
             "Score of the multi-task adapter minus that of one adapter per task (setting single) on the same "
-            "task; negative = training the tasks together costs performance."
+            "task; negative = training the tasks together costs performance. Interference "
+            f"{RESOLVABLE}"
         )
     )
     for metric, name in METRICS.items():
@@ -71,6 +74,9 @@ def interference_section(collection: Collection, groups: list[Group]) -> Section
         header = [f"task ({name})", *(f"{i.group.label} vs {i.reference.label}" for i in found)]
         rows = [[t, *(number(i.per_task[t][metric]) for i in found)] for t in collection.shared_tasks]
         rows.append(["interference score (mean)", *(number(i.average[metric]) for i in found)])
+        rows.append(
+            [f"resolvable ({POWER:.0%} power)", *(describe_resolvable(i.paired(metric)) for i in found)]
+        )
         section.add(table(header, rows))
     if found:
         bars = {
