@@ -81,7 +81,8 @@ def test_unknown_suite_task_or_empty_split_is_one_clear_error():
 
 def test_shipped_configs_read():
     config = load_config(ROOT / "configs" / "interference.yaml")
-    assert config.data.path == "generated:interference" and config.training.num_train_epochs == 2
+    assert config.data.path == "generated:interference" and config.training.num_train_epochs == 3
+    assert config.data.tasks == ["copy_words", "reverse_words", "sort_ascending", "sort_descending"]
     for name in ("interference_cpu.yaml", "interference_cpu_published.yaml"):
         sweep = load_sweep(ROOT / "configs" / "sweeps" / name)
         assert len(sweep.learning_rates) == 3 and len(sweep.seeds) == 5

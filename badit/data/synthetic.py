@@ -199,6 +199,8 @@ def interference_tasks(seed: int = 0) -> dict[str, tuple[str, AnswerFn]]:
     for name, code in codes.items():
         tasks[f"code_{name}"] = (_CODE_DEFINITIONS[name], encode(code, False))
         tasks[f"code_{name}_reversed"] = (_REVERSED_DEFINITIONS[name], encode(code, True))
+    tasks["copy_words"] = TASKS["demo_copy_words"][1:]
+    tasks["reverse_words"] = TASKS["demo_reverse_words"][1:]
     tasks["sort_ascending"] = TASKS["demo_sort_ascending"][1:]
     tasks["sort_descending"] = TASKS["demo_sort_descending"][1:]
     return dict(sorted(tasks.items()))
