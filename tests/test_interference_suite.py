@@ -35,8 +35,10 @@ def test_answers_follow_the_definitions():
     assert tasks["code_amber_reversed"][1](words) == f"{amber['bird']} {amber['cat']} {amber['apple']}"
     assert tasks["sort_ascending"][1](words) == "apple bird cat"
     assert tasks["sort_descending"][1](words) == "cat bird apple"
+    assert tasks["copy_words"][1](words) == "apple cat bird"
+    assert tasks["reverse_words"][1](words) == "bird cat apple"
     definitions = [definition for definition, _ in tasks.values()]
-    assert len(set(definitions)) == 6  # every task is told apart by its prompt
+    assert len(set(definitions)) == 8  # every task is told apart by its prompt
 
 
 def test_source_shares_inputs_across_tasks_and_keeps_splits_disjoint():
@@ -46,15 +48,17 @@ def test_source_shares_inputs_across_tasks_and_keeps_splits_disjoint():
         "code_amber_reversed",
         "code_birch",
         "code_birch_reversed",
+        "copy_words",
+        "reverse_words",
         "sort_ascending",
         "sort_descending",
     ]
     inputs = {}
     for split, count in (("train", 10), ("dev", 3), ("test", 5)):
         tasks = source.load(split)
-        assert [len(t.instances) for t in tasks] == [count] * 6
+        assert [len(t.instances) for t in tasks] == [count] * 8
         per_task = {tuple(i.input for i in t.instances) for t in tasks}
-        assert len(per_task) == 1  # the six tasks read the same inputs
+        assert len(per_task) == 1  # the eight tasks read the same inputs
         inputs[split] = set(per_task.pop())
         amber, birch = (t for t in tasks if t.name in ("code_amber", "code_birch"))
         assert all(a.outputs != b.outputs for a, b in zip(amber.instances, birch.instances))
