@@ -52,10 +52,10 @@ def test_shipped_configs_load_with_paper_hyperparameters(path):
     if path.name == "published_code.yaml":  # the public code's choices, and only those, differ
         assert dataclasses.replace(default.method, **PUBLISHED) == config.method
     elif path.name == "interference.yaml":
-        # the generated benchmark's budget is its own: 2 epochs (300 steps) that
-        # regroup every 25 steps in the first half; its answers are 4 numbers (<= 16 tokens), and
-        # its learning rate is the middle of its sweep's grid (configs/sweeps/interference_cpu.yaml)
-        assert dataclasses.replace(default.method, regroup_every=25) == config.method
+        # the generated benchmark's budget is its own: 3 epochs (150 steps) that regroup every 15
+        # steps in the first half, one expert per task (4); answers of at most 4 words (<= 16
+        # tokens); its learning rate is the middle of its sweep's grid (sweeps/interference_cpu.yaml)
+        assert dataclasses.replace(default.method, regroup_every=15, num_experts=4) == config.method
         assert (config.data.path, config.data.max_target_length) == ("generated:interference", 16)
         return
     else:

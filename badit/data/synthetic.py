@@ -189,7 +189,7 @@ def interference_codes(seed: int = 0) -> dict[str, dict[str, str]]:
 
 
 def interference_tasks(seed: int = 0) -> dict[str, tuple[str, AnswerFn]]:
-    """name: (definition, mapping) of the six tasks of the interference suite."""
+    """name: (definition, mapping) of the eight tasks of the interference suite."""
     codes = interference_codes(seed)
 
     def encode(code: dict[str, str], backwards: bool) -> AnswerFn:
