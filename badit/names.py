@@ -26,6 +26,10 @@ adapter (``badit.training.continual``; docs/method.md, "Continual baselines").""
 METHODS = (*MIXTURE_METHODS, *LORA_METHODS, HYDRALORA, *CONTINUAL_METHODS)
 """The one list of method names (``method.name``)."""
 
+GRADIENT_SURGERIES = ("none", "pcgrad")
+"""``training.gradient_surgery`` (badit.training.gradient_surgery). In ``badit sweep``'s ``methods``,
+``NAME+pcgrad`` is method NAME trained with it (the run's label, badit.experiments.folder.method_label)."""
+
 DATA_FORMATS = ("auto", "superni", "jsonl", "csv", "datasets")
 """``data.format``: ``auto`` recognises the format from ``data.path``."""
 

@@ -167,12 +167,28 @@ def test_config_field_is_checked(tmp_path):
     assert from_dict({"training": {"gradient_surgery": "pcgrad"}}).training.gradient_surgery == "pcgrad"
     with pytest.raises(ConfigError, match="training.gradient_surgery must be one of none, pcgrad"):
         from_dict({"training": {"gradient_surgery": "cagrad"}})
+    for setting in ("single", "continual"):  # one task at a time: nothing to project
+        with pytest.raises(
+            ConfigError, match=f"pcgrad projects .* setting {setting} trains one task at a time"
+        ):
+            from_dict({"setting": setting, "training": {"gradient_surgery": "pcgrad"}})
     with pytest.raises(ValueError, match="gradient_surgery must be one of"):
         BaditTrainer(
             model=_lora_model(),
             args=TrainingArguments(output_dir=str(tmp_path), report_to=[]),
             gradient_surgery="x",
         )
+
+
+def test_the_command_refuses_pcgrad_in_setting_single_in_one_line(tmp_path, capsys):
+    from badit.cli.main import main
+
+    config = tmp_path / "c.yaml"
+    config.write_text("setting: single\ntraining: {gradient_surgery: pcgrad}\n", encoding="utf-8")
+    assert main(["train", str(config), f"output_dir={tmp_path / 'run'}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "c.yaml" in err and "use setting: multitask" in err
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.slow

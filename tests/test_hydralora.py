@@ -124,6 +124,15 @@ def test_router_lr_multiplier_reaches_the_hydralora_routers(tmp_path):
     assert len(routers) == 2 and fast == routers  # tiny llama: 2 layers x gate_proj
 
 
+def test_effective_scale_is_lora_alpha_over_r_whatever_router_scale():
+    # lora_alpha 32 / r 2 = 16 per component, as lora's (rank K*r = 6, alpha 32 * 3 = 96: 96 / 6 = 16);
+    # router_scale is BADIT's field (K * softmax or softmax): HydraLoRA's router weights always sum to 1
+    for router_scale in ("preserve", "paper"):
+        hydra = MethodConfig(name="hydralora", r=2, num_experts=3, router_scale=router_scale)
+        assert effective_scale(hydra) == 16.0
+    assert effective_scale(MethodConfig(name="lora", r=2, num_experts=3)) == 16.0
+
+
 def test_step_size_per_component_matches_lora_with_fewer_components():
     # docs/method.md "Step sizes": per rank-1 component HydraLoRA's scale is lora_alpha / r = 32 / 2 = 16,
     # LoRA's (rank K*r = 6, alpha 32 * 3) 96 / 6 = 16. But its shared A has r = 2 components where LoRA

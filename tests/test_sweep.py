@@ -95,6 +95,21 @@ def test_plan_selects_on_dev_with_the_first_seed_then_runs_every_seed():
     assert {job_overrides(sweep, j)["data.split_sizes"]["seed"] for j in selection + final} == {1}
 
 
+def test_a_method_with_pcgrad_sits_beside_the_plain_method(tmp_path):
+    sweep = load_sweep(write_sweep(tmp_path, methods=["lora", "lora+pcgrad"], interference=["lora+pcgrad"]))
+    final = plan_final(sweep, {"lora": 1e-4, "lora+pcgrad": 3e-4})
+    runs = {j.name: job_overrides(sweep, j) for j in plan_selection(sweep) + final}
+    pcgrad = runs["test/lora+pcgrad-seed2"]
+    assert pcgrad["method.name"] == "lora" and pcgrad["training.gradient_surgery"] == "pcgrad"
+    assert "training.gradient_surgery" not in runs["test/lora-seed2"]  # the plain method: the config's own
+    # its single-task reference (one task per adapter): the same lr, without surgery (refused in single)
+    single = runs["single/lora+pcgrad-seed1"]
+    assert single["setting"] == "single" and single["training.gradient_surgery"] == "none"
+    assert single["training.learning_rate"] == 3e-4
+    with pytest.raises(SweepError, match=r"methods: 'lora\+cagrad' is unknown.*NAME\+pcgrad"):
+        load_sweep(write_sweep(tmp_path, methods=["lora", "lora+cagrad"]))
+
+
 def test_no_run_is_trained_twice(tmp_path):
     """Every trained run differs from every other in method, learning rate, seed or setting; the first
     seed's test run is the winning selection run's adapter evaluated on test."""

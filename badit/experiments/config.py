@@ -125,7 +125,8 @@ class TrainingConfig:
     (badit.training.nonfinite; not with DeepSpeed, whose engine applies the step inside backward)."""
     gradient_surgery: Literal["none", "pcgrad"] = "none"
     """``pcgrad``: PCGrad between the tasks of each batch (Yu et al. 2020; one backward pass per task,
-    one process, not with DeepSpeed; badit.training.gradient_surgery), with any method."""
+    one process, not with DeepSpeed; badit.training.gradient_surgery), with any method; ``setting: multitask``
+    only (single and continual train one task at a time: nothing to project)."""
     single_task_steps: Literal["each", "share"] = "each"
     """Setting ``single`` with ``max_steps`` > 0: ``each`` trains every task's adapter ``max_steps`` steps;
     ``share`` gives task t ``max_steps * n_t / N`` steps (n_t its training examples, N all tasks'), the
@@ -485,6 +486,11 @@ def _check_fields(config: RunConfig, source: str) -> None:
     if t.gradient_surgery != "none" and t.deepspeed:
         fail(
             f"training.gradient_surgery={t.gradient_surgery} does not work with training.deepspeed (set one of them)"
+        )
+    if t.gradient_surgery != "none" and config.setting != "multitask":
+        fail(
+            f"training.gradient_surgery={t.gradient_surgery} projects the gradients of the tasks in each batch; "
+            f"setting {config.setting} trains one task at a time (use setting: multitask or gradient_surgery: none)"
         )
     if t.on_nonfinite == "skip" and t.deepspeed:
         fail("training.on_nonfinite=skip does not work with training.deepspeed (use stop)")

@@ -13,6 +13,11 @@ A sweep file (YAML) names a base run config and what varies::
     seeds: [1, 2, 3]
     interference: [badit, lora]         # also train one adapter per task (setting single)
 
+A method may be ``NAME+pcgrad`` (e.g. ``lora+pcgrad``, the run's label): method NAME with
+``training.gradient_surgery: pcgrad``, so PCGrad is compared beside the plain method in one sweep (its
+single-task runs, for ``interference``, train without surgery: one task per adapter has nothing to
+project).
+
 Protocol (the answer a user wants, without looking at test scores to choose):
  0. Before any run, the selection (dev) examples are compared with the test examples
     (`selection_overlap`): a task whose dev examples are test examples stops the sweep, named. Runs
@@ -100,6 +105,7 @@ from badit.experiments.results import (
     paired_difference,
     with_spread,
 )
+from badit.names import GRADIENT_SURGERIES
 
 SCHEMA = "badit-sweep/1"
 KNOWN_KEYS = (
@@ -195,8 +201,12 @@ def parse_sweep(data: dict, source: Path, output_dir: str | Path | None = None) 
     if not isinstance(methods, list) or not methods:
         fail(f"methods must be a non-empty list, e.g. [badit, lora]; the methods are {', '.join(METHODS)}")
     for m in methods:
-        if m not in METHODS:
-            fail(f"methods: {m!r} is unknown; use some of {', '.join(METHODS)}")
+        name, plus, surgery = str(m).partition("+")
+        if not isinstance(m, str) or name not in METHODS or (plus and surgery not in GRADIENT_SURGERIES[1:]):
+            fail(
+                f"methods: {m!r} is unknown; use some of {', '.join(METHODS)}, "
+                f"or NAME+{'|'.join(GRADIENT_SURGERIES[1:])} for gradient surgery"
+            )
     if len(set(methods)) != len(methods):
         fail("methods: a method is listed twice")
     lrs = data.get("learning_rates")
@@ -279,17 +289,27 @@ def plan_final(sweep: Sweep, chosen: dict[str, float]) -> list[Job]:
     (``training.single_task_steps: share``)."""
     first = sweep.seeds[0]
     # A continual run's score matrix needs every stage evaluated on test: there seed 1 is trained again.
-    reuse = base_config(sweep).setting != "continual"
+    base = base_config(sweep)
+    reuse = base.setting != "continual"
     jobs = []
     for m in sweep.methods:
         winner = selection_name(m, chosen[m]) if reuse else None
         jobs.append(Job(f"test/{m}-seed{first}", m, chosen[m], first, {}, evaluate=winner))
         jobs += [Job(f"test/{m}-seed{s}", m, chosen[m], s, {}) for s in sweep.seeds[1:]]
     single = {"setting": "single", "training.single_task_steps": "share"}
+    # one task per adapter: nothing for gradient surgery to project (refused in setting single)
+    no_surgery = {"training.gradient_surgery": "none"}
     jobs += [
-        Job(f"single/{m}-seed{s}", m, chosen[m], s, single) for m in sweep.interference for s in sweep.seeds
+        Job(f"single/{m}-seed{s}", m, chosen[m], s, single | (no_surgery if uses_surgery(base, m) else {}))
+        for m in sweep.interference
+        for s in sweep.seeds
     ]
     return jobs
+
+
+def uses_surgery(base, method: str) -> bool:
+    """Whether ``method``'s runs (``NAME+pcgrad``, or a base config that sets it) use gradient surgery."""
+    return "+" in method or base.training.gradient_surgery != "none"
 
 
 def plan(sweep: Sweep, chosen: dict[str, float]) -> list[Job]:
@@ -312,11 +332,13 @@ def split_seed_override(sweep: Sweep) -> dict[str, Any]:
 
 
 def job_overrides(sweep: Sweep, job: Job) -> dict[str, Any]:
+    name, _, surgery = job.method.partition("+")  # ``lora+pcgrad``: lora with gradient surgery
     return {
         **sweep.overrides,
         **split_seed_override(sweep),
         "name": job.name.replace("/", "-"),
-        "method.name": job.method,
+        "method.name": name,
+        **({"training.gradient_surgery": surgery} if surgery else {}),
         "training.learning_rate": job.learning_rate,
         "seed": job.seed,
         **job.overrides,

@@ -29,9 +29,6 @@ from collections.abc import Sequence
 
 import torch
 
-SURGERIES = ("none", "pcgrad")
-"""Values of ``training.gradient_surgery``."""
-
 
 def project_conflicting(grads: torch.Tensor, orders: Sequence[Sequence[int]]) -> torch.Tensor:
     """PCGrad's combined update of ``grads`` (T, P): the sum over tasks i of g_i projected, in the order

@@ -194,12 +194,15 @@ def effective_scale(method: MethodConfig) -> float:
     """The multiplier of one rank-1 component's contribution to a layer's output at initialisation.
 
     LoRA family: ``alpha / (K r)``. Mixtures: ``lora_alpha / r`` times the expert's initial router
-    weight: about 1 with ``router_scale: preserve``, 1/K with ``paper`` (a uniform softmax). Formulas
-    and numbers at the defaults: docs/method.md, "Step sizes".
+    weight: about 1 with ``router_scale: preserve``, 1/K with ``paper`` (a uniform softmax). HydraLoRA:
+    ``lora_alpha / r`` (its heads share A and their router weights sum to 1; ``router_scale`` is not
+    its field). Formulas and numbers at the defaults: docs/method.md, "Step sizes".
     """
     if method.name in LORA_METHODS or method.name in CONTINUAL_METHODS:
         # continual methods: alpha grows with the branches (t * alpha for rank t*K*r), the same per component
         return baseline_alpha(method) / (method.num_experts * method.r)
+    if method.name == HYDRALORA:
+        return method.lora_alpha / method.r
     weight = 1.0 if method.router_scale == "preserve" else 1.0 / method.num_experts
     return method.lora_alpha / method.r * weight
 

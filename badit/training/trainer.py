@@ -27,6 +27,7 @@ from badit.adapter import BaditConfig
 from badit.adapter.integrity import check_adapter_folder
 from badit.data import IGNORE_INDEX, DataCollator, LengthGroupedSampler, TaskBalancedSampler
 from badit.data.files import atomic_write_json
+from badit.names import GRADIENT_SURGERIES as SURGERIES
 from badit.regrouping import attach_gradient_tracking
 from badit.training.callbacks import JsonlLogger, ProgressBar, RegroupCallback
 from badit.training.checkpoints import (
@@ -38,7 +39,7 @@ from badit.training.checkpoints import (
     seal,
     staged_write,
 )
-from badit.training.gradient_surgery import SURGERIES, TaskGradients
+from badit.training.gradient_surgery import TaskGradients
 from badit.training.loss import labelled_positions, lm_head_on, trainer_loss
 from badit.training.model_loading import gpu_half_dtype
 from badit.training.nonfinite import NonFiniteGuard, check_final_parameters
