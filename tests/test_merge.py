@@ -104,6 +104,16 @@ def test_a_single_run_merges_into_a_run_folder_that_compare_reads(tmp_path):
     with pytest.raises(RunError, match="made by `badit merge`, not trained"):
         run(dataclasses.replace(single, output_dir=str(merged_dir)), resume=True)
     assert (merged_dir / "adapter" / "adapter_config.json").is_file()
+    # saved and loaded like any run: `badit eval` reads the merged adapter back and predicts the same
+    from badit.cli.main import main
+
+    assert main(["eval", str(merged_dir), "--output", str(tmp_path / "reevaluated")]) == 0
+
+    def predictions(folder):
+        rows = [json.loads(line) for line in (folder / "predictions.jsonl").read_text().splitlines()]
+        return {row["id"]: row["prediction"] for row in rows}
+
+    assert predictions(tmp_path / "reevaluated") == predictions(merged_dir) != {}
     with pytest.raises(MergeError, match="needs a `setting: single` run"):
         merge_run(merged_dir, tmp_path / "again", "task-arithmetic")
     assert not (tmp_path / "again").exists()

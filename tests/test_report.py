@@ -124,6 +124,36 @@ def test_seed_spread_and_interference_by_hand(tmp_path):
     assert ["resolvable (80% power)", "-"] in _cells(page)  # no predictions.jsonl: no interval
 
 
+def test_issue_19_baselines_stand_beside_badit_under_their_own_labels(tmp_path):
+    # labels as metrics.json writes them (folder.method_label): a +pcgrad run and a badit merge run are
+    # never grouped with plain lora; the lora single run is the interference reference of all three
+    for name, label, t1 in [
+        ("badit", "badit", 40.0),
+        ("lora", "lora", 30.0),
+        ("pcgrad", "lora+pcgrad", 34.0),
+        ("ties", "lora+ties", 28.0),
+        ("hydra", "hydralora", 36.0),
+    ]:
+        hand_run(tmp_path / name, label, "multitask", 0, {"t1": t1, "t2": 50.0})
+    hand_run(tmp_path / "single", "lora", "single", 0, {"t1": 38.0, "t2": 50.0})
+    folders = [tmp_path / n for n in ("badit", "lora", "pcgrad", "ties", "hydra", "single")]
+    groups = seed_groups(collect(folders).runs)
+    assert [g.label for g in groups] == [
+        "badit (multitask)",
+        "lora (multitask)",
+        "lora+pcgrad (multitask)",
+        "lora+ties (multitask)",
+        "hydralora (multitask)",
+        "lora (single)",
+    ]
+    # interference on t1 (t2 equal): 34 - 38 = -4 -> mean over 2 tasks -2; ties 28 - 38 -> -5
+    found = {i.group.method: i.average["rougeL"] for i in interferences(groups, ["t1", "t2"])}
+    assert found["lora+pcgrad"] == pytest.approx(-2.0) and found["lora+ties"] == pytest.approx(-5.0)
+    page = build_report(folders)
+    # average row: (40 + 50) / 2 = 45, lora 40, pcgrad 42, ties 39, hydralora 43, single 44
+    assert ["average", "45.00", "40.00", "42.00", "39.00", "43.00", "44.00"] in _cells(page)
+
+
 def test_sweep_folder_gives_its_test_and_single_runs(tmp_path):
     sweep = tmp_path / "sweep"
     (sweep / "sweep.json").parent.mkdir()
