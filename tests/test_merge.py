@@ -132,6 +132,21 @@ def test_only_evaluation_fields_can_be_overridden(tmp_path):
         merge_run(run.path, tmp_path / "out", "ties", overrides=("training.learning_rate=1",))
 
 
+@pytest.mark.parametrize("name", ["pissa", "hydralora", "badit"])
+def test_only_lora_single_runs_are_merged(tmp_path, name):
+    # PiSSA/OLoRA move the base weight, HydraLoRA and BADIT route: their deltas do not add
+    from badit.experiments.config import from_dict
+    from badit.experiments.folder import RunFolder
+    from badit.experiments.merge import merge_run
+
+    run = RunFolder(tmp_path / "single")
+    run.path.mkdir()
+    run.config_file.write_text(from_dict({"setting": "single", "method": {"name": name}}).to_yaml())
+    with pytest.raises(MergeError, match=f"trained method '{name}'; badit merge merges `lora` adapters"):
+        merge_run(run.path, tmp_path / "out", "task-arithmetic")
+    assert not (tmp_path / "out").exists()
+
+
 def test_the_command_refuses_a_folder_that_is_not_a_run_in_one_line(tmp_path, capsys):
     from badit.cli.main import main
 
