@@ -125,3 +125,129 @@ def test_interference_carries_its_interval_and_the_smallest_resolvable_differenc
     cells = [re.findall(r"<td>(.*?)</td>", row) for row in re.findall(r"<tr>(.*?)</tr>", page)]
     assert ["resolvable (80% power)", "≥ 15.18 (n = 6 examples x 1 seed)"] in cells
     assert ["interference score (mean)", "5.00"] in cells
+
+
+def _predicted_run(folder, method, seed, examples):
+    """A hand run whose metrics.json holds the task means of ``examples`` (task -> per-example ROUGE-L)
+    and whose predictions.jsonl holds the examples (ids 0, 1, ...; EM = ROUGE-L / 2)."""
+    import json
+
+    folder = hand_run(folder, method, "multitask", seed, {t: sum(v) / len(v) for t, v in examples.items()})
+    records = [
+        {"task": t, "id": str(i), "rougeL": v, "exact_match": v / 2}
+        for t, values in examples.items()
+        for i, v in enumerate(values)
+    ]
+    (folder / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return folder
+
+
+# two methods x 2 seeds x 2 tasks x 2 examples; lora - badit per example:
+# seed 1: t1 [40-50, 40-60] = [-10, -20], t2 [40-40, 40-50] = [0, -10]
+# seed 2: t1 [60-60, 60-70] = [0, -10],   t2 [40-30, 40-60] = [10, -20]
+METHOD_SEEDS = {
+    ("lora", 1): {"t1": [40.0, 40.0], "t2": [40.0, 40.0]},
+    ("lora", 2): {"t1": [60.0, 60.0], "t2": [40.0, 40.0]},
+    ("badit", 1): {"t1": [50.0, 60.0], "t2": [40.0, 50.0]},
+    ("badit", 2): {"t1": [60.0, 70.0], "t2": [30.0, 60.0]},
+}
+
+
+def test_every_group_against_the_badit_group_by_hand(tmp_path):
+    """`reference_differences`: lora (given first) minus badit (the reference: the one badit group), as
+    statistics.paired_interval's formula gives it, worked by hand; a group with other seeds gets '-'."""
+    from scipy import stats
+
+    from badit.experiments.results import Difference, reference_differences, reference_group
+
+    folders = [_predicted_run(tmp_path / f"{m}-{s}", m, s, ex) for (m, s), ex in METHOD_SEEDS.items()]
+    folders.append(_predicted_run(tmp_path / "pissa-3", "pissa", 3, METHOD_SEEDS["lora", 1]))
+    groups = seed_groups(load_runs(folders))
+    lora, badit, pissa = groups
+    assert reference_group(groups) is badit and reference_group([lora, pissa]) is lora  # no badit: first
+    found = reference_differences(groups)
+    assert [(d.group, d.reference) for d in found] == [(lora, badit), (pissa, badit)]
+    assert isinstance(found[0], Difference) and found[0].shared_seeds == [1, 2]
+    # Dbar (mean over seeds): t1 [-5, -15] (mean -10, variance 50), t2 [5, -15] (mean -5, variance 200);
+    # theta = (-10 + -5) / 2 = -7.5 (= the averages 45 - 52.5: lora seeds 40 and 50, badit 50 and 55)
+    # V_examples = (50/2 + 200/2) / 2^2 = 31.25; theta per seed: 1: (-15 + -5)/2 = -10, 2: (-5 + -5)/2 = -5
+    # V_seeds = var(-10, -5) / 2 = 12.5 / 2 = 6.25; SE = sqrt(37.5) = 6.124
+    # df = 37.5^2 / (31.25^2 / (4 - 2) + 6.25^2 / (2 - 1)) = 1406.25 / 527.34 = 8/3
+    # t_{0.975, 8/3} = 3.4198 -> half-width 20.94: [-28.44, 13.44]; resolvable (3.4198 + 0.9981) * SE = 27.05
+    paired = found[0].paired("rougeL")
+    assert lora.score(AVERAGE, "rougeL").mean - badit.score(AVERAGE, "rougeL").mean == pytest.approx(-7.5)
+    assert paired["mean"] == pytest.approx(-7.5) and paired["std_error"] == pytest.approx(37.5**0.5)
+    assert paired["df"] == pytest.approx(8 / 3)
+    half = stats.t.ppf(0.975, 8 / 3) * 37.5**0.5
+    assert half == pytest.approx(20.9417, abs=1e-4)
+    assert paired["ci95"] == pytest.approx([-7.5 - half, -7.5 + half])
+    assert paired["resolvable"] == pytest.approx(27.0538, abs=1e-4)
+    assert (paired["examples"], paired["seeds"], paired["tasks"]) == (4, 2, 2)
+    assert found[0].paired("exact_match")["mean"] == pytest.approx(-3.75)  # EM is half of every score
+    # pissa has seed 3 only, badit seeds 1 and 2: they do not pair
+    assert found[1].shared_seeds == [] and found[1].paired("rougeL") is None
+
+
+def test_compare_and_report_show_the_difference_rows_only_where_seeds_pair(tmp_path):
+    """`badit compare` adds a table of seed groups (the same rows as the report's score table) where
+    groups pair; with no shared seed its output is the run table alone, and the report has no such row."""
+    import json
+    import re
+
+    from badit.experiments.compare import compare, comparison_json, comparison_table, format_table
+    from badit.experiments.report import build_report
+
+    for (method, seed), examples in METHOD_SEEDS.items():
+        _predicted_run(tmp_path / "runs" / f"{method}-{seed}", method, seed, examples)
+    _predicted_run(tmp_path / "runs" / "pissa-3", "pissa", 3, METHOD_SEEDS["lora", 1])
+    folders = sorted((tmp_path / "runs").iterdir())  # badit-1, badit-2, lora-1, lora-2, pissa-3
+    runs = compare(folders)
+    text = format_table(runs)
+    second = text.split("\n\n| seed groups (ROUGE-L)")[1]
+    assert text.startswith(comparison_table(runs).terminal())  # the run table is unchanged
+    rows = {line.split("|")[1].strip(): line for line in second.splitlines() if line.startswith("|")}
+    cells = [c.strip() for c in rows["column − badit (multitask), 95% CI"].split("|")[2:5]]
+    # numbers of the test above: -7.50 [-28.44, +13.44]; pissa pairs with no badit seed: '-'
+    assert cells == ["(reference)", "-7.50 [-28.44, +13.44] (n = 4 examples x 2 seeds)", "-"]
+    resolvable = [
+        c.strip() for c in rows["column − badit (multitask) resolvable (80% power)"].split("|")[2:5]
+    ]
+    assert resolvable == ["(reference)", "≥ 27.05 (n = 4 examples x 2 seeds)", "-"]
+    # averages: badit (50 + 55) / 2 = 52.5, std sqrt(12.5) = 3.54; lora 45 ± 7.07; pissa 40
+    assert [c.strip() for c in rows["**average**"].split("|")[2:5]] == [
+        "**52.50 ± 3.54**",
+        "**45.00 ± 7.07**",
+        "**40.00**",
+    ]
+    assert "lora (multitask) (2 seeds)" in second and "Difference resolvable: the smallest" in second
+    numbers = comparison_json(runs)
+    assert numbers["badit (multitask) seed 1"]["difference_vs_reference"] is None
+    versus = numbers["lora (multitask) seed 2"]["difference_vs_reference"]
+    assert versus["reference"] == "badit (multitask)" and versus["tasks"] == ["t1", "t2"]
+    assert versus["rougeL"]["resolvable"] == pytest.approx(27.0538, abs=1e-4)
+    assert versus["exact_match"]["mean"] == pytest.approx(-3.75)
+    assert numbers["pissa (multitask)"]["difference_vs_reference"]["rougeL"] is None
+    page = build_report([tmp_path / "runs"])
+    cells = [re.findall(r"<td>(.*?)</td>", row) for row in re.findall(r"<tr>(.*?)</tr>", page)]
+    assert [
+        "column − badit (multitask), 95% CI",
+        "(reference)",
+        "-7.50 [-28.44, +13.44] (n = 4 examples x 2 seeds)",
+        "-",
+    ] in cells
+    resolvable = "column − badit (multitask) resolvable (80% power)"
+    assert [resolvable, "(reference)", "≥ 27.05 (n = 4 examples x 2 seeds)", "-"] in cells  # ROUGE-L table
+    assert [resolvable, "(reference)", "≥ 13.53 (n = 4 examples x 2 seeds)", "-"] in cells  # EM: half of it
+    assert [
+        "column − badit (multitask), 95% CI",
+        "(reference)",
+        "-3.75 [-14.22, +6.72] (n = 4 examples x 2 seeds)",
+        "-",
+    ] in cells
+    # no shared seed: badit seeds 1 and 2 against pissa seed 3 alone -> the compare output is the run table
+    # byte for byte, and the page has no difference row
+    unpaired = compare([folders[0], folders[1], folders[4]])
+    assert format_table(unpaired) == comparison_table(unpaired).terminal()
+    assert all(r.versus is None for r in unpaired)
+    assert "column −" not in build_report([folders[0], folders[1], folders[4]])
+    assert json.dumps(comparison_json(unpaired)).count('"difference_vs_reference": null') == 3

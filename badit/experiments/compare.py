@@ -3,8 +3,10 @@
 The interference score of a multi-task run is its average score minus the average score of a
 single-task run (one adapter per task) over the same tasks (``badit.evaluation.interference_score``):
 negative means that training the tasks together costs performance. The single-task reference is
-taken among the runs given, preferring one of the same method and model. Every number comes from the
-results model (``badit.experiments.results``); this module chooses the rows.
+taken among the runs given, preferring one of the same method and model. Where the runs, grouped by
+seed, give two groups of one setting that share a seed, a second table shows each group's average
+and its paired difference against the reference group (`badit.experiments.results.reference_differences`).
+Every number comes from the results model (``badit.experiments.results``); this module chooses the rows.
 """
 
 from __future__ import annotations
@@ -17,14 +19,19 @@ from badit.evaluation.continual import CONTINUAL_KEYS, DEFINITIONS, GEM_KEYS
 from badit.experiments.folder import METRIC_NAMES
 from badit.experiments.results import (
     AVERAGE,
+    Difference,
     Group,
     Interference,
     RunResult,
     Table,
+    difference_note,
+    difference_rows,
     interference,
     load_runs,
     number,
+    reference_differences,
     run_groups,
+    seed_groups,
     single_reference,
 )
 
@@ -33,12 +40,16 @@ from badit.experiments.results import (
 class RunScores:
     """One column of the comparison: a run, its interference score (multi-task runs) and the label of the
     single-task run it was measured against; ``measured``: that comparison in the results model (its
-    paired interval and smallest resolvable difference, `Interference.paired`)."""
+    paired interval and smallest resolvable difference, `Interference.paired`); ``seed_group``: the group
+    of seeds the run belongs to and ``versus`` that group's paired difference against the reference group
+    of its setting (None for the reference, and where no groups pair: `reference_differences`)."""
 
     run: RunResult
     interference: dict[str, float | None] = field(default_factory=dict)
     reference: str | None = None
     measured: Interference | None = None
+    seed_group: Group | None = None
+    versus: Difference | None = None
 
     def __getattr__(self, name):  # path, label, method, setting, tasks, average, continual...: the run's
         return getattr(self.__dict__["run"], name)
@@ -60,6 +71,11 @@ def compare(run_dirs: list[str | Path]) -> list[RunScores]:
             scores.reference = reference.label
             scores.measured = interference(group, reference)
             scores.interference = scores.measured.average
+    by_seed, by_run = seed_groups(runs), {id(s.run): s for s in out}
+    versus = {id(d.group): d for d in reference_differences(by_seed)}
+    for group in by_seed:
+        for run in group.runs:
+            by_run[id(run)].seed_group, by_run[id(run)].versus = group, versus.get(id(group))
     return out
 
 
@@ -126,9 +142,28 @@ def comparison_table(runs: list[RunScores], metric: str = "rougeL") -> Table:
     return Table(header, rows, strong=strong, notes=notes)
 
 
+def seed_group_table(runs: list[RunScores], metric: str = "rougeL") -> Table | None:
+    """One column per group of seeds: its average (mean ± std over seeds) and its paired difference
+    against the reference group of its setting (`difference_rows`); None where no groups pair."""
+    differences = list({id(r.versus): r.versus for r in runs if r.versus}.values())
+    if not differences:
+        return None
+    groups = list({id(r.seed_group): r.seed_group for r in runs if r.seed_group}.values())
+    header = [
+        f"seed groups ({METRIC_NAMES[metric]})",
+        *(f"{g.label} ({len(g.runs)} seed{'s' if len(g.runs) > 1 else ''})" for g in groups),
+    ]
+    rows = [[AVERAGE, *(g.score(AVERAGE, metric).text() for g in groups)]]
+    rows += difference_rows(groups, differences, metric)
+    return Table(header, rows, strong={0}, notes=[difference_note(differences)])
+
+
 def format_table(runs: list[RunScores], metric: str = "rougeL") -> str:
-    """The comparison as aligned Markdown (what ``badit compare`` prints and writes)."""
-    return comparison_table(runs, metric).terminal()
+    """The comparison as aligned Markdown (what ``badit compare`` prints and writes), with the table of
+    seed groups under it where groups pair (`seed_group_table`)."""
+    text = comparison_table(runs, metric).terminal()
+    groups = seed_group_table(runs, metric)
+    return text if groups is None else f"{text}\n{groups.terminal()}"
 
 
 def comparison_json(runs: list[RunScores]) -> dict:
@@ -144,6 +179,16 @@ def comparison_json(runs: list[RunScores]) -> dict:
             "interference_reference": r.reference,
             "interference_interval": (
                 {m: r.measured.paired(m) for m in METRIC_NAMES} if r.measured else None
+            ),
+            "difference_vs_reference": (
+                {
+                    "group": r.versus.group.label,
+                    "reference": r.versus.reference.label,
+                    "tasks": r.versus.tasks,
+                    **{m: r.versus.paired(m) for m in METRIC_NAMES},
+                }
+                if r.versus
+                else None
             ),
             "learning_rate": r.learning_rate,
             "effective_scale": r.effective_scale,

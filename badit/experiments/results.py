@@ -7,7 +7,8 @@ configuration into a `Group`, and take every number from the functions here:
 - the single-task reference of a multi-task group and the interference score (`single_reference`,
   `interference`);
 - paired comparisons of two groups on the same test examples (`paired_difference`: the one call site of
-  the comparison statistic, a seed-paired interval over seeds and examples);
+  the comparison statistic, a seed-paired interval over seeds and examples); every group of a setting
+  against that setting's reference group (`reference_differences`, rendered by `difference_rows`);
 
 and render them through `Table` (terminal, Markdown, HTML). Per-example scores are keyed by
 (run, setting, method, seed, task, example id) (`example_scores`); they come from each run's
@@ -334,12 +335,7 @@ class Interference:
         example, on the tasks of the score): its 95% interval, counts and smallest resolvable difference.
         None where it cannot be formed (seeds that do not pair, a run without predictions.jsonl, different
         test examples, a task with fewer than 2 examples)."""
-        if metric not in self._paired:
-            try:
-                self._paired[metric] = paired_difference(self.group, self.reference, metric, self.tasks)
-            except (ResultsError, RunError, KeyError, OSError):
-                self._paired[metric] = None
-        return self._paired[metric]
+        return _cached_paired(self._paired, self.group, self.reference, metric, self.tasks)
 
 
 def interference(group: Group, reference: Group, tasks: Sequence[str] | None = None) -> Interference:
@@ -398,6 +394,115 @@ def paired_difference(
         return paired_interval([records(mine[s]) for s in seeds], [records(theirs[s]) for s in seeds], metric)
     except ValueError as error:
         raise ResultsError(f"{group.label} vs {reference.label}: {error}") from None
+
+
+def _cached_paired(
+    cache: dict, group: Group, reference: Group, metric: str, tasks: Sequence[str] | None
+) -> dict | None:
+    """``cache[metric]``, filled with `paired_difference` once; None where the pair cannot be formed (seeds
+    that do not pair, a run without predictions.jsonl, different test examples, a task with < 2 examples)."""
+    if metric not in cache:
+        try:
+            cache[metric] = paired_difference(group, reference, metric, tasks)
+        except (ResultsError, RunError, KeyError, OSError):
+            cache[metric] = None
+    return cache[metric]
+
+
+REFERENCE_METHOD = "badit"  # the method the others are measured against, as in ``badit sweep``
+COMPARED_SETTINGS = ("multitask", "single")  # settings whose groups are compared with each other
+
+
+def reference_group(groups: Sequence[Group]) -> Group:
+    """The group the others are measured against: the one `REFERENCE_METHOD` group if there is exactly
+    one, else the first (``badit sweep``'s rule for its methods)."""
+    badit = [g for g in groups if g.method == REFERENCE_METHOD]
+    return badit[0] if len(badit) == 1 else groups[0]
+
+
+@dataclass
+class Difference:
+    """``group`` minus ``reference`` (two groups of one setting) on ``tasks``, paired by seed and example
+    (`paired_difference`), per metric on demand (`paired`)."""
+
+    group: Group
+    reference: Group
+    tasks: list[str]
+    _paired: dict = field(default_factory=dict, repr=False, compare=False)  # metric -> paired(metric)
+
+    @property
+    def shared_seeds(self) -> list:
+        """The seeds both groups have (pairing needs all of them to be shared)."""
+        return sorted({r.seed for r in self.group.runs} & {r.seed for r in self.reference.runs}, key=str)
+
+    def paired(self, metric: str = "rougeL") -> dict | None:
+        """`paired_difference` of the two groups: mean over ``tasks`` of group minus reference, its 95%
+        interval, counts and smallest resolvable difference; None where it cannot be formed (seeds that do
+        not pair, a run without predictions.jsonl, different test examples, a task with < 2 examples)."""
+        return _cached_paired(self._paired, self.group, self.reference, metric, self.tasks)
+
+
+def reference_differences(groups: Sequence[Group], tasks: Sequence[str] | None = None) -> list[Difference]:
+    """For each setting of `COMPARED_SETTINGS` with two groups or more of which one shares a seed with the
+    setting's `reference_group`: every group but the reference against it, on ``tasks`` (default: the
+    tasks both groups have), in the order of ``groups``. A setting where no group shares a seed with the
+    reference gives nothing (nothing pairs); continual groups are left out (their scores are a matrix)."""
+    out = []
+    for setting in COMPARED_SETTINGS:
+        same = [g for g in groups if g.setting == setting]
+        if len(same) < 2:
+            continue
+        reference = reference_group(same)
+        found = [
+            Difference(g, reference, list(tasks or sorted(set(g.tasks) & set(reference.tasks))))
+            for g in same
+            if g is not reference
+        ]
+        if any(d.shared_seeds for d in found):
+            out += found
+    return out
+
+
+def difference_rows(
+    groups: Sequence[Group], differences: Sequence[Difference], metric: str
+) -> list[list[str]]:
+    """Two table rows per reference, one cell per group of ``groups``: ``column − REF, 95% CI`` (the
+    difference with its interval and counts, `describe`) and its smallest resolvable difference (at
+    `POWER`), as sweep.md's "REF difference" rows (method minus reference). ``(reference)`` under the
+    reference, ``-`` where the pair cannot be formed, empty under groups measured against another one."""
+    from badit.evaluation.statistics import POWER, describe, describe_resolvable  # numpy, scipy: lazily
+
+    rows = []
+    for reference in list({id(d.reference): d.reference for d in differences}.values()):
+        found = {id(d.group): d.paired(metric) for d in differences if d.reference is reference}
+        intervals, resolvable = [], []
+        for group in groups:
+            if group is reference:
+                intervals.append("(reference)")
+                resolvable.append("(reference)")
+            elif id(group) not in found:
+                intervals.append("")
+                resolvable.append("")
+            else:
+                paired = found[id(group)]
+                intervals.append(describe(paired) if paired else "-")
+                resolvable.append(describe_resolvable(paired))
+        rows.append([f"column − {reference.label}, 95% CI", *intervals])
+        rows.append([f"column − {reference.label} resolvable ({POWER:.0%} power)", *resolvable])
+    return rows
+
+
+def difference_note(differences: Sequence[Difference]) -> str:
+    """What the ``column − REF`` rows hold, said once under a table that shows them."""
+    from badit.evaluation.statistics import METHOD, RESOLVABLE
+
+    references = ", ".join(dict.fromkeys(d.reference.label for d in differences))
+    return (
+        f"column − {references}: the column's group minus the reference group of its setting ({REFERENCE_METHOD} "
+        "where there is exactly one such group, else the first), mean over the tasks both have, on the same "
+        f"test examples, seed s paired with seed s (both groups need the same seeds); 95% interval: {METHOD}. "
+        f"Difference {RESOLVABLE}"
+    )
 
 
 # ----------------------------------------------------------------------------------------------

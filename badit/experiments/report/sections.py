@@ -5,7 +5,14 @@ from __future__ import annotations
 from badit.experiments.report import figures
 from badit.experiments.report.collect import Collection
 from badit.experiments.report.page import Section, figure, number, paragraph, table
-from badit.experiments.results import AVERAGE, Group, interferences
+from badit.experiments.results import (
+    AVERAGE,
+    Group,
+    difference_note,
+    difference_rows,
+    interferences,
+    reference_differences,
+)
 from badit.names import METRICS
 
 
@@ -22,6 +29,9 @@ def scores_section(collection: Collection, groups: list[Group]) -> Section:
             "examples, or a task has fewer than 2 examples."
         )
     )
+    differences = reference_differences(groups, tasks)
+    if differences:
+        section.add(paragraph(difference_note(differences)))
     for metric, name in METRICS.items():
         header = [
             f"task ({name})",
@@ -38,6 +48,7 @@ def scores_section(collection: Collection, groups: list[Group]) -> Section:
                 for g, i in zip(groups, intervals)
             ]
             rows.append([f"{t}{n}", *cells])
+        rows += difference_rows(groups, differences, metric)
         section.add(table(header, rows))
     for metric, name in METRICS.items():
         spreads = {g.label: [g.score(t, metric, tasks) for t in [*tasks, AVERAGE]] for g in groups}
