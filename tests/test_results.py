@@ -251,3 +251,41 @@ def test_compare_and_report_show_the_difference_rows_only_where_seeds_pair(tmp_p
     assert all(r.versus is None for r in unpaired)
     assert "column −" not in build_report([folders[0], folders[1], folders[4]])
     assert json.dumps(comparison_json(unpaired)).count('"difference_vs_reference": null') == 3
+
+
+def test_compare_measures_each_seed_against_its_own_single_run_and_pairs_the_groups(tmp_path):
+    """`badit compare` over 2 seeds of a multi-task run and 2 seeds of one adapter per task: each column is
+    measured against the single run of its own seed, and the table of seed groups gives the interference
+    paired by seed and example (the sweep's statistic), worked by hand."""
+    import json
+
+    from scipy import stats
+
+    from badit.experiments.compare import compare, format_table
+
+    def run(name, setting, seed, values):
+        folder = hand_run(tmp_path / name, "lora", setting, seed, {"t1": sum(values) / len(values)})
+        lines = [
+            json.dumps({"task": "t1", "id": str(i), "rougeL": v, "exact_match": v})
+            for i, v in enumerate(values)
+        ]
+        (folder / "predictions.jsonl").write_text("\n".join(lines) + "\n")
+        return folder
+
+    folders = [
+        run("m1", "multitask", 1, [40.0, 60.0]),
+        run("m2", "multitask", 2, [50.0, 70.0]),
+        run("s1", "single", 1, [50.0, 50.0]),
+        run("s2", "single", 2, [70.0, 70.0]),
+    ]
+    runs = compare(folders)
+    # seed 1: 50 - 50 = 0; seed 2: 60 - 70 = -10 (against seed 1's single run it would read 60 - 50 = +10)
+    assert [r.interference["rougeL"] for r in runs[:2]] == [0.0, -10.0]
+    assert [r.reference for r in runs[:2]] == ["lora (single) seed 1", "lora (single) seed 2"]
+    # per example, multi - single: seed 1 [-10, +10], seed 2 [-20, 0]; mean over seeds [-15, +5]: mean -5,
+    # variance 200 -> V_examples = 200 / 2 = 100; per seed 0 and -10: variance 50 -> V_seeds = 50 / 2 = 25;
+    # SE = sqrt(125) = 11.18; df = 125^2 / (100^2 / (2 - 1) + 25^2 / (2 - 1)) = 15625 / 10625 = 1.4706
+    half = stats.t.ppf(0.975, 15625 / 10625) * 125**0.5
+    text = format_table(runs).split("| seed groups (ROUGE-L)")[1]
+    row = next(line for line in text.splitlines() if line.startswith("| interference vs single, 95% CI"))
+    assert f"-5.00 [{-5 - half:+.2f}, {-5 + half:+.2f}] (n = 2 examples x 2 seeds)" in row

@@ -27,6 +27,7 @@ from badit.experiments.results import (
     difference_note,
     difference_rows,
     interference,
+    interferences,
     load_runs,
     number,
     reference_differences,
@@ -143,19 +144,36 @@ def comparison_table(runs: list[RunScores], metric: str = "rougeL") -> Table:
 
 
 def seed_group_table(runs: list[RunScores], metric: str = "rougeL") -> Table | None:
-    """One column per group of seeds: its average (mean ± std over seeds) and its paired difference
-    against the reference group of its setting (`difference_rows`); None where no groups pair."""
+    """One column per group of seeds: its average (mean ± std over seeds), its paired difference against
+    the reference group of its setting (`difference_rows`) and, for a multi-task group with a single-task
+    group beside it, its interference paired by seed and example (`Interference.paired`); None where no
+    groups pair and no group of several seeds has a single-task reference."""
+    from badit.evaluation.statistics import describe  # numpy, scipy: lazily
+
     differences = list({id(r.versus): r.versus for r in runs if r.versus}.values())
-    if not differences:
-        return None
     groups = list({id(r.seed_group): r.seed_group for r in runs if r.seed_group}.values())
+    measured = {id(i.group): i for i in interferences(groups)}
+    if not differences and not any(len(i.group.runs) > 1 for i in measured.values()):
+        return None
     header = [
         f"seed groups ({METRIC_NAMES[metric]})",
         *(f"{g.label} ({len(g.runs)} seed{'s' if len(g.runs) > 1 else ''})" for g in groups),
     ]
     rows = [[AVERAGE, *(g.score(AVERAGE, metric).text() for g in groups)]]
     rows += difference_rows(groups, differences, metric)
-    return Table(header, rows, strong={0}, notes=[difference_note(differences)])
+    notes = [difference_note(differences)] if differences else []
+    if measured:
+        cells = []
+        for group in groups:
+            paired = measured[id(group)].paired(metric) if id(group) in measured else None
+            cells.append(describe(paired) if paired else "-" if id(group) in measured else "")
+        rows.append(["interference vs single, 95% CI", *cells])
+        notes += [
+            f"{i.group.label}: interference = its average minus that of {i.reference.label}, paired by seed "
+            "and example (negative: training the tasks together costs)"
+            for i in measured.values()
+        ]
+    return Table(header, rows, strong={0}, notes=notes)
 
 
 def format_table(runs: list[RunScores], metric: str = "rougeL") -> str:

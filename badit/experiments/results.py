@@ -304,7 +304,8 @@ def single_reference(
     group: Group, groups: Sequence[Group], tasks: Sequence[str] | None = None
 ) -> Group | None:
     """The single-task group (one adapter per task) to measure ``group`` against: same model and
-    evaluation split, scored on ``tasks`` (default: the group's), the same method preferred."""
+    evaluation split, scored on ``tasks`` (default: the group's), the same method preferred, then the
+    same seeds (so that `badit compare`'s seed-2 column is measured against the seed-2 single run)."""
     needed = set(tasks or group.tasks)
     candidates = [
         g
@@ -314,7 +315,10 @@ def single_reference(
         and g.split == group.split
         and needed <= set(g.tasks)
     ]
-    candidates.sort(key=lambda g: base_method(g.method) != base_method(group.method))  # same method first
+    seeds = {r.seed for r in group.runs}
+    candidates.sort(  # stable: among equals, the order the runs were given
+        key=lambda g: (base_method(g.method) != base_method(group.method), {r.seed for r in g.runs} != seeds)
+    )
     return candidates[0] if candidates else None
 
 
