@@ -109,6 +109,7 @@ class RunResult:
     info: dict
     """metrics.json's ``run`` record (timings, memory, steps...)."""
     label: str = ""
+    _predictions: list[dict] | None = field(default=None, repr=False, compare=False)
 
     @property
     def folder(self) -> RunFolder:
@@ -119,7 +120,10 @@ class RunResult:
         return self.folder.metrics_file
 
     def predictions(self) -> list[dict]:
-        return self.folder.predictions()
+        """predictions.jsonl, read once (every paired comparison of the run, per metric, reuses it)."""
+        if self._predictions is None:
+            self._predictions = self.folder.predictions()
+        return self._predictions
 
 
 def _is_number(value) -> bool:

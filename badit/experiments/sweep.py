@@ -97,6 +97,7 @@ from badit.experiments.config import METHODS, ConfigError, load_config
 from badit.experiments.folder import SWEEP_FILE, SWEEP_LOG_DIR, SWEEP_TABLE, RunFolder, RunLock
 from badit.experiments.results import (
     AVERAGE,
+    REFERENCE_METHOD,
     Group,
     ResultsError,
     Table,
@@ -144,7 +145,7 @@ class Sweep:
 
     @property
     def reference(self) -> str:
-        return "badit" if "badit" in self.methods else self.methods[0]
+        return REFERENCE_METHOD if REFERENCE_METHOD in self.methods else self.methods[0]
 
 
 @dataclass
