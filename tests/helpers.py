@@ -184,10 +184,14 @@ def hand_run(
     scores: dict[str, float],
     lr: float = 1e-4,
     split: str = "test",
+    options: dict | None = None,
 ) -> Path:
-    """A minimal run folder: config.yaml and a metrics.json with the given ROUGE-L (EM = ROUGE-L / 2)."""
+    """A minimal run folder: config.yaml (``options``: its method section) and a metrics.json with the given
+    ROUGE-L (EM = ROUGE-L / 2)."""
     folder.mkdir(parents=True)
     config = {"name": folder.name, "training": {"learning_rate": lr}, "evaluation": {"split": split}}
+    if options is not None:
+        config["method"] = {"name": method, **options}
     (folder / "config.yaml").write_text(json.dumps(config))  # JSON is YAML
     tasks = {t: {"rougeL": v, "exact_match": v / 2, "num_examples": 10} for t, v in scores.items()}
     average = {m: sum(s[m] for s in tasks.values()) / len(tasks) for m in ("rougeL", "exact_match")}

@@ -289,3 +289,58 @@ def test_compare_measures_each_seed_against_its_own_single_run_and_pairs_the_gro
     text = format_table(runs).split("| seed groups (ROUGE-L)")[1]
     row = next(line for line in text.splitlines() if line.startswith("| interference vs single, 95% CI"))
     assert f"-5.00 [{-5 - half:+.2f}, {-5 + half:+.2f}] (n = 2 examples x 2 seeds)" in row
+
+
+def test_a_variant_of_one_method_is_its_own_group_measured_against_its_own_single_runs(tmp_path):
+    """Two configurations of badit at one learning rate (the default and the published-code variant) are
+    two groups, labelled by the options on which they differ, each measured against its own single runs."""
+    from badit.experiments.results import interferences
+
+    default = {"router_init": "zero", "train_router": True, "r": 4}
+    published = {"router_init": "random", "train_router": False, "r": 4}
+    folders = []
+    for name, options, multi in (("d", default, 80.0), ("p", published, 70.0)):
+        for seed in (1, 2):
+            folders.append(
+                hand_run(
+                    tmp_path / f"{name}{seed}",
+                    "badit",
+                    "multitask",
+                    seed,
+                    {"t1": multi + seed},
+                    options=options,
+                )
+            )
+    for name, options, single in (("d", default, 90.0), ("p", published, 95.0)):
+        for seed in (1, 2):
+            folders.append(
+                hand_run(
+                    tmp_path / f"{name}s{seed}", "badit", "single", seed, {"t1": single}, options=options
+                )
+            )
+    runs = load_runs(folders)
+    assert [r.label for r in runs[:4]] == [  # compare's columns
+        "badit (multitask) router_init zero, train_router True seed 1",
+        "badit (multitask) router_init zero, train_router True seed 2",
+        "badit (multitask) router_init random, train_router False seed 1",
+        "badit (multitask) router_init random, train_router False seed 2",
+    ]
+    groups = seed_groups(runs)
+    assert [(g.label, len(g.runs)) for g in groups] == [
+        ("badit (multitask) router_init zero, train_router True", 2),
+        ("badit (multitask) router_init random, train_router False", 2),
+        ("badit (single) router_init zero, train_router True", 2),
+        ("badit (single) router_init random, train_router False", 2),
+    ]  # r (equal in all) is left out of the labels
+    found = {i.group.label: (i.reference.label, i.average["rougeL"]) for i in interferences(groups, ["t1"])}
+    # default: seeds 81, 82 -> 81.5 - 90 = -8.5; published: 71, 72 -> 71.5 - 95 = -23.5 (not 71.5 - 90)
+    assert found == {
+        "badit (multitask) router_init zero, train_router True": (
+            "badit (single) router_init zero, train_router True",
+            pytest.approx(-8.5),
+        ),
+        "badit (multitask) router_init random, train_router False": (
+            "badit (single) router_init random, train_router False",
+            pytest.approx(-23.5),
+        ),
+    }

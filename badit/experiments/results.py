@@ -108,6 +108,9 @@ class RunResult:
     continual: dict | None
     info: dict
     """metrics.json's ``run`` record (timings, memory, steps...)."""
+    options: dict = field(default_factory=dict)
+    """config.yaml's ``method`` section without its name (empty for a folder without config.yaml): two runs
+    of one method with other options (e.g. the published-code variant of badit) are other configurations."""
     label: str = ""
     _predictions: list[dict] | None = field(default=None, repr=False, compare=False)
 
@@ -152,12 +155,26 @@ def load_run(path: str | Path) -> RunResult:
         average={k: v for k, v in metrics["average"].items() if _is_number(v)},
         continual=metrics.get("continual"),
         info=info,
+        options={k: v for k, v in (config.get("method") or {}).items() if k != "name"},
     )
 
 
+def _option_details(options: list[dict]) -> list[str]:
+    """For groups whose labels are still equal: each one's values of the method options on which they differ,
+    e.g. ``router_init random, train_router False`` beside ``router_init zero, train_router True``."""
+    names = sorted({name for o in options for name in o})
+    differing = [n for n in names if len({repr(o.get(n)) for o in options}) > 1]
+    return [", ".join(f"{n} {o.get(n, '-')}" for n in differing) for o in options]
+
+
 def label_runs(runs: list[RunResult]) -> None:
-    """Labels ``method (setting)``, with ``seed N`` and then the folder name added where two would be equal."""
+    """Labels ``method (setting)``, with the differing method options (`_option_details`), ``seed N`` and
+    then the folder name added where two would be equal."""
     base = [f"{r.method} ({r.setting})" for r in runs]
+    for label in set(base):
+        same = [i for i, b in enumerate(base) if b == label]
+        for i, extra in zip(same, _option_details([runs[i].options for i in same])):
+            base[i] = f"{label} {extra}" if extra else label
     labels = [
         f"{label} seed {run.seed}" if base.count(label) > 1 and run.seed is not None else label
         for run, label in zip(runs, base)
@@ -212,6 +229,8 @@ class Group:
     model: str
     split: str
     runs: list[RunResult]
+    options: dict = field(default_factory=dict)
+    """The method options of its runs (`RunResult.options`)."""
     _aligned: dict = field(default_factory=dict, repr=False, compare=False)  # metric -> aligned_scores
 
     @property
@@ -262,7 +281,7 @@ class Group:
 
 def run_groups(runs: Sequence[RunResult]) -> list[Group]:
     """One group per run (``badit compare``: a column per run), labelled as the runs."""
-    return [Group(r.label, r.method, r.setting, r.model, r.split, [r]) for r in runs]
+    return [Group(r.label, r.method, r.setting, r.model, r.split, [r], dict(r.options)) for r in runs]
 
 
 DETAILS: tuple[Callable[[tuple], str], ...] = (
@@ -272,8 +291,9 @@ DETAILS: tuple[Callable[[tuple], str], ...] = (
 )
 
 
-def _group_labels(keys: list[tuple]) -> dict[tuple, str]:
-    """``method (setting)``, then the model, learning rate and split added where they tell groups apart."""
+def _group_labels(keys: list[tuple], options: dict[tuple, dict]) -> dict[tuple, str]:
+    """``method (setting)``, then the model, learning rate and split added where they tell groups apart, then
+    the method options on which the groups still equal differ (`_option_details`)."""
     labels = {key: f"{key[0]} ({key[1]})" for key in keys}
     for detail in DETAILS:
         values: dict[str, set[str]] = {}
@@ -283,19 +303,25 @@ def _group_labels(keys: list[tuple]) -> dict[tuple, str]:
             key: f"{label} {detail(key)}" if len(values[label]) > 1 else label
             for key, label in labels.items()
         }
+    for label in {v for v in labels.values() if list(labels.values()).count(v) > 1}:
+        equal = [key for key, v in labels.items() if v == label]
+        for key, extra in zip(equal, _option_details([options[k] for k in equal])):
+            labels[key] = f"{label} {extra}"
     return labels
 
 
 def seed_groups(runs: Sequence[RunResult]) -> list[Group]:
-    """One group per (method, setting, model, learning rate, split), in the order runs were given; labels
-    ``method (setting)`` get the model, then the learning rate and split, where two would be equal."""
+    """One group per (method, setting, model, learning rate, split, method options), in the order runs were
+    given; labels ``method (setting)`` get the model, then the learning rate and split, then the differing
+    method options, where two would be equal."""
     groups: dict[tuple, Group] = {}
     for run in runs:
-        key = (run.method, run.setting, run.model, run.learning_rate, run.split)
+        options = repr(sorted(run.options.items()))
+        key = (run.method, run.setting, run.model, run.learning_rate, run.split, options)
         if key not in groups:
-            groups[key] = Group("", run.method, run.setting, run.model, run.split, [])
+            groups[key] = Group("", run.method, run.setting, run.model, run.split, [], dict(run.options))
         groups[key].runs.append(run)
-    for key, label in _group_labels(list(groups)).items():
+    for key, label in _group_labels(list(groups), {k: g.options for k, g in groups.items()}).items():
         groups[key].label = label
     return list(groups.values())
 
@@ -308,8 +334,9 @@ def single_reference(
     group: Group, groups: Sequence[Group], tasks: Sequence[str] | None = None
 ) -> Group | None:
     """The single-task group (one adapter per task) to measure ``group`` against: same model and
-    evaluation split, scored on ``tasks`` (default: the group's), the same method preferred, then the
-    same seeds (so that `badit compare`'s seed-2 column is measured against the seed-2 single run)."""
+    evaluation split, scored on ``tasks`` (default: the group's), the same method preferred, then the same
+    method options (a variant against its own single runs), then the same seeds (so that `badit compare`'s
+    seed-2 column is measured against the seed-2 single run)."""
     needed = set(tasks or group.tasks)
     candidates = [
         g
@@ -321,7 +348,11 @@ def single_reference(
     ]
     seeds = {r.seed for r in group.runs}
     candidates.sort(  # stable: among equals, the order the runs were given
-        key=lambda g: (base_method(g.method) != base_method(group.method), {r.seed for r in g.runs} != seeds)
+        key=lambda g: (
+            base_method(g.method) != base_method(group.method),
+            g.options != group.options,
+            {r.seed for r in g.runs} != seeds,
+        )
     )
     return candidates[0] if candidates else None
 
