@@ -186,6 +186,20 @@ def test_every_group_against_the_badit_group_by_hand(tmp_path):
     assert found[0].paired("exact_match")["mean"] == pytest.approx(-3.75)  # EM is half of every score
     # pissa has seed 3 only, badit seeds 1 and 2: they do not pair
     assert found[1].shared_seeds == [] and found[1].paired("rougeL") is None
+    # a group with seeds 1-3 pairs with badit on seeds 1 and 2 only: lora's seeds 1-2 plus a seed 3 that
+    # badit lacks give lora's numbers above (n = 4 examples x 2 seeds), seed 3 left out
+    extra = _predicted_run(tmp_path / "lora-3", "lora", 3, {"t1": [0.0, 0.0], "t2": [0.0, 0.0]})
+    lora3, badit3, _ = seed_groups(load_runs([*folders, extra]))
+    assert len(lora3.runs) == 3
+    wider = reference_differences([lora3, badit3])[0]
+    assert wider.shared_seeds == [1, 2]
+    again = wider.paired("rougeL")
+    assert (again["mean"], again["std_error"], again["seeds"]) == (
+        pytest.approx(-7.5),
+        paired["std_error"],
+        2,
+    )
+    assert again["ci95"] == pytest.approx(paired["ci95"])
 
 
 def test_compare_and_report_show_the_difference_rows_only_where_seeds_pair(tmp_path):

@@ -411,19 +411,20 @@ def paired_difference(
     """``group`` minus ``reference`` on the same test examples, mean over tasks (``tasks``: only these;
     default every task of the predictions), with its 95% interval: the one place the comparison statistic
     is chosen. It is `badit.evaluation.statistics.paired_interval`: seed s of one group paired with seed s
-    of the other (runs matched by seed; the groups must hold the same seeds), a t interval whose variance
-    counts the test examples and the seeds, the counts (``examples``, ``seeds``) it rests on beside it,
+    of the other (runs matched by seed, on the seeds both groups have: a group of 3 seeds against one of 5
+    pairs on the 3 shared ones), a t interval whose variance counts the test examples and those seeds, the
+    counts (``examples``, ``seeds``) it rests on beside it,
     and ``resolvable``: the smallest difference it tells from 0 at 80% power (None without a standard
     error; `badit.evaluation.statistics.resolvable_difference`)."""
     from badit.evaluation.statistics import paired_interval
 
     mine, theirs = {r.seed: r for r in group.runs}, {r.seed: r for r in reference.runs}
-    if set(mine) != set(theirs) or len(mine) != len(group.runs) or len(theirs) != len(reference.runs):
+    seeds = sorted(set(mine) & set(theirs), key=str)
+    if not seeds or len(mine) != len(group.runs) or len(theirs) != len(reference.runs):
         raise ResultsError(
-            f"pairing by seed needs one run per seed on both sides: {group.label} has seeds "
+            f"pairing by seed needs one run per seed and a seed both sides have: {group.label} has seeds "
             f"{sorted(mine, key=str)}, {reference.label} {sorted(theirs, key=str)}"
         )
-    seeds = sorted(mine, key=str)
     wanted = None if tasks is None else set(tasks)
 
     def records(run: RunResult) -> list[dict]:
@@ -471,7 +472,7 @@ class Difference:
 
     @property
     def shared_seeds(self) -> list:
-        """The seeds both groups have (pairing needs all of them to be shared)."""
+        """The seeds both groups have (the pairing uses these)."""
         return sorted({r.seed for r in self.group.runs} & {r.seed for r in self.reference.runs}, key=str)
 
     def paired(self, metric: str = "rougeL") -> dict | None:
@@ -539,7 +540,7 @@ def difference_note(differences: Sequence[Difference]) -> str:
     return (
         f"column − {references}: the column's group minus the reference group of its setting ({REFERENCE_METHOD} "
         "where there is exactly one such group, else the first), mean over the tasks both have, on the same "
-        f"test examples, seed s paired with seed s (both groups need the same seeds); 95% interval: {METHOD}. "
+        f"test examples, seed s paired with seed s (on the seeds both groups have, counted in n); 95% interval: {METHOD}. "
         f"Difference {RESOLVABLE}"
     )
 
