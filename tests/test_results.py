@@ -346,6 +346,15 @@ def test_a_variant_of_one_method_is_its_own_group_measured_against_its_own_singl
         ("badit (single) router_init zero, train_router True", 2),
         ("badit (single) router_init random, train_router False", 2),
     ]  # r (equal in all) is left out of the labels
+    # a folder of an older badit without train_router (an option it did not have yet) joins the default group
+    hand_run(
+        tmp_path / "old3", "badit", "multitask", 3, {"t1": 83.0}, options={"router_init": "zero", "r": 4}
+    )
+    labels = [(g.label, len(g.runs)) for g in seed_groups(load_runs([*folders, tmp_path / "old3"]))]
+    assert labels[:2] == [
+        ("badit (multitask) router_init zero", 3),
+        ("badit (multitask) router_init random", 2),
+    ]
     found = {i.group.label: (i.reference.label, i.average["rougeL"]) for i in interferences(groups, ["t1"])}
     # default: seeds 81, 82 -> 81.5 - 90 = -8.5; published: 71, 72 -> 71.5 - 95 = -23.5 (not 71.5 - 90)
     assert found == {

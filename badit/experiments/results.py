@@ -159,6 +159,16 @@ def load_run(path: str | Path) -> RunResult:
     )
 
 
+def _comparable_options(runs: Sequence[RunResult]) -> list[dict]:
+    """Each run's method options restricted to the names every run of its method records: a folder written
+    by an older badit lacks the options added since, and a missing name must not split it from the newer
+    runs of the same configuration."""
+    names: dict[str, set[str]] = {}
+    for run in runs:
+        names[run.method] = names.get(run.method, set(run.options)) & set(run.options)
+    return [{k: v for k, v in run.options.items() if k in names[run.method]} for run in runs]
+
+
 def _option_details(options: list[dict]) -> list[str]:
     """For groups whose labels are still equal: each one's values of the method options on which they differ,
     e.g. ``router_init random, train_router False`` beside ``router_init zero, train_router True``."""
@@ -171,9 +181,10 @@ def label_runs(runs: list[RunResult]) -> None:
     """Labels ``method (setting)``, with the differing method options (`_option_details`), ``seed N`` and
     then the folder name added where two would be equal."""
     base = [f"{r.method} ({r.setting})" for r in runs]
+    options = _comparable_options(runs)
     for label in set(base):
         same = [i for i, b in enumerate(base) if b == label]
-        for i, extra in zip(same, _option_details([runs[i].options for i in same])):
+        for i, extra in zip(same, _option_details([options[i] for i in same])):
             base[i] = f"{label} {extra}" if extra else label
     labels = [
         f"{label} seed {run.seed}" if base.count(label) > 1 and run.seed is not None else label
@@ -315,11 +326,17 @@ def seed_groups(runs: Sequence[RunResult]) -> list[Group]:
     given; labels ``method (setting)`` get the model, then the learning rate and split, then the differing
     method options, where two would be equal."""
     groups: dict[tuple, Group] = {}
-    for run in runs:
-        options = repr(sorted(run.options.items()))
-        key = (run.method, run.setting, run.model, run.learning_rate, run.split, options)
+    for run, options in zip(runs, _comparable_options(runs)):
+        key = (
+            run.method,
+            run.setting,
+            run.model,
+            run.learning_rate,
+            run.split,
+            repr(sorted(options.items())),
+        )
         if key not in groups:
-            groups[key] = Group("", run.method, run.setting, run.model, run.split, [], dict(run.options))
+            groups[key] = Group("", run.method, run.setting, run.model, run.split, [], options)
         groups[key].runs.append(run)
     for key, label in _group_labels(list(groups), {k: g.options for k, g in groups.items()}).items():
         groups[key].label = label
