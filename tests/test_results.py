@@ -367,3 +367,25 @@ def test_a_variant_of_one_method_is_its_own_group_measured_against_its_own_singl
             pytest.approx(-23.5),
         ),
     }
+
+
+def test_a_group_holding_one_seed_twice_says_runs_not_seeds(tmp_path):
+    """Two folders of one configuration and seed (trained twice) make a group of 2 runs but 1 seed: the
+    header says so (its ± is not seed variance), and its difference row is '-' (no pairing by seed)."""
+    from badit.experiments.compare import compare, format_table
+
+    for (method, seed), examples in METHOD_SEEDS.items():
+        _predicted_run(tmp_path / "runs" / f"{method}-{seed}", method, seed, examples)
+    _predicted_run(tmp_path / "runs" / "lora-1-again", "lora", 1, METHOD_SEEDS["lora", 1])
+    runs = compare(sorted((tmp_path / "runs").iterdir()))  # badit-1, badit-2, lora-1, lora-1-again, lora-2
+    groups = {g.label: g for g in seed_groups(runs)}
+    assert groups["badit (multitask)"].counted == "2 seeds"
+    assert groups["lora (multitask)"].counted == "3 runs, 2 seeds"  # seeds 1, 1, 2
+    second = format_table(runs).split("\n\n| seed groups (ROUGE-L)")[1]
+    header = [c.strip() for c in second.splitlines()[0].split("|")[1:3]]  # the rest of the header row
+    assert header == ["badit (multitask) (2 seeds)", "lora (multitask) (3 runs, 2 seeds)"]
+    rows = {line.split("|")[1].strip(): line for line in second.splitlines() if line.startswith("|")}
+    assert [c.strip() for c in rows["column − badit (multitask), 95% CI"].split("|")[2:4]] == [
+        "(reference)",
+        "-",
+    ]

@@ -157,7 +157,7 @@ def seed_group_table(runs: list[RunScores], metric: str = "rougeL") -> Table | N
         return None
     header = [
         f"seed groups ({METRIC_NAMES[metric]})",
-        *(f"{g.label} ({len(g.runs)} seed{'s' if len(g.runs) > 1 else ''})" for g in groups),
+        *(f"{g.label} ({g.counted})" for g in groups),
     ]
     rows = [[AVERAGE, *(g.score(AVERAGE, metric).text() for g in groups)]]
     rows += difference_rows(groups, differences, metric)

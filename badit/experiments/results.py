@@ -249,6 +249,15 @@ class Group:
         return [r.metrics_file for r in self.runs]
 
     @property
+    def counted(self) -> str:
+        """What the group's spread is over, for a column header: ``3 seeds``, ``1 seed``; ``2 runs, 1 seed``
+        where runs repeat a seed (folders of one configuration and seed trained twice: their spread is not
+        seed variance, and they do not pair by seed)."""
+        seeds = len({r.seed for r in self.runs})
+        text = f"{seeds} seed{'s' if seeds != 1 else ''}"
+        return text if seeds == len(self.runs) else f"{len(self.runs)} runs, {text}"
+
+    @property
     def tasks(self) -> list[str]:
         """The tasks every run of the group has."""
         return sorted(set.intersection(*(set(r.tasks) for r in self.runs)))

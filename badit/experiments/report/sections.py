@@ -35,7 +35,7 @@ def scores_section(collection: Collection, groups: list[Group]) -> Section:
     for metric, name in METRICS.items():
         header = [
             f"task ({name})",
-            *(f"{g.label} ({len(g.runs)} seed{'s' if len(g.runs) > 1 else ''})" for g in groups),
+            *(f"{g.label} ({g.counted})" for g in groups),
         ]
         rows = []
         for t in [*tasks, AVERAGE]:
