@@ -337,6 +337,27 @@ def test_a_sweep_completes_a_run_killed_before_its_summary(tmp_path):
     assert trained == [half]
 
 
+def test_no_run_starts_after_a_sweep_run_fails(tmp_path):
+    """A failed run (or one killed by a stop) ends the sweep at once: the pool's worker, free the moment
+    the run fails, starts no other (before, it took the next job before the sweep could cancel it, and a
+    stopped sweep trained one more run to the end before it exited)."""
+    from badit.experiments.sweep import Progress, SweepError, load_sweep, plan_selection, run_jobs
+
+    sweep = load_sweep(write_sweep(tmp_path, "name: base\n", learning_rates=[1e-4, 3e-4, 1e-3]))
+    jobs = plan_selection(sweep)
+    started = []
+
+    def runner(sweep, job, gpu):
+        started.append(job.name)
+        if len(started) == 1:
+            time.sleep(0.2)  # the others wait in the pool's queue meanwhile
+            raise SweepError(f"run {job.name} failed (exit code -15)")
+
+    with pytest.raises(SweepError, match="lr0.0001 failed"):
+        run_jobs(sweep, jobs, Progress(len(jobs), 0, echo=lambda *a, **k: None), runner)
+    assert started == [jobs[0].name] and len(jobs) == 3
+
+
 @pytest.mark.slow
 def test_stopping_a_sweep_stops_its_running_train_process(tmp_path):
     """Two live processes: `badit sweep` and its `badit train` child (in a process group of its own).

@@ -414,12 +414,22 @@ def run_jobs(sweep: Sweep, jobs: list[Job], progress: Progress, runner=None) -> 
     for gpu in gpus or [None]:
         slots.put(gpu)
 
+    failed = threading.Event()  # set by the first failure: no run starts after it
+
     def one(job: Job) -> None:
         gpu = slots.get()
         try:
+            # The pool's worker takes the next job the moment a run fails (or is killed by a stop),
+            # before the main thread can cancel it; without this check the sweep would train one more
+            # run, and a stopped sweep would wait for it before exiting.
+            if failed.is_set() or _STOPPED.is_set():
+                raise SweepError(f"run {job.name} not started: the sweep is stopping")
             start = time.perf_counter()
             runner(sweep, job, gpu)
             progress.finished(job.name, time.perf_counter() - start)
+        except BaseException:
+            failed.set()
+            raise
         finally:
             slots.put(gpu)
 
@@ -779,6 +789,8 @@ def check_selection_data(sweep: Sweep) -> None:
 
 _CHILDREN: set[subprocess.Popen] = set()
 """The `badit train` processes of the running sweep (each the leader of its own process group)."""
+_STOPPED = threading.Event()
+"""Set when SIGTERM or SIGINT stops the sweep (`_children_stopped_on_signals`): `run_jobs` starts no run."""
 STOP_GRACE_SECONDS = 10.0
 """How long a stopped sweep waits for its runs to end after SIGTERM before it kills them (SIGKILL). A run
 has nothing to flush (checkpoints are written crash-safe), so the wait only has to cover a clean exit."""
@@ -809,11 +821,13 @@ def _children_stopped_on_signals():
         return
 
     def stop(signum, frame):
+        _STOPPED.set()
         _stop_children()
         if signum == signal.SIGINT:
             raise KeyboardInterrupt
         raise SystemExit(128 + signum)
 
+    _STOPPED.clear()
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield
