@@ -70,6 +70,25 @@ def test_cli_reports_a_bad_sweep_in_one_line(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+def test_dry_run_lists_the_runs_and_which_are_finished(tmp_path, capsys):
+    """`badit sweep --dry-run` trains nothing and says which runs a rerun would skip: 2 methods x 2 learning
+    rates on dev (one finished), then 2 seeds each on test (seed 1: the winner's adapter, not retrained)."""
+    from badit.cli.main import main
+
+    sweep_file = write_sweep(tmp_path)
+    _fake_run(load_sweep(sweep_file).output_dir / "select/lora-lr0.0001", {"x": [10.0]}, "lora")
+    assert main(["sweep", str(sweep_file), "--dry-run"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 4 + 4
+    assert lines[0] == "select/badit-lr0.0001: method badit, lr 0.0001, seed 1 (trained)"
+    assert lines[2] == "select/lora-lr0.0001: method lora, lr 0.0001, seed 1 (finished: skipped)"
+    assert lines[4].startswith(
+        "test/badit-seed1: method badit, lr <chosen lr>, seed 1 (the adapter of select/"
+    )
+    assert lines[5] == "test/badit-seed2: method badit, lr <chosen lr>, seed 2 (trained)"
+    assert not (tmp_path / "out" / "select" / "badit-lr0.0001").exists()
+
+
 def test_plan_selects_on_dev_with_the_first_seed_then_runs_every_seed():
     sweep = load_sweep(write_sweep(Path(__import__("tempfile").mkdtemp()), interference=["lora"]))
     selection = plan_selection(sweep)

@@ -353,7 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
         {
             "sweep_file": _value("SWEEP.yaml", "the sweep file"),
             "--output": _value("DIR", "output folder (default: the file's output_dir)"),
-            "--dry-run": _flag("check the file and print the runs; train nothing"),
+            "--dry-run": _flag("check the file and print the runs (finished ones: skipped on a rerun); train nothing"),
         },
         EPILOG_SWEEP,
     )
@@ -510,13 +510,15 @@ def _compare(args) -> int:
 
 
 def _sweep(args) -> int:
-    from badit.experiments.sweep import load_sweep, plan_final, plan_selection, run_sweep
+    from badit.experiments.sweep import is_finished, load_sweep, plan_final, plan_selection, run_sweep
 
     sweep = load_sweep(args.sweep_file, args.output)
     if args.dry_run:
         final = plan_final(sweep, {m: "<chosen lr>" for m in sweep.methods})
         for job in plan_selection(sweep) + final:
             what = f"the adapter of {job.evaluate} evaluated on test" if job.evaluate else "trained"
+            if is_finished(job.run_dir(sweep)):
+                what = "finished: skipped"  # what a rerun resumes is visible before it starts
             print(f"{job.name}: method {job.method}, lr {job.learning_rate}, seed {job.seed} ({what})")
         return 0
     run_sweep(sweep)
