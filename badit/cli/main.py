@@ -353,7 +353,9 @@ def build_parser() -> argparse.ArgumentParser:
         {
             "sweep_file": _value("SWEEP.yaml", "the sweep file"),
             "--output": _value("DIR", "output folder (default: the file's output_dir)"),
-            "--dry-run": _flag("check the file and print the runs (finished ones: skipped on a rerun); train nothing"),
+            "--dry-run": _flag(
+                "check the file and print the runs (finished ones: skipped on a rerun); train nothing"
+            ),
         },
         EPILOG_SWEEP,
     )
