@@ -326,6 +326,43 @@ def test_finished_runs_are_skipped(tmp_path):
     assert lines[-1].startswith("[4/4] select/lora-lr0.0003")
 
 
+def test_a_finished_run_of_another_learning_rate_is_refused_not_reused(tmp_path):
+    # select/badit-lr0.0003 already holds a finished run whose config.yaml says lr 1e-4 (a sweep rerun
+    # into an old folder after its grid changed): skipping it would report the 1e-4 run as 3e-4.
+    sweep = load_sweep(write_sweep(tmp_path))
+    jobs = plan_selection(sweep)  # badit 1e-4, badit 3e-4, lora 1e-4, lora 3e-4
+    trained = []
+
+    def runner(sweep, job, gpu):
+        trained.append(job.name)
+        _fake_run(job.run_dir(sweep), {"x": [10.0]}, job.method)
+
+    def finished(job, lr, method="badit", seed=1):
+        folder = job.run_dir(sweep)
+        _fake_run(folder, {"x": [10.0]}, method)
+        config = {"method": {"name": method}, "training": {"learning_rate": lr}, "seed": seed}
+        (folder / "config.yaml").write_text(yaml.safe_dump(config))
+        (folder / "summary.md").write_text("done\n")
+
+    finished(jobs[0], 1e-4)  # the same lr: skipped, as before
+    finished(jobs[1], 1e-4)  # asked 3e-4
+    with pytest.raises(SweepError, match=r"badit-lr0.0003: a finished run with training.learning_rate 0.0001, the sweep asks 0.0003"):
+        run_jobs(sweep, jobs, Progress(4, 0, lambda *a, **k: None), runner)
+    assert trained == []  # refused before anything trained
+    assert (jobs[1].run_dir(sweep) / "metrics.json").is_file()  # and nothing of the old run deleted
+    (jobs[1].run_dir(sweep) / "config.yaml").write_text(
+        yaml.safe_dump({"method": {"name": "badit"}, "training": {"learning_rate": 3e-4}, "seed": 2})
+    )
+    with pytest.raises(SweepError, match=r"seed 2, the sweep asks 1"):
+        run_jobs(sweep, jobs, Progress(4, 0, lambda *a, **k: None), runner)
+    finished_again = jobs[1].run_dir(sweep) / "config.yaml"
+    finished_again.write_text(
+        yaml.safe_dump({"method": {"name": "badit"}, "training": {"learning_rate": 3e-4}, "seed": 1})
+    )
+    run_jobs(sweep, jobs, Progress(4, 0, lambda *a, **k: None), runner)
+    assert trained == ["select/lora-lr0.0001", "select/lora-lr0.0003"]
+
+
 @pytest.mark.slow
 def test_sweep_on_a_tiny_model(tmp_path):
     # Real `badit train` runs, as few as show the protocol: one method, two learning rates scored on dev,

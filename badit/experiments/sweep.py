@@ -366,6 +366,45 @@ def is_finished(run_dir: Path) -> bool:
     return RunFolder(run_dir).is_complete()
 
 
+# What a finished run must share with the job that would skip it: a sweep whose grid, seeds or methods
+# changed, rerun into the same folder, would otherwise report an old run under a new learning rate.
+IDENTITY = ("method.name", "training.learning_rate", "seed", "training.gradient_surgery")
+
+
+def check_finished_run(sweep: Sweep, job: Job) -> None:
+    """Raise SweepError when ``job``'s finished run folder was trained with another method, learning rate,
+    seed or gradient surgery than the job asks (its config.yaml against `job_config`); fields the folder's
+    config.yaml lacks, and folders without one (made by other tools), are taken as they are."""
+    folder = RunFolder(job.run_dir(sweep))
+    if not folder.has_config():
+        return
+    saved = folder.saved_config()
+    wanted = job_config(sweep, job)
+    differ = []
+    for key in IDENTITY:
+        section, _, field_name = key.rpartition(".")
+        have = (saved.get(section) or {}).get(field_name) if section else saved.get(field_name)
+        want = getattr(getattr(wanted, section), field_name) if section else getattr(wanted, field_name)
+        if have is None:  # a field its badit version did not write: nothing to hold against it
+            continue
+        same = (
+            math.isclose(float(have), float(want), rel_tol=1e-9)
+            if _is_number(have) and _is_number(want)
+            else have == want
+        )
+        if not same:
+            differ.append(f"{key} {have!r}, the sweep asks {want!r}")
+    if differ:
+        raise SweepError(
+            f"{folder.path}: a finished run with {'; '.join(differ)}. Move that folder away or give the "
+            f"sweep another --output, then rerun (nothing was trained)"
+        )
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def visible_gpus() -> list[str]:
     try:
         import torch
@@ -406,6 +445,9 @@ def run_jobs(sweep: Sweep, jobs: list[Job], progress: Progress, runner=None) -> 
     """Train the unfinished ``jobs`` (one per GPU, or one at a time); raise on the first failure."""
     runner = runner or _train_subprocess
     todo = [j for j in jobs if not is_finished(j.run_dir(sweep))]
+    for job in jobs:  # all checked before anything trains
+        if job not in todo:
+            check_finished_run(sweep, job)
     for job in jobs:
         if job not in todo:
             progress.finished(job.name, None)
