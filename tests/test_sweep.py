@@ -346,7 +346,10 @@ def test_a_finished_run_of_another_learning_rate_is_refused_not_reused(tmp_path)
 
     finished(jobs[0], 1e-4)  # the same lr: skipped, as before
     finished(jobs[1], 1e-4)  # asked 3e-4
-    with pytest.raises(SweepError, match=r"badit-lr0.0003: a finished run with training.learning_rate 0.0001, the sweep asks 0.0003"):
+    with pytest.raises(
+        SweepError,
+        match=r"badit-lr0.0003: a finished run with training.learning_rate 0.0001, the sweep asks 0.0003",
+    ):
         run_jobs(sweep, jobs, Progress(4, 0, lambda *a, **k: None), runner)
     assert trained == []  # refused before anything trained
     assert (jobs[1].run_dir(sweep) / "metrics.json").is_file()  # and nothing of the old run deleted
