@@ -168,7 +168,8 @@ class RunError(BaditError, RuntimeError):
     """A run folder cannot be used as asked (exists, config differs, incomplete...)."""
 
 
-def _is_number(value) -> bool:
+def is_number(value) -> bool:
+    """A JSON/YAML number (bool is an int to Python, not a number here)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
@@ -188,7 +189,7 @@ def metrics_problem(metrics) -> str | None:
         if not isinstance(values, dict):
             return f"'{where}' is not an object"
         for metric in METRIC_NAMES:
-            if not _is_number(values.get(metric)):
+            if not is_number(values.get(metric)):
                 return f"'{where}.{metric}' is missing or not a number"
     continual = metrics.get("continual")
     if continual is not None:
@@ -197,7 +198,7 @@ def metrics_problem(metrics) -> str | None:
         for metric in METRIC_NAMES:
             values = continual.get(metric) if isinstance(continual, dict) else None
             if not isinstance(values, dict) or not all(
-                values.get(key) is None or _is_number(values[key]) for key in CONTINUAL_KEYS
+                values.get(key) is None or is_number(values[key]) for key in CONTINUAL_KEYS
             ):
                 return (
                     f"'continual.{metric}' does not hold the continual metrics ({', '.join(CONTINUAL_KEYS)})"

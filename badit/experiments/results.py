@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from badit.errors import BaditError
-from badit.experiments.folder import RunError, RunFolder, base_method
+from badit.experiments.folder import RunError, RunFolder, base_method, is_number
 from badit.names import METRICS
 
 AVERAGE = "average"  # the row of the mean over tasks
@@ -129,10 +129,6 @@ class RunResult:
         return self._predictions
 
 
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 def load_run(path: str | Path) -> RunResult:
     """A run folder's metrics.json (checked by `RunFolder.metrics`) as a `RunResult`; the learning rate and
     evaluation split from its config.yaml where it has one (a folder may hold only metrics.json)."""
@@ -147,12 +143,12 @@ def load_run(path: str | Path) -> RunResult:
         method=str(info.get("method", "?")),
         setting=str(info.get("setting", "multitask")),
         model=str(info.get("model", "?")),
-        seed=info.get("seed") if _is_number(info.get("seed")) else None,
-        learning_rate=learning_rate if _is_number(learning_rate) else None,
-        effective_scale=info.get("effective_scale") if _is_number(info.get("effective_scale")) else None,
+        seed=info.get("seed") if is_number(info.get("seed")) else None,
+        learning_rate=learning_rate if is_number(learning_rate) else None,
+        effective_scale=info.get("effective_scale") if is_number(info.get("effective_scale")) else None,
         split=str((config.get("evaluation") or {}).get("split", "test")),
-        tasks={t: {k: v for k, v in s.items() if _is_number(v)} for t, s in metrics["tasks"].items()},
-        average={k: v for k, v in metrics["average"].items() if _is_number(v)},
+        tasks={t: {k: v for k, v in s.items() if is_number(v)} for t, s in metrics["tasks"].items()},
+        average={k: v for k, v in metrics["average"].items() if is_number(v)},
         continual=metrics.get("continual"),
         info=info,
         options={k: v for k, v in (config.get("method") or {}).items() if k != "name"},
@@ -306,7 +302,7 @@ def run_groups(runs: Sequence[RunResult]) -> list[Group]:
 
 DETAILS: tuple[Callable[[tuple], str], ...] = (
     lambda key: Path(key[2]).name,  # model
-    lambda key: f"lr {key[3]:g}" if _is_number(key[3]) else "lr ?",
+    lambda key: f"lr {key[3]:g}" if is_number(key[3]) else "lr ?",
     lambda key: f"{key[4]} split",
 )
 

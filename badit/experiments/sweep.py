@@ -94,7 +94,7 @@ import yaml
 
 from badit.data.files import atomic_write_json, atomic_write_text
 from badit.experiments.config import METHODS, ConfigError, load_config
-from badit.experiments.folder import SWEEP_FILE, SWEEP_LOG_DIR, SWEEP_TABLE, RunFolder, RunLock
+from badit.experiments.folder import SWEEP_FILE, SWEEP_LOG_DIR, SWEEP_TABLE, RunFolder, RunLock, is_number
 from badit.experiments.results import (
     AVERAGE,
     REFERENCE_METHOD,
@@ -389,7 +389,7 @@ def check_finished_run(sweep: Sweep, job: Job) -> None:
             continue
         same = (
             math.isclose(float(have), float(want), rel_tol=1e-9)
-            if _is_number(have) and _is_number(want)
+            if is_number(have) and is_number(want)
             else have == want
         )
         if not same:
@@ -399,10 +399,6 @@ def check_finished_run(sweep: Sweep, job: Job) -> None:
             f"{folder.path}: a finished run with {'; '.join(differ)}. Move that folder away or give the "
             f"sweep another --output, then rerun (nothing was trained)"
         )
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def visible_gpus() -> list[str]:
@@ -448,8 +444,6 @@ def run_jobs(sweep: Sweep, jobs: list[Job], progress: Progress, runner=None) -> 
     for job in jobs:  # all checked before anything trains
         if job not in todo:
             check_finished_run(sweep, job)
-    for job in jobs:
-        if job not in todo:
             progress.finished(job.name, None)
     gpus = visible_gpus()
     slots: queue.Queue = queue.Queue()
