@@ -22,6 +22,7 @@ _EXPORTS = {
     "BaditConfig": "badit.adapter",
     "BaditModel": "badit.adapter",
     "get_routing_weights": "badit.adapter",
+    "routing_tasks": "badit.adapter",
     "attach_gradient_tracking": "badit.regrouping",
     "regroup": "badit.regrouping",
     "RegroupCallback": "badit.training.callbacks",

@@ -123,7 +123,7 @@ def test_expert_usage_and_report_on_badit_model(tmp_path, capsys):
     capsys.readouterr()
     result = analyze(model, batches, tmp_path / "analysis", neuron_top_fraction=0.1, progress=True)
     bars = [line.split("\r")[-1] for line in capsys.readouterr().err.strip().split("\n")]
-    assert [bar.split(":")[0] for bar in bars] == ["gradients", "expert usage", "neurons"]
+    assert [bar.split(":")[0] for bar in bars] == ["gradients", "expert usage", "separability", "neurons"]
     assert all("100%" in bar and "2/2" in bar for bar in bars)  # one step per task, 2 tasks
     saved = json.loads((tmp_path / "analysis" / "analysis.json").read_text())
     assert saved["tasks"] == ["t0", "t1"]

@@ -4,9 +4,17 @@ HydraLoRA baseline, `HydraLoraConfig`) with PEFT."""
 from badit.adapter.config import BaditConfig
 from badit.adapter.hydralora import HydraLoraConfig
 from badit.adapter.layer import BaditLinear
-from badit.adapter.model import BaditModel, get_routing_weights
+from badit.adapter.model import BaditModel, get_routing_weights, routing_tasks, uses_task_routing
 from badit.adapter.registration import register
 
 register()
 
-__all__ = ["BaditConfig", "BaditLinear", "BaditModel", "HydraLoraConfig", "get_routing_weights"]
+__all__ = [
+    "BaditConfig",
+    "BaditLinear",
+    "BaditModel",
+    "HydraLoraConfig",
+    "get_routing_weights",
+    "routing_tasks",
+    "uses_task_routing",
+]

@@ -16,6 +16,9 @@ ROUTER_SCALES = ("preserve", "paper")
 ROUTER_INITS = ("zero", "random")
 REGROUP_SIGNALS = ("sum", "last_batch")
 REGROUP_SIMILARITIES = ("sign_invariant", "signed")
+GATES = ("delta", "components")
+ROUTINGS = ("router", "task")
+ROUTER_INPUTS = ("standardized", "raw")
 
 
 @dataclass
@@ -40,6 +43,17 @@ class BaditConfig(PeftConfig):
             reproduces the pretrained layer exactly; "paper" keeps the plain softmax of the public code.
         router_init: "zero" (default: every expert starts with the same weight) or "random" (PyTorch's
             nn.Linear init, as the public code leaves it).
+        gate: what the mixing weights multiply: "delta" (default) only what training changed, B A - B0 A0,
+            so the pretrained components keep weight 1 and routing cannot damage the pretrained function;
+            "components" the whole expert B A, the SVD components included (the paper's and the public
+            code's forward). Identical while every weight is 1; docs/method.md, "Routing".
+        routing: "router" (default: a learned router on the pooled prompt) or "task" (oracle routing: one
+            learned mixture per task id, given at train and test time with `badit.routing_tasks`; the
+            upper bound of what routing can buy, not a method for unknown tasks).
+        num_tasks: the number of task ids, for routing="task".
+        router_input: "standardized": the pooled prompt minus its running mean, over its running standard
+            deviation, per feature (the part that sets a sequence apart), or "raw" (the pooled prompt as
+            it is: the paper's).
         train_router: False freezes the router (the public code's gate is never trained: its parameter
             name lacks PEFT's trainable prefix).
         regroup: gather gradient statistics and regroup rank-1 components between experts during training.
@@ -79,6 +93,21 @@ class BaditConfig(PeftConfig):
         default="zero", metadata={"help": "'zero' (uniform start) or 'random' (nn.Linear's init)."}
     )
     train_router: bool = field(default=True, metadata={"help": "False: the router stays at its init."})
+    gate: Literal["delta", "components"] = field(
+        default="delta",
+        metadata={"help": "'delta' (the router gates B A - B0 A0) or 'components' (B A: the paper's)."},
+    )
+    routing: Literal["router", "task"] = field(
+        default="router",
+        metadata={"help": "'router' (learned, per sequence) or 'task' (oracle: per task id)."},
+    )
+    num_tasks: int | None = field(default=None, metadata={"help": "Task ids for routing='task'."})
+    router_input: Literal["standardized", "raw"] = field(
+        default="raw",
+        metadata={
+            "help": "'standardized' (running per-feature moments) or 'raw' (the paper's pooled prompt)."
+        },
+    )
     regroup: bool = field(default=True, metadata={"help": "Regroup rank-1 components during training."})
     regroup_every: str | int = field(default="epoch", metadata={"help": "'epoch' or a number of steps."})
     regroup_until: float = field(default=0.5, metadata={"help": "Fraction of training with regrouping."})
@@ -163,6 +192,16 @@ class BaditConfig(PeftConfig):
             fail("router_init", f"is not one of {ROUTER_INITS}", "use 'zero' (default) or 'random'")
         if not isinstance(self.train_router, bool):
             fail("train_router", "is not true or false", "use true (default) or false")
+        if self.gate not in GATES:
+            fail("gate", f"is not one of {GATES}", "use 'delta' (default) or 'components' (the paper's)")
+        if self.routing not in ROUTINGS:
+            fail("routing", f"is not one of {ROUTINGS}", "use 'router' (default) or 'task' (oracle routing)")
+        if self.routing == "task" and (not is_int(self.num_tasks) or self.num_tasks < 1):
+            fail("num_tasks", "is not a positive integer with routing='task'", "give the number of task ids")
+        if self.router_input not in ROUTER_INPUTS:
+            fail(
+                "router_input", f"is not one of {ROUTER_INPUTS}", "use 'standardized' or 'raw' (the paper's)"
+            )
         if self.regroup_signal not in REGROUP_SIGNALS:
             fail("regroup_signal", f"is not one of {REGROUP_SIGNALS}", "use 'sum' (default) or 'last_batch'")
         if self.regroup_signal == "last_batch" and self.regroup_ema is not None:
@@ -175,6 +214,17 @@ class BaditConfig(PeftConfig):
                 f"is not one of {REGROUP_SIMILARITIES}",
                 "use 'sign_invariant' (default) or 'signed' (the published cosine)",
             )
+
+    @classmethod
+    def check_kwargs(cls, **kwargs):
+        """An adapter_config.json written before `gate` and `router_input` existed was trained with the whole
+        experts gated and the raw pooled prompt: it loads with those, so that it computes what it computed."""
+        kwargs = super().check_kwargs(**kwargs)
+        if "gate" not in kwargs:
+            kwargs["gate"] = "components"
+        if "router_input" not in kwargs:
+            kwargs["router_input"] = "raw"
+        return kwargs
 
     def save_pretrained(self, save_directory: str, **kwargs) -> None:
         """PEFT's adapter_config.json, then the BADIT section of the model card (badit/adapter/card.py)."""

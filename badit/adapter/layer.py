@@ -18,7 +18,15 @@ from transformers.pytorch_utils import Conv1D
 
 from badit.adapter.config import BaditConfig
 from badit.adapter.quantized import dequantized_weight, quantization_kind, store_quantized
-from badit.adapter.routing import RoutingState, masked_mean, mixing_weights
+from badit.adapter.routing import (
+    RoutingState,
+    gate_delta_coefficients,
+    masked_mean,
+    mixing_weights,
+    standardize,
+    task_mixing_weights,
+    update_moments,
+)
 from badit.adapter.svd import expert_factors, top_singular_triplets
 
 
@@ -63,6 +71,12 @@ class AdapterState:
     router_scale: float
     """Multiplies the softmax: K with router_scale="preserve" (each expert starts at weight 1), else 1."""
     train_router: bool = True
+    gate_delta: bool = False
+    """Whether the mixing weights scale only the learned change B A - B0 A0 (gate="delta")."""
+    route_by_task: bool = False
+    """Whether the mixture is looked up by task id (routing="task", `badit_task_logits`)."""
+    standardize_input: bool = False
+    """Whether the router sees its pooled input standardised by running moments (`badit_router_moments`)."""
     removed: bool = False
     """Whether s * B0 @ A0 is out of the base weight: False while the factors are still to be loaded
     (created on the meta device, PEFT's low_cpu_mem_usage) and after unload / delete gave them back."""
@@ -77,8 +91,8 @@ class AdapterState:
 class BaditLayer(BaseTunerLayer):
     """PEFT bookkeeping shared by BADIT layers (one entry per adapter name in each container)."""
 
-    adapter_layer_names = ("badit_A", "badit_B", "badit_router")
-    other_param_names = ("badit_A0", "badit_B0", "badit_dropout", "badit_state")
+    adapter_layer_names = ("badit_A", "badit_B", "badit_router", "badit_task_logits")
+    other_param_names = ("badit_A0", "badit_B0", "badit_router_moments", "badit_dropout", "badit_state")
 
 
 class BaditLinear(nn.Module, BaditLayer):
@@ -112,8 +126,10 @@ class BaditLinear(nn.Module, BaditLayer):
         self.badit_A = nn.ParameterDict()
         self.badit_B = nn.ParameterDict()
         self.badit_router = nn.ModuleDict()
+        self.badit_task_logits = nn.ParameterDict()  # routing="task": (num_tasks, K) per adapter
         self.badit_A0 = BufferDict(persistent=True)
         self.badit_B0 = BufferDict(persistent=True)
+        self.badit_router_moments = BufferDict(persistent=True)  # router_input="standardized": (3, in)
         self.badit_dropout = nn.ModuleDict()
         self.badit_state: dict[str, AdapterState] = {}
         self.merged_adapters = []
@@ -156,6 +172,9 @@ class BaditLinear(nn.Module, BaditLayer):
             scaling=config.scaling,
             router_scale=float(k) if config.router_scale == "preserve" else 1.0,
             train_router=config.train_router,
+            gate_delta=config.gate == "delta",
+            route_by_task=config.routing == "task",
+            standardize_input=config.router_input == "standardized",
         )
         self.badit_state[adapter_name] = state
         self.badit_dropout[adapter_name] = (
@@ -167,6 +186,12 @@ class BaditLinear(nn.Module, BaditLayer):
         self.badit_A[adapter_name] = nn.Parameter(torch.zeros(rank, self.in_features, device=device))
         self.badit_B[adapter_name] = nn.Parameter(torch.zeros(self.out_features, rank, device=device))
         self.badit_router[adapter_name] = nn.Linear(self.in_features, k, bias=False, device=device)
+        if state.standardize_input:  # mean, mean of squares, count: none seen yet
+            self.badit_router_moments[adapter_name] = torch.zeros(3, self.in_features, device=device)
+        if state.route_by_task:  # zero logits: every task starts at the uniform mixture
+            self.badit_task_logits[adapter_name] = nn.Parameter(
+                torch.zeros(config.num_tasks, k, device=device)
+            )
         if self.badit_A[adapter_name].is_meta:  # PEFT's low_cpu_mem_usage: values come from a checkpoint
             # Real (small) placeholders: PEFT moves buffer-only modules with .to(), which meta tensors refuse.
             self.badit_A0[adapter_name] = torch.zeros(rank, self.in_features, device=device)
@@ -281,7 +306,8 @@ class BaditLinear(nn.Module, BaditLayer):
     ) -> None:
         """Move adapter `adapter_name` to the base layer's device; BADIT keeps its factors in float32."""
         device = device if device is not None else self.get_base_layer().weight.device
-        for container in (self.badit_A, self.badit_B, self.badit_A0, self.badit_B0):
+        containers = (self.badit_A, self.badit_B, self.badit_A0, self.badit_B0, self.badit_task_logits)
+        for container in (*containers, self.badit_router_moments):
             if adapter_name in container and not container[adapter_name].is_meta:
                 container[adapter_name].data = container[adapter_name].data.to(device)
         for container in (self.badit_router, self.badit_dropout):
@@ -360,14 +386,22 @@ class BaditLinear(nn.Module, BaditLayer):
         else:
             sequences = x.reshape(1, -1, x.shape[-1])
         gate = self._gate(name, sequences, rows, use_prompt_mask=x.dim() == 3)  # (batch, K)
-        # One weight per rank-1 component, scaling folded in: (batch, 1, ..., K*r).
-        component_gate = (gate * state.scaling).repeat_interleave(state.r, dim=-1)
-        if x.dim() == 3:
-            component_gate = component_gate[:, None, :]
-        elif x.dim() != 2:
-            component_gate = component_gate.reshape(-1)
-        hidden = F.linear(self.badit_dropout[name](x), a) * component_gate
-        return F.linear(hidden, b)
+        hidden = F.linear(self.badit_dropout[name](x), a) * self._per_component(gate, state, x.dim())
+        output = F.linear(hidden, b)
+        if state.gate_delta:  # + s * B0 (1 - g) A0 x: the pretrained components keep weight 1
+            a0, b0 = self.badit_A0[name], self.badit_B0[name]
+            rest = self._per_component(gate_delta_coefficients(gate), state, x.dim())
+            output = output + F.linear(F.linear(x.to(a0.dtype), a0) * rest, b0)
+        return output
+
+    @staticmethod
+    def _per_component(weights: torch.Tensor, state: AdapterState, dims: int) -> torch.Tensor:
+        """(batch, K) expert weights as one multiplier per rank-1 component with the scaling folded in,
+        shaped to broadcast over an input of `dims` dimensions: (batch, 1, K*r), (batch, K*r) or (K*r,)."""
+        component = (weights * state.scaling).repeat_interleave(state.r, dim=-1)
+        if dims == 3:
+            return component[:, None, :]
+        return component if dims == 2 else component.reshape(-1)
 
     def _gate(
         self,
@@ -384,6 +418,15 @@ class BaditLinear(nn.Module, BaditLayer):
         batch, state = sequences.shape[0], self.badit_state[name]
         if state.fixed_routing is not None:
             gate = state.fixed_routing.to(sequences).expand(batch, -1)
+        elif state.route_by_task:
+            if self.routing_state is None:
+                raise RuntimeError(
+                    f"BADIT layer '{self.layer_name}': routing='task' needs the model's routing state"
+                )
+            task_ids = self.routing_state.batch_task_ids(batch, rows)
+            gate = task_mixing_weights(
+                self.badit_task_logits[name], task_ids, state.top_k, state.router_scale
+            )
         elif self.routing_state is not None and self.routing_state.reuse:
             gate = state.routing_weights
             if gate is None or gate.shape[0] != batch:
@@ -404,9 +447,20 @@ class BaditLinear(nn.Module, BaditLayer):
                 )
             router = self.badit_router[name]
             pooled = masked_mean(sequences, mask)
+            if state.standardize_input:
+                pooled = self._standardized(name, pooled)
             gate = mixing_weights(router(pooled.to(router.weight.dtype)), state.top_k, state.router_scale)
         state.routing_weights = gate.detach()
         return gate
+
+    def _standardized(self, name: str, pooled: torch.Tensor) -> torch.Tensor:
+        """The pooled router input standardised by the adapter's running moments, which a training forward
+        first updates with this batch (`badit.adapter.routing.update_moments`; no gradient flows into them)."""
+        moments = self.badit_router_moments[name]
+        if self.training and torch.is_grad_enabled():
+            with torch.no_grad():
+                moments.copy_(update_moments(moments, pooled))
+        return standardize(pooled, moments)
 
     # ------------------------------------------------------------------ merging
 
@@ -425,10 +479,15 @@ class BaditLinear(nn.Module, BaditLayer):
         state.fixed_routing = weights
 
     def _delta_weight(self, name: str, routing: torch.Tensor) -> torch.Tensor:
-        """scaling * B diag(gate per component) A in float32."""
+        """What the adapter adds to the residual under a fixed `routing` (K,), float32 (out, in):
+        scaling * B diag(g) A, plus scaling * B0 diag(1 - g) A0 with gate="delta"."""
         state = self.badit_state[name]
         component_gate = (routing.float() * state.scaling).repeat_interleave(state.r)
-        return self.badit_B[name].float() @ (component_gate[:, None] * self.badit_A[name].float())
+        delta = self.badit_B[name].float() @ (component_gate[:, None] * self.badit_A[name].float())
+        if state.gate_delta:
+            rest = (gate_delta_coefficients(routing.float()) * state.scaling).repeat_interleave(state.r)
+            delta = delta + self.badit_B0[name].float() @ (rest[:, None] * self.badit_A0[name].float())
+        return delta
 
     def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
         """Fold adapters into the base weight; only possible with a fixed routing (see `set_fixed_routing`)."""

@@ -158,6 +158,33 @@ class BaditModel(AdapterTuner):
             layer.set_fixed_routing(adapter_name, layer_weights)
 
 
+def _routing_state(model: nn.Module) -> RoutingState | None:
+    for module in model.modules():
+        if is_badit_layer(module) and module.routing_state is not None:
+            return module.routing_state
+    return None
+
+
+def uses_task_routing(model: nn.Module) -> bool:
+    """Whether an adapter of `model` routes by task id (routing="task") and so needs `routing_tasks`."""
+    return any(
+        state.route_by_task for m in model.modules() if is_badit_layer(m) for state in m.badit_state.values()
+    )
+
+
+@contextmanager
+def routing_tasks(model: nn.Module, task_ids: torch.Tensor | None) -> Iterator[None]:
+    """Within this context the forwards and `generate` calls of `model` route oracle-routed adapters
+    (routing="task") by `task_ids` (batch,): the id of each input sequence's task. A model without
+    BADIT layers is left alone, so callers need not check."""
+    state = _routing_state(model)
+    if state is None:
+        yield
+        return
+    with state.routing_tasks(task_ids):
+        yield
+
+
 def get_routing_weights(model: nn.Module, adapter_name: str | None = None) -> dict[str, torch.Tensor]:
     """The mixing weights (batch, K) of the last forward, per adapted layer (named as in the base model)."""
     result = {}

@@ -34,6 +34,66 @@ def mixing_weights(logits: torch.Tensor, top_k: int, scale: float) -> torch.Tens
     return F.softmax(logits, dim=-1) * scale
 
 
+def task_mixing_weights(
+    task_logits: torch.Tensor, task_ids: torch.Tensor, top_k: int, scale: float
+) -> torch.Tensor:
+    """Oracle routing: the mixing weights (batch, K) of each sequence's task, `mixing_weights` of row
+    `task_ids[i]` of the learned `task_logits` (num_tasks, K).
+
+    The upper bound of what routing can buy (docs/method.md, "Routing"): the task is known at train
+    and test time, so tasks are told apart perfectly and each learns its own mixture. Ids outside
+    [0, num_tasks) raise, as indexing does.
+    """
+    return mixing_weights(task_logits.index_select(0, task_ids.to(task_logits.device)), top_k, scale)
+
+
+def gate_delta_coefficients(gate: torch.Tensor) -> torch.Tensor:
+    """What the initial components get when the router gates only the learned change (`gate="delta"`).
+
+    The layer computes s * (B g A + B0 (1 - g) A0) = s * B0 A0 + s * g * (B A - B0 A0) per component,
+    so the pretrained components keep weight 1 whatever the router says and the gate scales only what
+    training changed. Returns 1 - gate, same shape. At gate = 1 (a zero router with
+    router_scale="preserve") this is 0 and the layer equals gate="components".
+    """
+    return 1.0 - gate
+
+
+MOMENTS_WINDOW = 2000
+"""Sequences over which the router input's running moments average: the exact mean of the first 2000
+pooled inputs (about 250 steps at batch 8, past the noisy start), an average with that horizon after
+(a pooled input drifts slowly as the adapter trains)."""
+
+
+def update_moments(moments: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
+    """Running moments (3, d) of the router input after a batch of pooled inputs (batch, d).
+
+    Rows: mean, mean of squares, and the count of sequences seen (in every column). Each batch moves
+    the moments towards its own by batch / min(count, MOMENTS_WINDOW): the exact cumulative average until
+    the window is full, an exponential average of that horizon after.
+    """
+    batch = pooled.shape[0]
+    count = moments[2] + batch
+    rate = batch / count.clamp(max=MOMENTS_WINDOW)
+    data = pooled.detach().to(moments.dtype)
+    mean = moments[0] + rate * (data.mean(0) - moments[0])
+    square = moments[1] + rate * ((data**2).mean(0) - moments[1])
+    return torch.stack([mean, square, count])
+
+
+def standardize(pooled: torch.Tensor, moments: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """pooled (batch, d) minus the running mean, over the running standard deviation, per feature.
+
+    The router then sees what sets a sequence apart from the average sequence: the part common to all
+    tasks (95-99% of the pooled prompt's norm on the interference suite) and the few huge features of
+    the hidden state no longer dominate its logits (docs/method.md, "Routing"). Before any moments exist
+    (count 0) the input passes unchanged.
+    """
+    mean, square = moments[0], moments[1]
+    std = (square - mean**2).clamp_min(0).add(eps).sqrt()
+    standardized = (pooled - mean.to(pooled.dtype)) / std.to(pooled.dtype)
+    return torch.where(moments[2, 0] > 0, standardized, pooled)  # no host sync: compiles without a break
+
+
 def masked_mean(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """Mean of x (batch, seq, d) over the positions where mask (batch, seq) is true; all positions if None.
 
@@ -75,6 +135,8 @@ class RoutingState:
         adapter_names: the same, expanded to the batch of the current forward (beams / several sequences
             per prompt repeat each name, as Hugging Face repeats the inputs).
         warned_no_prompt: whether the "no prompt token" warning was given (once per model).
+        task_ids: (batch,) long, each sequence's task for oracle routing (`routing="task"`), set by
+            `routing_tasks`; None otherwise.
     """
 
     def __init__(self) -> None:
@@ -84,6 +146,36 @@ class RoutingState:
         self.requested_adapter_names: list[str] | None = None
         self.adapter_names: list[str] | None = None
         self.warned_no_prompt: bool = False
+        self.task_ids: torch.Tensor | None = None
+
+    @contextmanager
+    def routing_tasks(self, task_ids: torch.Tensor | None) -> Iterator[None]:
+        """Within this context, oracle-routed adapters (`routing="task"`) mix by `task_ids` (batch,)."""
+        previous = self.task_ids
+        self.task_ids = None if task_ids is None else torch.as_tensor(task_ids, dtype=torch.long)
+        try:
+            yield
+        finally:
+            self.task_ids = previous
+
+    def batch_task_ids(self, batch: int, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """The task id of each of `batch` sequences (a subset `rows` for mixed batches); generation's
+        repeated rows (beams) repeat their prompt's id, as Hugging Face repeats the inputs."""
+        if self.task_ids is None:
+            raise RuntimeError(
+                "BADIT routing='task' needs each sequence's task id: run the model inside "
+                "badit.routing_tasks(model, task_ids) (badit's trainer and evaluation do)"
+            )
+        ids = self.task_ids
+        if rows is not None:
+            ids = ids.to(rows.device).index_select(0, rows)
+        if ids.shape[0] != batch:
+            if ids.shape[0] == 0 or batch % ids.shape[0] != 0:
+                raise ValueError(
+                    f"routing_tasks got {ids.shape[0]} task ids for a batch of {batch} sequences"
+                )
+            ids = ids.repeat_interleave(batch // ids.shape[0])
+        return ids
 
     @contextmanager
     def mixed_batch(self, adapter_names: list[str]) -> Iterator[None]:

@@ -25,6 +25,7 @@ _EXPORTS = {
     "cosine_matrix": "conflict",
     "gradient_conflict": "conflict",
     "analyze": "report",
+    "router_separability": "separability",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from badit.adapter import get_routing_weights
+from badit.adapter import get_routing_weights, routing_tasks
 from badit.analysis.conflict import cosine_matrix
 from badit.analysis.progress import task_bar
 
@@ -20,7 +20,8 @@ from badit.analysis.progress import task_bar
 def _forward(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> None:
     device = next(model.parameters()).device
     inputs = {k: v.to(device) for k, v in batch.items() if k in ("input_ids", "attention_mask", "labels")}
-    model(**inputs)
+    with routing_tasks(model, batch.get("task_ids")):  # oracle-routed adapters (routing="task")
+        model(**inputs)
 
 
 @torch.no_grad()

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from badit.adapter import routing_tasks
 from badit.analysis.progress import task_bar
 from badit.regrouping.gradients import gradient_tracking_paused
 
@@ -31,7 +32,8 @@ def _layer_of(param_name: str) -> str:
 
 def _batch_loss(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
     inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "labels")}
-    return model(**inputs).loss
+    with routing_tasks(model, batch.get("task_ids")):  # oracle-routed adapters (routing="task")
+        return model(**inputs).loss
 
 
 def gradient_conflict(

@@ -12,6 +12,7 @@ from torch import nn
 from badit.analysis.coactivation import expert_usage, neuron_overlap
 from badit.analysis.conflict import gradient_conflict
 from badit.analysis.plots import heatmap_figure, printable_texts, pyplot, short_label
+from badit.analysis.separability import router_separability, separability_verdict
 from badit.data.files import atomic_write_json
 from badit.regrouping.gradients import is_badit_layer
 
@@ -39,7 +40,8 @@ def analyze(
     progress: bool = False,
     result_name: str = "analysis.json",
 ) -> dict:
-    """Measure gradient conflict, expert usage (BADIT models) and neuron overlap between tasks.
+    """Measure gradient conflict, expert usage and router separability (BADIT models: do the routers tell
+    the tasks apart? `badit.analysis.separability`) and neuron overlap between tasks.
 
     Writes the result (JSON, named `result_name`) and PNG heatmaps into `output_dir` and returns the
     JSON-ready dict.
@@ -85,6 +87,9 @@ def analyze(
         mean_usage = usage["usage"].mean(0)  # (T, K)
         experts = [f"e{k}" for k in range(mean_usage.shape[1])]
         _heatmap(mean_usage, experts, short, "mean routing weight per task", out / "expert_usage.png")
+        separability = router_separability(model, batches, progress="separability" if progress else None)
+        separability["verdict"] = separability_verdict(separability)
+        result["router_separability"] = separability
 
     neurons = neuron_overlap(
         model, batches, neuron_module_suffix, neuron_top_fraction, "neurons" if progress else None

@@ -542,6 +542,8 @@ def _analyze(args) -> int:
         f"most conflicting pair: {a} vs {b} ({cosine:+.3f}); most conflicting layer: {conflict['most_conflicting_layer']}"
     )
     print(f"mean top-neuron overlap between tasks (Jaccard): {result['neuron_overlap']['mean_offdiag']:.3f}")
+    if "router_separability" in result:
+        print(f"routing: {result['router_separability']['verdict']}")
     print(f"written: {Path(args.output or RunFolder(args.run).analysis_dir)}/ ({ANALYSIS_FILE}, *.png)")
     return 0
 

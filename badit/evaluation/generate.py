@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import nullcontext
 
 import torch
 from tqdm.auto import tqdm
 from transformers import GenerationConfig
 
+from badit.adapter import routing_tasks
 from badit.data.batches import DataCollator
 
 
@@ -33,13 +35,15 @@ def generate_ids(
     stop_strings: list[str] | None = None,
     tokenizer=None,
     progress: str | None = None,
+    task_ids: Sequence[int] | None = None,
 ) -> list[list[int]]:
     """Greedy continuation of each prompt (token ids), without the prompt and cut before the first EOS.
 
     Prompts are batched longest first (less padding; a too-large batch fails at once), left-padded, with
     the attention mask passed, so batched and one-by-one results agree. `stop_strings` (needs
     `tokenizer`) ends a sequence once its text contains one of them. `progress`: the label of a progress
-    bar over the examples (examples/s, ETA); None shows none.
+    bar over the examples (examples/s, ETA); None shows none. `task_ids`: each prompt's task id, for
+    adapters that route by task (`routing="task"`, badit.routing_tasks).
     """
     eos = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
     config = GenerationConfig(
@@ -59,12 +63,14 @@ def generate_ids(
     for start in range(0, len(order), batch_size):
         index = order[start : start + batch_size]
         batch = collate([{"input_ids": list(prompts[i])} for i in index])
-        output = model.generate(
-            input_ids=batch["input_ids"].to(device),
-            attention_mask=batch["attention_mask"].to(device),
-            generation_config=config,
-            tokenizer=tokenizer if stop_strings else None,
-        )
+        tasks = None if task_ids is None else torch.tensor([task_ids[i] for i in index], device=device)
+        with routing_tasks(model, tasks) if tasks is not None else nullcontext():
+            output = model.generate(
+                input_ids=batch["input_ids"].to(device),
+                attention_mask=batch["attention_mask"].to(device),
+                generation_config=config,
+                tokenizer=tokenizer if stop_strings else None,
+            )
         new_tokens = output[:, batch["input_ids"].shape[1] :].tolist()  # strip the prompt by token count
         for i, tokens in zip(index, new_tokens):
             ends = [k for k, t in enumerate(tokens) if t in eos]
@@ -83,9 +89,11 @@ def generate_answers(
     batch_size: int = 16,
     stop_at_newline: bool = False,
     progress: str | None = None,
+    task_ids: Sequence[int] | None = None,
 ) -> list[str]:
     """Decoded greedy answers to tokenised prompts (special tokens dropped, whitespace stripped);
-    with `stop_at_newline` each answer ends before its first newline. `progress`: see `generate_ids`."""
+    with `stop_at_newline` each answer ends before its first newline. `progress`, `task_ids`: see
+    `generate_ids`."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     ids = generate_ids(
         model,
@@ -97,6 +105,7 @@ def generate_answers(
         stop_strings=["\n"] if stop_at_newline else None,
         tokenizer=tokenizer,
         progress=progress,
+        task_ids=task_ids,
     )
     texts = tokenizer.batch_decode(ids, skip_special_tokens=True)
     if stop_at_newline:

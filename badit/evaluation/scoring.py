@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from statistics import fmean
 
+from badit.adapter import uses_task_routing
 from badit.data.files import DataError, atomic_write_json, atomic_write_jsonl
 from badit.data.prompts import PromptTemplate
 from badit.data.tasks import Task
@@ -91,10 +92,14 @@ def evaluate(
     stop_at_newline: bool = False,
     remove_articles: bool = False,
     progress: str | None = "eval",
+    task_ids: Mapping[str, int] | None = None,
 ) -> dict:
     """Greedy-decode every instance of `tasks`, score it, write one record per example to
     `predictions_file` (JSON lines) and the metrics to `metrics_file` (JSON); return the metrics. Batches mix tasks (BADIT routes each sequence by itself).
-    `progress`: the label of the progress bar (examples/s, ETA); None hides it."""
+    `progress`: the label of the progress bar (examples/s, ETA); None hides it. `task_ids` (task name ->
+    the id it was trained with) is needed by adapters that route by task (`routing="task"`)."""
+    if task_ids is None and uses_task_routing(model):
+        raise ValueError("this adapter routes by task id (routing='task'): pass evaluate(..., task_ids=...)")
     template = template or PromptTemplate()
     prompts = encode_prompts(tokenizer, tasks, template, max_source_length)
     was_training = model.training
@@ -108,6 +113,7 @@ def evaluate(
             batch_size=batch_size,
             stop_at_newline=stop_at_newline,
             progress=progress,
+            task_ids=None if task_ids is None else [task_ids[t.name] for t in tasks for _ in t.instances],
         )
     finally:
         model.train(was_training)

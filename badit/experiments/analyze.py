@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from badit.analysis import analyze
 from badit.data import DataCollator
 from badit.experiments.folder import RunError, RunFolder
-from badit.experiments.stage import data_source, task_examples, task_names
+from badit.experiments.stage import data_source, run_task_ids, task_examples, task_names
 
 
 def analyze_run(
@@ -30,10 +32,13 @@ def analyze_run(
         raise RunError(f"{run.path}: interference needs at least 2 tasks, the run has {len(tasks)}")
     model, tokenizer = run.load_trained(config, trainable=True)  # gradients are measured
     collate = DataCollator(pad_token_id=tokenizer.pad_token_id)
+    ids = run_task_ids(config)
     batches = {}
     for task in tasks:
         task.instances = task.instances[:examples_per_task]
-        batches[task.name] = collate(task_examples(config, tokenizer, task))
+        batch = collate(task_examples(config, tokenizer, task))
+        batch["task_ids"] = torch.full_like(batch["input_ids"][:, 0], ids[task.name])  # the run's ids
+        batches[task.name] = batch
     return analyze(
         model, batches, output_dir or run.analysis_dir, progress=True, result_name=run.analysis_file.name
     )

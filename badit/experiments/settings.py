@@ -182,7 +182,7 @@ def _base_scores(ctx: RunContext, eval_order: list[Task], order: list[str]) -> d
         return None
     base = ctx.run.base_stage
     if base.done() is None or not ctx.resume:
-        model, tokenizer = adapter_model(ctx.config)
+        model, tokenizer = adapter_model(ctx.config, num_tasks=len(ctx.task_ids))
         evaluate_model(ctx.config, model, tokenizer, eval_order, base)
         base.mark_done({"stage": "base"})
     base_metrics = base.metrics(ctx.run.path)

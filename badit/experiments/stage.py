@@ -19,6 +19,7 @@ import torch
 from peft import NoMatchingPeftModuleError
 from transformers import TrainerCallback, TrainingArguments
 
+from badit.adapter import uses_task_routing
 from badit.data import Columns, DataCollator, PromptTemplate, Task, TaskSource, open_source, tokenize_tasks
 from badit.data.sources import CarvedDevSource
 from badit.evaluation import evaluate
@@ -59,7 +60,7 @@ class RunContext:
         return cls(
             config=config,
             run=RunFolder(config.output_dir),
-            task_ids={name: i for i, name in enumerate(task_names)},
+            task_ids={name: i for i, name in enumerate(task_names)},  # as run_task_ids
             resume=resume,
             extra_callbacks=tuple(extra_callbacks),
             is_main=is_main,
@@ -194,15 +195,16 @@ def training_arguments(training: TrainingConfig, seed: int, checkpoint_dir: Path
     return TrainingArguments(**{**defaults, **t.trainer_args})
 
 
-def adapter_model(config: RunConfig, init_adapter: Path | None = None):
-    """(model with the run's adapter, tokenizer): fresh, or continued from a saved adapter folder."""
+def adapter_model(config: RunConfig, init_adapter: Path | None = None, num_tasks: int | None = None):
+    """(model with the run's adapter, tokenizer): fresh, or continued from a saved adapter folder;
+    ``num_tasks``: the run's task ids (oracle routing, ``method.routing: task``)."""
     base, tokenizer = load_base_model(config)
     if init_adapter is None and not is_continual(config.method):
         check_rank_fits(config, base)
     try:
         if is_continual(config.method):  # one more LoRA branch than the previous stage's adapter
             return build_continual_model(base, config.method, config.seed, init_adapter), tokenizer
-        peft_config = None if init_adapter is not None else build_peft_config(config.method)
+        peft_config = None if init_adapter is not None else build_peft_config(config.method, num_tasks)
         return build_adapter_model(base, peft_config, config.seed, init_adapter), tokenizer
     except NoMatchingPeftModuleError:
         raise ConfigError(
@@ -316,7 +318,13 @@ def evaluate_model(config: RunConfig, model, tokenizer, tasks: Sequence[Task], s
         max_new_tokens=config.evaluation.max_new_tokens,
         batch_size=config.evaluation.batch_size,
         stop_at_newline=config.evaluation.stop_at_newline,
+        task_ids=run_task_ids(config) if uses_task_routing(model) else None,
     )
+
+
+def run_task_ids(config: RunConfig) -> dict[str, int]:
+    """Task name -> id as the run trained with it (`RunContext.task_ids`): the position among all its tasks."""
+    return {name: i for i, name in enumerate(task_names(config))}
 
 
 def peak_memory_mb() -> float:
@@ -374,7 +382,7 @@ def run_stage(
     done = stage.done() if ctx.resume and mark_done else None
     if done is not None:
         return done
-    model, tokenizer = adapter_model(ctx.config, init_adapter)
+    model, tokenizer = adapter_model(ctx.config, init_adapter, len(ctx.task_ids))
     result = train(ctx, model, tokenizer, train_tasks, stage)
     if not ctx.is_main:
         return None

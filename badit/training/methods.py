@@ -62,6 +62,16 @@ class MethodConfig:
     """``random``: nn.Linear's init, as in the public code (docs/method.md, "The published variant")."""
     train_router: bool = _badit_default("train_router")
     """``false``: the router is never trained, as in the public code."""
+    gate: Literal["delta", "components"] = _badit_default("gate")
+    """What the mixing weights scale: ``delta`` (default) only the learned change B A - B0 A0, so routing
+    cannot damage the pretrained function; ``components`` the whole experts, as the paper's forward
+    (docs/method.md, "Routing")."""
+    router_input: Literal["standardized", "raw"] = _badit_default("router_input")
+    """``standardized``: the router sees the pooled prompt minus its running mean over its running standard
+    deviation per feature (what sets a sequence apart from the average one); ``raw``: as the paper."""
+    routing: Literal["router", "task"] = _badit_default("routing")
+    """``router`` (learned, per sequence) or ``task``: oracle routing, one learned mixture per task id,
+    known at train and test time (the upper bound of what routing can buy; mixtures only)."""
     svd_method: Literal["randomized", "exact"] = _badit_default("svd_method")
     regroup_every: int | str = _badit_default("regroup_every")
     """``epoch`` or a number of optimizer steps."""
@@ -95,9 +105,10 @@ class MethodConfig:
     """GainLoRA: rescale the gate's rows after the projected step, as GainLoRA's code does (inexact)."""
 
 
-def mixture_config(method: MethodConfig) -> BaditConfig:
+def mixture_config(method: MethodConfig, num_tasks: int | None = None) -> BaditConfig:
     """The BaditConfig of ``method``: every field the two share is passed on by name (no list to keep in
-    step), plus the init and regrouping that the method name implies."""
+    step), plus the init and regrouping that the method name implies; ``num_tasks``: the run's task ids,
+    which oracle routing (``routing: task``) needs."""
     shared = {
         f.name: getattr(method, f.name) for f in dataclasses.fields(MethodConfig) if f.name in _BADIT_FIELDS
     }
@@ -105,6 +116,7 @@ def mixture_config(method: MethodConfig) -> BaditConfig:
         task_type=TaskType.CAUSAL_LM,
         init=MIXTURE_METHODS.get(method.name, "svd"),
         regroup=uses_regrouping(method),
+        num_tasks=num_tasks if method.routing == "task" else None,
         **shared,
     )
 
@@ -125,9 +137,14 @@ def check_method(method: MethodConfig) -> None:
         raise ValueError(
             f"method.lora_baseline_alpha must be positive or null (matched scale), got {method.lora_baseline_alpha}"
         )
+    if method.routing != "router" and method.name not in MIXTURE_METHODS:
+        raise ValueError(
+            f"method.routing {method.routing!r} is for the mixtures ({', '.join(MIXTURE_METHODS)}); "
+            f"{method.name} has no router: leave method.routing at 'router'"
+        )
     if method.name in CONTINUAL_METHODS:
         _check_continual(method)
-    mixture_config(method)
+    mixture_config(method, num_tasks=1)  # any count: the run's is known once its data is read
 
 
 def _check_continual(method: MethodConfig) -> None:
@@ -149,11 +166,12 @@ def _check_continual(method: MethodConfig) -> None:
         )
 
 
-def build_peft_config(method: MethodConfig) -> PeftConfig:
-    """The PEFT config that ``get_peft_model`` turns into the method's adapter."""
+def build_peft_config(method: MethodConfig, num_tasks: int | None = None) -> PeftConfig:
+    """The PEFT config that ``get_peft_model`` turns into the method's adapter (``num_tasks``: the run's
+    task ids, for oracle routing)."""
     check_method(method)
     if method.name in MIXTURE_METHODS:
-        return mixture_config(method)
+        return mixture_config(method, num_tasks)
     if method.name == HYDRALORA:
         return HydraLoraConfig(
             task_type=TaskType.CAUSAL_LM,

@@ -23,7 +23,7 @@ from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArgu
 from transformers.trainer_callback import ProgressCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
-from badit.adapter import BaditConfig
+from badit.adapter import BaditConfig, routing_tasks
 from badit.adapter.integrity import check_adapter_folder
 from badit.data import IGNORE_INDEX, DataCollator, LengthGroupedSampler, TaskBalancedSampler
 from badit.data.files import atomic_write_json
@@ -93,7 +93,8 @@ class BaditTrainer(Trainer):
     groups batches by length (``group_by_length``, badit.data.LengthGroupedSampler).
 
     ``task_ids`` identify each example's task for the sampler and for analysis; the model does not
-    take them (BADIT routes from the prompt), so they are removed before the forward pass.
+    take them (BADIT routes from the prompt), so they are removed before the forward pass (oracle
+    routing, ``routing="task"``, reads them through ``badit.routing_tasks``).
     ``nonfinite_guard`` sees every backward pass (badit.training.nonfinite). ``gradient_surgery``
     ``pcgrad``: one backward pass per task in the batch and PCGrad's combination of their gradients
     (badit.training.gradient_surgery; one process only).
@@ -196,8 +197,11 @@ class BaditTrainer(Trainer):
         return optimizer
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        task_ids = inputs.get("task_ids")
         inputs = {key: value for key, value in inputs.items() if key != "task_ids"}
-        output = self._task_loss(model, inputs, return_outputs, num_items_in_batch)
+        # oracle routing (routing="task") reads each sequence's task; other models ignore the context
+        with routing_tasks(self.accelerator.unwrap_model(model), task_ids):
+            output = self._task_loss(model, inputs, return_outputs, num_items_in_batch)
         terms = [c.loss_term(model) for c in self.callback_handler.callbacks if hasattr(c, "loss_term")]
         terms = [term for term in terms if term is not None]
         if not terms or not model.training:
@@ -384,7 +388,8 @@ def scale_router_lr(optimizer: torch.optim.Optimizer, model: torch.nn.Module, mu
     routers = {
         id(p)
         for name, p in model.named_parameters()
-        if (".badit_router." in name or ".hydra_router." in name) and p.requires_grad  # BADIT, HydraLoRA
+        if any(f".{kind}." in name for kind in ("badit_router", "badit_task_logits", "hydra_router"))
+        and p.requires_grad  # BADIT (its router or oracle routing), HydraLoRA
     }
     moved = 0
     for group in list(optimizer.param_groups):
