@@ -51,9 +51,9 @@ class BaditConfig(PeftConfig):
             learned mixture per task id, given at train and test time with `badit.routing_tasks`; the
             upper bound of what routing can buy, not a method for unknown tasks).
         num_tasks: the number of task ids, for routing="task".
-        router_input: "standardized": the pooled prompt minus its running mean, over its running standard
-            deviation, per feature (the part that sets a sequence apart), or "raw" (the pooled prompt as
-            it is: the paper's).
+        router_input: "standardized" (default): the pooled prompt minus its running mean, over its running
+            standard deviation, per feature (the part that sets a sequence apart), or "raw" (the pooled
+            prompt as it is: the paper's).
         train_router: False freezes the router (the public code's gate is never trained: its parameter
             name lacks PEFT's trainable prefix).
         regroup: gather gradient statistics and regroup rank-1 components between experts during training.
@@ -103,7 +103,7 @@ class BaditConfig(PeftConfig):
     )
     num_tasks: int | None = field(default=None, metadata={"help": "Task ids for routing='task'."})
     router_input: Literal["standardized", "raw"] = field(
-        default="raw",
+        default="standardized",
         metadata={
             "help": "'standardized' (running per-feature moments) or 'raw' (the paper's pooled prompt)."
         },
