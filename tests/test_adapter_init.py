@@ -55,9 +55,10 @@ def test_bf16_init_differs_from_the_bf16_base_by_the_rounding_of_the_residual():
 
 
 def test_paper_router_scale_shrinks_the_top_directions_k_fold(family):
-    model = get_peft_model(
-        make_tiny_model(family), badit.BaditConfig(router_scale="paper", regroup=False)
-    ).eval()
+    config = badit.BaditConfig(
+        router_scale="paper", gate="components", regroup=False
+    )  # the published forward
+    model = get_peft_model(make_tiny_model(family), config).eval()
     layer = badit_layers(model)[0]
     pretrained = layer.pretrained_weight()
     top = layer.badit_state["default"].scaling * layer.badit_B0["default"] @ layer.badit_A0["default"]
@@ -67,6 +68,16 @@ def test_paper_router_scale_shrinks_the_top_directions_k_fold(family):
     # Softmax weights 1/K: the layer computes W - (1 - 1/K) * (top K*r components).
     torch.testing.assert_close(out, x @ (pretrained - (1 - 1 / 6) * top).T, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(layer.badit_state["default"].routing_weights, torch.full((2, 6), 1 / 6))
+
+
+def test_paper_router_scale_keeps_the_pretrained_layer_when_only_the_delta_is_gated(family):
+    # gate="delta": s * (B (1/K) A + B0 (1 - 1/K) A0) = s * B0 A0 while B A = B0 A0: the pretrained layer
+    config = badit.BaditConfig(router_scale="paper", regroup=False)
+    model = get_peft_model(make_tiny_model(family), config).eval()
+    layer = badit_layers(model)[0]
+    x = torch.randn(2, 7, layer.in_features)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), x @ layer.pretrained_weight().T, atol=1e-4, rtol=1e-4)
 
 
 def test_experts_are_the_ordered_orthogonal_top_singular_components(family):

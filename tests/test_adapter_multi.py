@@ -14,7 +14,10 @@ TOL = 1e-5
 
 
 def config(**overrides) -> badit.BaditConfig:
-    fields = dict(r=2, num_experts=3, regroup=False, lora_dropout=0.0, task_type="CAUSAL_LM")
+    # gate="components": the merged deltas below are worked for it (gate="delta": tests/test_routing_switches.py)
+    fields = dict(
+        r=2, num_experts=3, regroup=False, lora_dropout=0.0, task_type="CAUSAL_LM", gate="components"
+    )
     return badit.BaditConfig(**{**fields, **overrides})
 
 

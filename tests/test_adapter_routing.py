@@ -40,15 +40,18 @@ def test_masked_mean_counts_only_selected_tokens():
     torch.testing.assert_close(masked_mean(x, None), x.mean(dim=1))
 
 
-def test_batched_layer_equals_a_per_sequence_reference():
-    model = get_peft_model(
-        make_tiny_model("llama"),
-        badit.BaditConfig(r=2, num_experts=4, top_k=3, lora_dropout=0.0, regroup=False),
-    )
+@pytest.mark.parametrize("gate_kind", ["components", "delta"])
+def test_batched_layer_equals_a_per_sequence_reference(gate_kind):
+    config = badit.BaditConfig(r=2, num_experts=4, top_k=3, lora_dropout=0.0, regroup=False, gate=gate_kind)
+    config.router_input = "raw"  # the reference below pools the raw inputs
+    model = get_peft_model(make_tiny_model("llama"), config)
     layer = next(m for m in model.modules() if isinstance(m, BaditLinear))
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         layer.badit_router["default"].weight.normal_(0, 1, generator=g)
+        layer.badit_A["default"].add_(
+            0.3 * torch.randn(layer.badit_A["default"].shape, generator=g)
+        )  # trained
     x = torch.randn(3, 5, 64, generator=g)
     mask = torch.tensor([[1, 1, 1, 0, 0], [0, 1, 1, 1, 1], [1, 0, 0, 0, 0]], dtype=torch.bool)
     state = RoutingState()
@@ -57,13 +60,17 @@ def test_batched_layer_equals_a_per_sequence_reference():
     with torch.no_grad():
         out = layer(x)
     a, b, s = layer.badit_A["default"], layer.badit_B["default"], layer.badit_state["default"].scaling
+    a0, b0 = layer.badit_A0["default"], layer.badit_B0["default"]
     residual = layer.get_base_layer().weight
     for i in range(3):
         logits = layer.badit_router["default"].weight @ x[i, mask[i]].mean(dim=0)
         kept = logits.topk(3).indices
         gate = torch.zeros(4)
         gate[kept] = 4.0 * F.softmax(logits[kept], dim=0)
-        delta = sum(gate[e] * b[:, 2 * e : 2 * e + 2] @ a[2 * e : 2 * e + 2] for e in range(4))
+        e2 = [slice(2 * e, 2 * e + 2) for e in range(4)]
+        delta = sum(gate[e] * b[:, e2[e]] @ a[e2[e]] for e in range(4))
+        if gate_kind == "delta":  # + s B0 (1 - g) A0: the pretrained components keep weight 1
+            delta = delta + sum((1 - gate[e]) * b0[:, e2[e]] @ a0[e2[e]] for e in range(4))
         torch.testing.assert_close(out[i], x[i] @ (residual + s * delta).T, atol=1e-4, rtol=1e-4)
         torch.testing.assert_close(layer.badit_state["default"].routing_weights[i], gate)
         assert (gate == 0).sum() == 1

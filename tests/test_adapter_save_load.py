@@ -73,8 +73,16 @@ def test_checkpoint_holds_experts_router_and_initial_factors_only(trained):
     _, directory = trained
     keys = set(load_file(directory / "adapter_model.safetensors"))
     suffixes = {k.rsplit(".gate_proj.", 1)[1] for k in keys}
-    assert suffixes == {"badit_A", "badit_B", "badit_A0", "badit_B0", "badit_router.weight"}
-    assert len(keys) == 2 * 5  # two layers
+    # the router input's running moments: router_input="standardized" (the default)
+    assert suffixes == {
+        "badit_A",
+        "badit_B",
+        "badit_A0",
+        "badit_B0",
+        "badit_router.weight",
+        "badit_router_moments",
+    }
+    assert len(keys) == 2 * 6  # two layers
     assert '"peft_type": "BADIT"' in (directory / "adapter_config.json").read_text()
 
 

@@ -127,7 +127,13 @@ def test_expert_usage_and_report_on_badit_model(tmp_path, capsys):
     assert all("100%" in bar and "2/2" in bar for bar in bars)  # one step per task, 2 tasks
     saved = json.loads((tmp_path / "analysis" / "analysis.json").read_text())
     assert saved["tasks"] == ["t0", "t1"]
-    assert set(result) == {"tasks", "gradient_conflict", "expert_usage", "neuron_overlap"}
+    assert set(result) == {
+        "tasks",
+        "gradient_conflict",
+        "expert_usage",
+        "router_separability",
+        "neuron_overlap",
+    }
     assert -1.0 <= saved["gradient_conflict"]["mean_offdiag"] <= 1.0
     for png in ("gradient_conflict.png", "expert_usage.png", "neuron_overlap.png"):
         assert (tmp_path / "analysis" / png).stat().st_size > 1000

@@ -28,7 +28,10 @@ def make_layer(seed: int = 0, **config) -> BaditLinear:
     torch.manual_seed(seed)
     base = nn.Linear(IN, OUT, bias=False)
     base.weight.requires_grad_(False)
-    fields = dict(r=R, num_experts=K, top_k=K, lora_dropout=0.0, **config)
+    # the paper's forward (whole experts gated, raw router input): the expected outputs below are worked for it
+    fields = dict(
+        r=R, num_experts=K, top_k=K, lora_dropout=0.0, gate="components", router_input="raw", **config
+    )
     return BaditLinear(base, "default", BaditConfig(**fields), "proj")
 
 

@@ -8,6 +8,7 @@ import pytest
 from scipy import stats
 
 from badit.evaluation.statistics import (
+    c4,
     describe,
     describe_resolvable,
     interval_arrays,
@@ -40,9 +41,11 @@ def test_interval_worked_by_hand():
     assert out["ci95"] == pytest.approx([3.0 - half, 3.0 + half])
     assert (out["seeds"], out["examples"], out["tasks"]) == (2, 4, 2)
     assert describe(out) == f"+3.00 [{3 - half:+.2f}, {3 + half:+.2f}] (n = 4 examples x 2 seeds)"
-    # smallest resolvable difference: (t_{0.975, 8/3} + t_{0.80, 8/3}) * SE = (3.420 + 0.998) * 0.7071 = 3.124
-    assert out["resolvable"] == pytest.approx(3.124, abs=1e-3) and out["power"] == 0.8
-    assert describe_resolvable(out) == "≥ 3.12 (n = 4 examples x 2 seeds)"
+    # smallest resolvable difference: nc * SE / c4 with nc = 4.549 (noncentral t at df 8/3 exceeding
+    # t_{0.975} = 3.420 with probability 0.8; the normal approximation 3.420 + 0.998 = 4.418) and
+    # c4(8/3) = sqrt(3/4) Gamma(11/6) / Gamma(4/3) = 0.9123: 4.549 * 0.7071 / 0.9123 = 3.526
+    assert out["resolvable"] == pytest.approx(3.526, abs=1e-3) and out["power"] == 0.8
+    assert describe_resolvable(out) == "≥ 3.53 (n = 4 examples x 2 seeds)"
     with pytest.raises(ValueError, match="as many seeds"):
         paired_interval(method, zero[:1])
     with pytest.raises(ValueError, match="same test examples"):
@@ -93,25 +96,24 @@ def test_a_true_difference_is_found():
 
 
 def test_resolvable_difference_worked_by_hand():
-    # df = 2 (3 seeds), SE = 3: t_{0.975, 2} = 4.303, t_{0.80, 2} = 1.061 (t tables)
-    # half-width 4.303 * 3 = 12.91; resolvable (4.303 + 1.061) * 3 = 16.09
+    # df = 2 (3 seeds), SE = 3: t_{0.975, 2} = 4.303 (t tables), half-width 4.303 * 3 = 12.91.
+    # Resolvable: nc = 5.653 (noncentral t, df 2, exceeds 4.303 with probability 0.8), over the mean of an
+    # estimated SE, c4(2) = Gamma(3/2) / Gamma(1) = sqrt(pi)/2 = 0.8862: 5.653 * 3 / 0.8862 = 19.14
     out = resolvable_difference(3.0, 2.0)
     assert out["half_width"] == pytest.approx(12.908, abs=1e-3)
-    assert out["resolvable"] == pytest.approx(16.090, abs=1e-3)
-    # df = 28 (1 seed, 30 examples of 2 tasks), SE = 1: 2.048 + 0.855 = 2.903 standard errors
-    assert resolvable_difference(1.0, 28.0)["resolvable"] == pytest.approx(2.903, abs=1e-3)
-    # 50% power: t_{0.50} = 0, the resolvable difference is the half-width (an estimate at it is on the edge)
-    assert resolvable_difference(3.0, 2.0, power=0.5)["resolvable"] == pytest.approx(12.908, abs=1e-3)
+    assert out["resolvable"] == pytest.approx(19.138, abs=1e-3)
+    # df = 28, SE = 1: nc 2.902 (the normal approximation's 2.048 + 0.855 = 2.903), c4 0.9911: 2.928
+    assert resolvable_difference(1.0, 28.0)["resolvable"] == pytest.approx(2.928, abs=1e-3)
     # no standard error (fewer than 2 examples or seeds): None, NaN inside arrays, '-' in a table
     assert resolvable_difference(None, 5.0) is None and resolvable_difference(float("nan"), 5.0) is None
     assert resolvable_difference(2.0, 0.0) is None
     batch = resolvable_difference(np.array([3.0, np.nan]), np.array([2.0, 2.0]))
-    assert batch["resolvable"][0] == pytest.approx(16.090, abs=1e-3) and np.isnan(batch["resolvable"][1])
+    assert batch["resolvable"][0] == pytest.approx(19.138, abs=1e-3) and np.isnan(batch["resolvable"][1])
     assert describe_resolvable(None) == "-"
     assert describe_resolvable({"resolvable": None, "examples": 4, "seeds": 1}) == "-"
     # a result written before the field existed (an older sweep.json): computed from std_error and df
     old = {"mean": 1.0, "ci95": [-1.0, 3.0], "std_error": 3.0, "df": 2.0, "examples": 24, "seeds": 3}
-    assert describe_resolvable(old) == "≥ 16.09 (n = 24 examples x 3 seeds)"
+    assert describe_resolvable(old) == "≥ 19.14 (n = 24 examples x 3 seeds)"
 
 
 @pytest.mark.parametrize(
@@ -131,16 +133,17 @@ def test_a_difference_of_the_resolvable_size_is_found_80_percent_of_the_time(see
     # D[s, i] = delta + example effect (SD 10) + seed effect (SD seed_sd) + seed-by-example noise (SD 10)
     # The interval's variance estimate has expectation V_e = (10^2 + 10^2 / S) / N (seed-averaged
     # examples) and V_s = (seed_sd^2 + 10^2 / N) / S (the noise enters both, module docstring).
-    # S = 1: V = 200 / 30 = 6.67 (no seed term), df 28, SE 2.582, resolvable 2.903 * 2.582 = 7.50.
+    # S = 1: V = 200 / 30 = 6.67 (no seed term), df 28, SE 2.582, resolvable nc 2.902 * 2.582 = 7.49.
     # S = 3, seed_sd 3: V_e = 133.3 / 30 = 4.444, V_s = (9 + 3.333) / 3 = 4.111, V = 8.556, SE 2.925;
-    # df = 8.556^2 / (4.444^2 / 28 + 4.111^2 / 2) = 73.2 / 9.155 = 7.99; t 2.306 + 0.889 -> 3.195 * 2.925 = 9.35.
+    # df = 8.556^2 / (4.444^2 / 28 + 4.111^2 / 2) = 73.2 / 9.155 = 7.99; nc 3.202 * 2.925 = 9.36.
+    # These use the true SE, so the figure's allowance for an estimated SE (1 / c4) is taken back out.
     v_examples = (100.0 + 100.0 / seeds) / n
     v_seeds = (seed_sd**2 + 100.0 / n) / seeds if seeds > 1 else 0.0
     total = v_examples + v_seeds
     df = total**2 / (v_examples**2 / (n - tasks) + (v_seeds**2 / (seeds - 1) if seeds > 1 else 0.0))
     assert df == pytest.approx(expected_df, abs=0.01)
-    delta = resolvable_difference(np.sqrt(total), df)["resolvable"]
-    assert delta == pytest.approx(7.50 if seeds == 1 else 9.35, abs=0.01)
+    delta = resolvable_difference(np.sqrt(total), df)["resolvable"] * c4(df)
+    assert delta == pytest.approx(7.49 if seeds == 1 else 9.36, abs=0.01)
     index = np.repeat(np.arange(tasks), examples)
 
     def found(difference: float) -> float:

@@ -287,17 +287,18 @@ def test_summary_means_stds_interference_and_difference(tmp_path):
     assert difference["mean"] == pytest.approx(-10.0)
     assert difference["ci95"] == pytest.approx([-10.0 - half, -10.0 + half])
     assert badit["difference_vs_reference"] is None
-    # smallest resolvable difference: (t_{0.975, 8/3} + t_{0.80, 8/3}) * sqrt(150) = (3.420 + 0.998) * 12.247
-    # = 54.11; interference: df = 126^2 / (125^2 / 2 + 1^2 / 1) = 2.032, (4.239 + 1.057) * sqrt(126) = 59.44
-    assert difference["resolvable"] == pytest.approx(54.108, abs=1e-3)
-    assert score["resolvable"] == pytest.approx(59.438, abs=1e-3)
+    # smallest resolvable difference: nc * SE / c4, nc = 4.5488 (noncentral t, df 8/3), c4(8/3) = 0.91226:
+    # 4.5488 * 12.247 / 0.91226 = 61.07; interference: df = 126^2 / (125^2 / 2 + 1^2 / 1) = 2.032,
+    # nc 5.5728, c4 0.88781: 5.5728 * sqrt(126) / 0.88781 = 70.46
+    assert difference["resolvable"] == pytest.approx(61.069, abs=1e-3)
+    assert score["resolvable"] == pytest.approx(70.459, abs=1e-3)
     table = format_sweep(summary)
     assert f"| {-10:+.2f} [{-10 - half:+.2f}, {-10 + half:+.2f}] (n = 4 examples x 2 seeds) |" in table
     assert (
-        "| badit difference resolvable (80% power) | (reference) | ≥ 54.11 (n = 4 examples x 2 seeds) |"
+        "| badit difference resolvable (80% power) | (reference) | ≥ 61.07 (n = 4 examples x 2 seeds) |"
         in table
     )
-    assert "| interference resolvable (80% power) | ≥ 59.44 (n = 4 examples x 2 seeds) | - |" in table
+    assert "| interference resolvable (80% power) | ≥ 70.46 (n = 4 examples x 2 seeds) | - |" in table
     assert summary["selection"]["lora"]["dev_rougeL"] == {"0.0001": 30.0, "0.0003": 10.0}
     assert badit["cost"] == {
         "tokens_per_second": 100.0,

@@ -2,12 +2,14 @@
 
 With fixed mixing weights g (K,) per layer (post-softmax, post-scale: what `set_fixed_routing` takes), a BADIT
 layer computes residual(x) + s * B diag(g_c) A x, with residual = W - s * B0 A0 and g_c = g repeated r
-times. Its change to the pretrained weight W is therefore
+times (gate="components"). Its change to the pretrained weight W is therefore
 
     delta W = s * (B diag(g_c) A - B0 A0) = s * [B diag(g_c), -B0] @ [A; A0],
 
 a LoRA of rank 2*K*r with lora_A = [A; A0] (2Kr, in), lora_B = [B diag(g_c), -B0] (out, 2Kr) and
-scaling s = lora_alpha / r_lora, i.e. lora_alpha = s * 2Kr. The export is exact up to float32 rounding.
+scaling s = lora_alpha / r_lora, i.e. lora_alpha = s * 2Kr. With gate="delta" the layer computes
+residual(x) + s * (B diag(g_c) A + B0 diag(1 - g_c) A0) x, so delta W = s * (B diag(g_c) A - B0 diag(g_c) A0)
+and lora_B = [B diag(g_c), -B0 diag(g_c)]. The export is exact up to float32 rounding.
 Serving stacks that load PEFT LoRA folders (PEFT itself, vLLM `--enable-lora`, TGI) need nothing from badit.
 """
 
@@ -108,8 +110,13 @@ def lora_factors(
         layer.badit_B[adapter_name].detach().float().cpu(),
     )
     a0, b0 = layer.badit_A0[adapter_name].float().cpu(), layer.badit_B0[adapter_name].float().cpu()
-    component_gate = routing.repeat_interleave(layer.badit_state[adapter_name].r)
-    return torch.cat([a, a0], dim=0), torch.cat([b * component_gate[None, :], -b0], dim=1)
+    state = layer.badit_state[adapter_name]
+    component_gate = routing.repeat_interleave(state.r)
+    # gate="delta": the gate scales B A - B0 A0, so the initial components carry it too (module docstring)
+    initial_gate = component_gate if state.gate_delta else torch.ones_like(component_gate)
+    return torch.cat([a, a0], dim=0), torch.cat(
+        [b * component_gate[None, :], -b0 * initial_gate[None, :]], dim=1
+    )
 
 
 def _check_exportable(model: nn.Module, adapter_name: str) -> dict[str, BaditLinear]:

@@ -123,6 +123,7 @@ def evaluate(
             {
                 "task": task.name,
                 "id": inst.id,
+                "input": inst.input,  # examples of several tasks on one input are correlated (statistics)
                 "prompt": tokenizer.decode(prompt),
                 "prediction": answer,
                 "references": inst.outputs,

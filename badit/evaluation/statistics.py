@@ -24,6 +24,20 @@ scipy's t-tests take one sample (seeds or examples), not two variance components
 formulas are a few lines of numpy over arrays that may carry leading batch axes (the simulations in
 tests/test_statistics.py run thousands of intervals at once).
 
+Examples that share an input (the interference suite asks four tasks about the same 100 word lists)
+are not independent: a hard input is hard for every task. When the records name their input and inputs
+repeat, V_examples is the cluster-robust (sandwich) variance over inputs instead,
+
+    V_examples = C / (C - 1) * sum_c (sum_{i in c} w_i (Dbar[i] - mean_{t(i)}))^2,   w_i = 1 / (T n_t(i))
+
+with C - 1 degrees of freedom (C inputs): the per-task sums above, where every input is its own cluster,
+are the special case without shared inputs (Cameron & Miller 2015, "A practitioner's guide to
+cluster-robust inference", J. Human Resources 50(2)).
+
+One seed: V_seeds cannot be estimated and the interval counts examples only; it is labelled so
+(`describe`) and has no resolvable difference, since a second seed may move the score more than the
+interval is wide.
+
 The smallest resolvable difference (`resolvable_difference`) says how large a true difference must be
 for this interval, at this n, to exclude 0 in most repetitions of the experiment: a minimum detectable
 difference from the same standard error and degrees of freedom as the interval.
@@ -34,7 +48,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from scipy import stats
+from scipy import optimize, special, stats
 
 LEVEL = 0.95
 POWER = 0.80
@@ -46,7 +60,8 @@ RESOLVABLE = (
     f"resolvable: the smallest true difference that the {LEVEL:.0%} interval tells from 0 in "
     f"{POWER:.0%} of repetitions at its n (test examples x seeds); a smaller difference could not "
     "be told from 0 at this n. '-': no interval (seeds that do not pair, no predictions.jsonl, different "
-    "test examples, or a task with fewer than 2 examples)."
+    "test examples, or a task with fewer than 2 examples), or one seed (its interval counts the examples "
+    "only: a rerun with another seed can move a score by more than it is wide)."
 )
 """What a 'resolvable' cell means, said under every table that shows one (`describe_resolvable`)."""
 METHOD = "seed-paired t interval over seeds and examples (variance components, Welch-Satterthwaite df)"
@@ -57,9 +72,16 @@ def _task_means(x: np.ndarray, one_hot: np.ndarray) -> np.ndarray:
     return (x @ one_hot) / one_hot.sum(axis=0)
 
 
-def interval_arrays(differences: np.ndarray, task_index: np.ndarray, level: float = LEVEL) -> dict:
+def interval_arrays(
+    differences: np.ndarray,
+    task_index: np.ndarray,
+    level: float = LEVEL,
+    clusters: np.ndarray | None = None,
+) -> dict:
     """The interval of the module docstring for ``differences`` (..., S, N) and ``task_index`` (N,) in
     0..T-1; returns arrays of shape (...): mean, low, high, std_error, df. Vectorised over leading axes.
+    ``clusters`` (N,) in 0..C-1: the input of each example, when examples share inputs (the
+    cluster-robust V_examples, C - 1 df); None: every example is its own input.
 
     One seed: V_seeds is unknown and left out (the interval counts examples only, df from examples)."""
     D = np.asarray(differences, dtype=float)
@@ -72,11 +94,21 @@ def interval_arrays(differences: np.ndarray, task_index: np.ndarray, level: floa
     per_example = D.mean(axis=-2)  # (..., N): Dbar
     task_means = _task_means(per_example, one_hot)  # (..., T)
     mean = task_means.mean(axis=-1)
-    # within-task sample variance of Dbar, per task
     centred = per_example - task_means @ one_hot.T
-    within = ((centred**2) @ one_hot) / (counts - 1)  # (..., T)
-    v_examples = (within / counts).sum(axis=-1) / T**2
-    df_examples = float(N - T)
+    if clusters is None:  # within-task sample variance of Dbar, per task
+        within = ((centred**2) @ one_hot) / (counts - 1)  # (..., T)
+        v_examples = (within / counts).sum(axis=-1) / T**2
+        df_examples = float(N - T)
+    else:  # the sandwich over inputs: each input's weighted residuals summed before squaring
+        labels, clusters = np.unique(clusters, return_inverse=True)
+        C = len(labels)
+        if C < 2:
+            raise ValueError("a clustered interval needs at least 2 distinct inputs")
+        weights = 1.0 / (T * (one_hot @ counts))  # (N,): w_i = 1 / (T n_t(i))
+        members = (clusters[:, None] == np.arange(C)[None, :]).astype(float)  # (N, C)
+        sums = (centred * weights) @ members  # (..., C)
+        v_examples = C / (C - 1) * (sums**2).sum(axis=-1)
+        df_examples = float(C - 1)
     if S > 1:
         per_seed = _task_means(D, one_hot).mean(axis=-1)  # (..., S): theta_s
         v_seeds = per_seed.var(axis=-1, ddof=1) / S
@@ -99,18 +131,21 @@ def resolvable_difference(std_error, df, level: float = LEVEL, power: float = PO
     None for a float std_error or df that is None or not finite (fewer than 2 examples or seeds: no
     variance to estimate), and NaN at such entries of arrays.
 
-    Standard power analysis (Cohen 1988; Bloom 1995, "Minimum detectable effects", Evaluation Review
-    19(5)): the interval excludes 0 on the positive side when theta_hat > t_{(1+level)/2} * SE. If
-    (theta_hat - delta) / SE follows a t distribution with df degrees of freedom, that happens with
-    probability ``power`` when delta - t_{(1+level)/2} * SE = t_{power} * SE, i.e.
+    Power analysis (Cohen 1988; Bloom 1995, "Minimum detectable effects", Evaluation Review 19(5)) with
+    the exact distribution: the interval excludes 0 on the positive side when theta_hat / SE_hat >
+    t_{(1+level)/2, df}, and theta_hat / SE_hat follows a noncentral t with df degrees of freedom and
+    noncentrality delta / SE. The resolvable difference is the delta at which that happens with
+    probability ``power``:
 
-        resolvable = (t_{(1+level)/2, df} + t_{power, df}) * SE     (2.05 + 0.85 = 2.90 SE at df = 28)
+        resolvable = nc * SE / c4(df),   P(t'_{df, nc} > t_{(1+level)/2, df}) = power
 
-    The chance of excluding 0 on the wrong side is left out (at that delta below 1e-4 at df = 28,
-    0.5% at df = 2). The SE here is
-    the interval's own estimate, so the figure is what this design resolves, not a prediction for
-    another n. With very few df it is slightly optimistic: the exact (noncentral t) power at that delta
-    is 77% at df = 2.7 and 79.5% at df = 5."""
+    nc is 2.90 at df = 28 (the normal-approximation t_{0.975} + t_{0.80} = 2.05 + 0.85) but 5.65 at df = 2
+    (against 4.30 + 1.06 = 5.36). c4(df) = sqrt(2/df) Gamma((df+1)/2) / Gamma(df/2) is the mean of
+    SE_hat / SE (0.886 at df = 2, 0.991 at df = 28): the SE is itself estimated, and with few seeds it
+    is low more often than not, so dividing by c4 makes the figure right on average over repetitions
+    of the experiment (the two corrections together: 1.19x the earlier t_{0.975} + t_{0.80} figure at
+    df = 2, 1.01x at df = 28; tests/test_statistics_clusters.py simulates it). The chance of excluding
+    0 on the wrong side is left out (below 1e-8 at df = 2 at that delta)."""
     if std_error is None or df is None:
         return None
     se, dof = np.asarray(std_error, dtype=float), np.asarray(df, dtype=float)
@@ -118,11 +153,39 @@ def resolvable_difference(std_error, df, level: float = LEVEL, power: float = PO
     if se.ndim == 0 and dof.ndim == 0 and not valid:
         return None
     dof = np.where(valid, dof, 1.0)  # any df: the entry becomes NaN below
-    half = np.where(valid, stats.t.ppf(0.5 + level / 2, dof) * se, np.nan)
-    resolvable = np.where(valid, half + stats.t.ppf(power, dof) * se, np.nan)
+    critical = stats.t.ppf(0.5 + level / 2, dof)
+    half = np.where(valid, critical * se, np.nan)
+    nc = np.vectorize(_noncentrality, otypes=[float])(critical, dof, power)
+    resolvable = np.where(valid, nc * se / c4(dof), np.nan)
     if half.ndim == 0:
         return {"half_width": float(half), "resolvable": float(resolvable)}
     return {"half_width": half, "resolvable": resolvable}
+
+
+def c4(df):
+    """The mean of an estimated standard error over the true one at ``df`` degrees of freedom,
+    sqrt(2/df) Gamma((df+1)/2) / Gamma(df/2) (0.886 at df 2, 0.991 at df 28; float or array)."""
+    df = np.asarray(df, dtype=float)
+    return np.exp(0.5 * np.log(2.0 / df) + special.gammaln((df + 1) / 2) - special.gammaln(df / 2))
+
+
+def _noncentrality(critical: float, df: float, power: float) -> float:
+    """The noncentrality at which a noncentral t with ``df`` exceeds ``critical`` with probability ``power``.
+    Bracketed by the normal approximation critical + t_power (too small at few df) and twice it."""
+    guess = critical + stats.t.ppf(power, df)
+    return optimize.brentq(lambda nc: stats.nct.sf(critical, df, nc) - power, 0.5 * guess, 2.0 * guess)
+
+
+def input_clusters(records: Sequence[dict], keys: Sequence[tuple[str, str]]) -> np.ndarray | None:
+    """The input of each example of ``keys`` ((task, id), as `aligned_scores` orders them) as cluster
+    indices (N,), when the records name their input (``"input"``) and some input is shared by several
+    examples; None otherwise (every example its own input: the per-task formula)."""
+    inputs = {(r["task"], str(r["id"])): r.get("input") for r in records}
+    values = [inputs.get(k) for k in keys]
+    if any(v is None for v in values) or len(set(values)) == len(values):
+        return None
+    _, index = np.unique(np.array(values, dtype=object).astype(str), return_inverse=True)
+    return index
 
 
 def aligned_scores(
@@ -160,13 +223,18 @@ def paired_interval(
         raise ValueError("both sides must be scored on the same test examples (same data settings)")
     names = sorted({task for task, _ in keys})
     task_index = np.array([names.index(task) for task, _ in keys])
-    out = interval_arrays(a - b, task_index, level)
-    resolvable = resolvable_difference(float(out["std_error"]), float(out["df"]), level)
+    clusters = input_clusters(method[0], keys)
+    out = interval_arrays(a - b, task_index, level, clusters)
+    # one seed: no seed variance measured, so no claim about what a rerun would resolve
+    resolvable = (
+        resolvable_difference(float(out["std_error"]), float(out["df"]), level) if len(method) > 1 else None
+    )
     return {
         "mean": float(out["mean"]),
         "ci95": [float(out["low"]), float(out["high"])],
         "seeds": len(method),
         "examples": len(keys),
+        "inputs": len(keys) if clusters is None else int(clusters.max()) + 1,
         "tasks": len(names),
         "df": float(out["df"]),
         "std_error": float(out["std_error"]),
@@ -198,5 +266,10 @@ def describe_resolvable(result: dict | None) -> str:
 
 
 def _counts(result: dict) -> str:
-    seeds = result["seeds"]
-    return f"(n = {result['examples']} examples x {seeds} seed{'s' if seeds != 1 else ''})"
+    """``(n = 400 examples x 5 seeds)``; ``(n = 400 examples in 100 inputs x 5 seeds)`` where examples share
+    inputs; one seed: ``(n = 400 examples x 1 seed; examples only)``: its interval leaves out the seeds."""
+    seeds, examples = result["seeds"], result["examples"]
+    inputs = result.get("inputs", examples)
+    where = f"{examples} examples" + (f" in {inputs} inputs" if inputs != examples else "")
+    only = "; examples only" if seeds == 1 else ""
+    return f"(n = {where} x {seeds} seed{'s' if seeds != 1 else ''}{only})"

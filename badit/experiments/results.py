@@ -273,23 +273,27 @@ class Group:
         were scored on different examples, or a task has fewer than 2 examples (no variance to estimate)."""
         import numpy as np
 
-        from badit.evaluation.statistics import aligned_scores, interval_arrays
+        from badit.evaluation.statistics import aligned_scores, input_clusters, interval_arrays
 
         chosen = sorted(tasks or self.tasks) if task == AVERAGE else [task]
         if metric not in self._aligned:  # read once per metric (None: not available)
             try:
-                self._aligned[metric] = aligned_scores([r.predictions() for r in self.runs], metric)
+                records = [r.predictions() for r in self.runs]
+                keys, scores = aligned_scores(records, metric)
+                self._aligned[metric] = keys, scores, input_clusters(records[0], keys)
             except (RunError, ValueError, KeyError, OSError):
                 self._aligned[metric] = None
         if self._aligned[metric] is None:
             return None
-        keys, scores = self._aligned[metric]
+        keys, scores, clusters = self._aligned[metric]
         kept = [i for i, (name, _) in enumerate(keys) if name in chosen]
         index = np.array([chosen.index(keys[i][0]) for i in kept])
         if not kept or set(index.tolist()) != set(range(len(chosen))):
             return None
         try:
-            out = interval_arrays(scores[:, kept], index)
+            out = interval_arrays(
+                scores[:, kept], index, clusters=None if clusters is None else clusters[kept]
+            )
         except ValueError:  # a task with fewer than 2 examples
             return None
         return Interval(float(out["mean"]), float(out["low"]), float(out["high"]), len(kept), len(self.runs))
