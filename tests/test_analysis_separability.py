@@ -88,3 +88,21 @@ def test_router_separability_on_a_tiny_model_and_the_verdict():
     verdict = separability_verdict({**sep, "mutual_information": [0.0, 0.0]})
     assert verdict.startswith("the routers do not route although they could")
     assert separability_verdict({**sep, "mutual_information": [0.5, 0.5]}).startswith("the routers route")
+
+
+def test_the_demo_reports_each_conflicting_pairs_usage_cosine():
+    from badit.experiments.demo import routing_lines
+
+    tasks = ["demo_add_one", "demo_copy_words", "demo_subtract_one"]
+    similarity = [[1.0, 0.2, 0.35], [0.2, 1.0, 0.1], [0.35, 0.1, 1.0]]
+    analysis = {
+        "tasks": tasks,
+        "expert_usage": {"similarity": similarity},
+        "router_separability": {"verdict": "the routers route: ..."},
+    }
+    # only add/subtract is a pair with both tasks present (copy's partner, reverse, is absent)
+    assert routing_lines(analysis) == [
+        "routing: the routers route: ...",
+        "expert-usage cosine of the conflicting pairs (1 = routed alike): add_one / subtract_one 0.350",
+    ]
+    assert routing_lines({"tasks": tasks}) == []  # a model without routers (lora): nothing to say

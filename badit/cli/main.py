@@ -575,6 +575,8 @@ def _demo(args) -> int:
         print(
             f"analysis (gradient conflict, expert usage, neuron overlap): {result.analysis_dir}/*.png, analysis.json"
         )
+        for line in result.routing:
+            print(line)
     print(f"TensorBoard: tensorboard --logdir {result.output_dir}")
     from badit.experiments.report import write_report
 

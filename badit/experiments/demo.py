@@ -17,6 +17,12 @@ from badit.names import EMBEDDED_MODEL
 
 DEMO_TRAIN_PER_TASK = 300
 DEMO_TEST_PER_TASK = 50
+CONFLICTING_PAIRS = (
+    ("demo_copy_words", "demo_reverse_words"),
+    ("demo_sort_ascending", "demo_sort_descending"),
+    ("demo_add_one", "demo_subtract_one"),
+)
+"""The demo's pairs of tasks on the same inputs with opposite outputs (badit.data.synthetic)."""
 
 
 def demo_config(
@@ -63,6 +69,9 @@ class DemoResult:
     seconds: float
     run_dirs: dict[str, Path]
     analysis_dir: Path | None
+    routing: list[str]
+    """What BADIT's routers did (from its analysis): the verdict and each conflicting pair's expert-usage
+    cosine (1: the pair routes alike; BADIT's idea needs them apart)."""
 
 
 def run_demo(
@@ -114,8 +123,28 @@ def run_demo(
             run(config, overwrite=True)
     table = format_table(compare(list(run_dirs.values())))
     atomic_write_text(output_dir / "comparison.md", table)
-    analysis_dir = None
+    analysis_dir, routing = None, []
     if analysis and "badit" in run_dirs:
         analysis_dir = RunFolder(run_dirs["badit"]).analysis_dir
-        analyze_run(run_dirs["badit"], analysis_dir)
-    return DemoResult(output_dir, table, time.perf_counter() - start, run_dirs, analysis_dir)
+        routing = routing_lines(analyze_run(run_dirs["badit"], analysis_dir))
+    return DemoResult(output_dir, table, time.perf_counter() - start, run_dirs, analysis_dir, routing)
+
+
+def routing_lines(analysis: dict) -> list[str]:
+    """The routing verdict and the expert-usage cosine of each conflicting pair present in `analysis`."""
+    lines = []
+    separability = analysis.get("router_separability")
+    if separability:
+        lines.append(f"routing: {separability['verdict']}")
+    usage, tasks = analysis.get("expert_usage"), analysis.get("tasks", [])
+    if usage:
+        cosines = [
+            f"{a.removeprefix('demo_')} / {b.removeprefix('demo_')} {usage['similarity'][tasks.index(a)][tasks.index(b)]:.3f}"
+            for a, b in CONFLICTING_PAIRS
+            if a in tasks and b in tasks
+        ]
+        if cosines:
+            lines.append(
+                "expert-usage cosine of the conflicting pairs (1 = routed alike): " + ", ".join(cosines)
+            )
+    return lines

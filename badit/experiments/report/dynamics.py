@@ -342,11 +342,40 @@ def _usage_blocks(section: Section, run: Run) -> None:
                 "ok",
             )
         )
+    _separability_block(section, run)
     similarity = usage_info.get("similarity")
     if similarity and len(tasks) > 1:
         title = f"{run.label}: expert-preference similarity"
         uri = figures.task_heatmap(similarity, tasks, title, "cosine of preferences", -1.0, 1.0)
         section.add(figure(uri, f"task-by-task expert preference similarity of {run.label}"))
+
+
+SEPARABILITY_ROWS = {
+    "input_probe_accuracy": "router input: task probe accuracy (leave-one-out nearest centroid)",
+    "input_common_share": "router input: share of its energy common to every sequence",
+    "mutual_information": "mixing weights: mutual information with the task (nats)",
+    "logit_std": "router logits: std across sequences",
+    "router_norm": "router weights: norm (its update from a zero init)",
+    "router_gradient_task_share": "router gradient: task-specific share",
+}
+
+
+def _separability_block(section: Section, run: Run) -> None:
+    """Do the routers route (analysis.json's router_separability): the verdict line and a per-layer summary."""
+    found = (run.analysis or {}).get("router_separability")
+    if not isinstance(found, dict) or not isinstance(found.get("verdict"), str):
+        return
+    kind = "ok" if found["verdict"].startswith("the routers route") else "flag"
+    section.add(paragraph(f"{run.label}: {found['verdict']}", kind))
+    rows = []
+    for key, label in SEPARABILITY_ROWS.items():
+        values = [v for v in found.get(key) or [] if isinstance(v, (int, float)) and math.isfinite(v)]
+        if values:
+            rows.append([label, *(f"{v:.3f}" for v in (min(values), float(np.median(values)), max(values)))])
+    if rows:
+        ceiling = found.get("max_mutual_information")
+        note = f" (at most {ceiling:.3f} nats here)" if isinstance(ceiling, (int, float)) else ""
+        section.add(table([f"per layer{note}", "min", "median", "max"], rows))
 
 
 def analysis_section(collection: Collection) -> Section | None:
