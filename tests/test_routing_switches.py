@@ -224,3 +224,34 @@ def test_standardized_router_input_updates_moments_in_training_only_and_round_tr
     )
     with torch.no_grad():
         torch.testing.assert_close(loaded(input_ids=ids).logits, before)
+
+
+def test_the_random_permutation_control_is_a_seeded_balanced_permutation():
+    import numpy as np
+
+    from badit.regrouping.plan import plan_regroup, random_plan
+
+    rng = np.random.default_rng(0)
+    directions = rng.normal(size=(12, 5))  # K = 3 experts of r = 4
+    plan = random_plan(directions, 3, 4)
+    assert sorted(plan.perm.tolist()) == list(range(12))  # every component placed exactly once
+    np.testing.assert_array_equal(random_plan(directions, 3, 4).perm, plan.perm)  # same window, same draw
+    assert not np.array_equal(random_plan(directions + 1.0, 3, 4).perm, plan.perm)  # another window
+    assert set(plan.stats) == set(plan_regroup(directions, 3, 4).stats)  # logged like BADIT's regroups
+
+
+def test_the_random_control_reaches_regroup_through_the_config():
+    from badit.regrouping import regroup
+
+    config = badit.BaditConfig(r=2, num_experts=3, lora_dropout=0.0, regroup_assignment="random")
+    model = get_peft_model(make_tiny_model("llama"), config)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    ids = torch.randint(4, 100, (2, 6))
+    model(input_ids=ids, labels=ids).loss.backward()
+    a0 = [m.badit_A0["default"].clone() for m in model.modules() if isinstance(m, BaditLinear)]
+    stats = regroup(model, optimizer)
+    moved = sum(int(s["moved"]) for s in stats.values())
+    after = [m.badit_A0["default"] for m in model.modules() if isinstance(m, BaditLinear)]
+    assert moved > 0 and any(not torch.equal(x, y) for x, y in zip(a0, after))
+    with pytest.raises(ValueError, match="regroup_assignment"):
+        badit.BaditConfig(regroup_assignment="greedy")

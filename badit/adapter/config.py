@@ -19,6 +19,7 @@ REGROUP_SIMILARITIES = ("sign_invariant", "signed")
 GATES = ("delta", "components")
 ROUTINGS = ("router", "task")
 ROUTER_INPUTS = ("standardized", "raw")
+REGROUP_ASSIGNMENTS = ("kmeans", "random")
 
 
 @dataclass
@@ -63,6 +64,8 @@ class BaditConfig(PeftConfig):
         regroup_signal: "sum" (default: the gradients of every backward pass since the last regroup, or
             their EMA) or "last_batch" (only the last backward pass's, as the public code keeps it).
         regroup_kmeans_iters: iterations of the balanced spherical k-means.
+        regroup_assignment: "kmeans" (default: BADIT's balanced spherical k-means on gradient directions)
+            or "random" (the control: a random permutation of the components at every regroup).
         regroup_similarity: "sign_invariant" (default: components compared by |cos| of their gradient
             rows, so a component's arbitrary SVD sign does not decide its expert) or "signed" (the
             published signed cosine); docs/method.md, "Sign-invariant regrouping".
@@ -123,6 +126,9 @@ class BaditConfig(PeftConfig):
         metadata={
             "help": "'sign_invariant' (|cos|: a component's sign does not matter) or 'signed' (published)."
         },
+    )
+    regroup_assignment: Literal["kmeans", "random"] = field(
+        default="kmeans", metadata={"help": "'kmeans' (BADIT) or 'random' (a random-permutation control)."}
     )
     modules_to_save: list[str] | None = field(
         default=None, metadata={"help": "Extra modules trained and saved."}
@@ -208,6 +214,12 @@ class BaditConfig(PeftConfig):
             fail("regroup_ema", "is set with regroup_signal 'last_batch'", "set one of the two")
         if not is_int(self.regroup_kmeans_iters) or self.regroup_kmeans_iters < 1:
             fail("regroup_kmeans_iters", "is not a positive integer", "use e.g. 20")
+        if self.regroup_assignment not in REGROUP_ASSIGNMENTS:
+            fail(
+                "regroup_assignment",
+                f"is not one of {REGROUP_ASSIGNMENTS}",
+                "use 'kmeans' (default) or 'random'",
+            )
         if self.regroup_similarity not in REGROUP_SIMILARITIES:
             fail(
                 "regroup_similarity",

@@ -17,7 +17,7 @@ from badit.regrouping.gradients import (
     layer_key,
 )
 from badit.regrouping.permute import check_not_sharded, permute_components
-from badit.regrouping.plan import grouping_stats, plan_regroup
+from badit.regrouping.plan import grouping_stats, plan_regroup, random_plan
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +57,7 @@ def regroup(
 
     iters_of: dict[str, int] = {}
     signed_of: dict[str, bool] = {}
+    random_of: dict[str, bool] = {}
     perms: list[torch.Tensor] = []
     plans: list[tuple[np.ndarray, dict[str, float]] | None] = []  # directions and plan statistics
     for (_, layer, adapter_name, _), signal in zip(tracked, signals, strict=True):
@@ -73,9 +74,17 @@ def regroup(
                 config.regroup_kmeans_iters if config is not None else DEFAULT_KMEANS_ITERS
             )
             signed_of[adapter_name] = getattr(config, "regroup_similarity", None) == "signed"
-        plan = plan_regroup(
-            directions, num_experts, size, kmeans_iters=iters_of[adapter_name], signed=signed_of[adapter_name]
-        )
+            random_of[adapter_name] = getattr(config, "regroup_assignment", None) == "random"
+        if random_of[adapter_name]:  # the control: a random permutation, not the gradient clusters
+            plan = random_plan(directions, num_experts, size, signed_of[adapter_name])
+        else:
+            plan = plan_regroup(
+                directions,
+                num_experts,
+                size,
+                kmeans_iters=iters_of[adapter_name],
+                signed=signed_of[adapter_name],
+            )
         perms.append(torch.from_numpy(plan.perm))
         plans.append((directions, plan.stats))
     perms = broadcast_from_rank0(perms, device=signals[0].device)

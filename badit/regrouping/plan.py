@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -62,6 +63,27 @@ def grouping_stats(
         "kmeans_objective": float(np.sum(1.0 - cos_own)),
         "moved": int(np.count_nonzero(experts != current_experts(num_experts, size))),
     }
+
+
+def random_plan(directions: np.ndarray, num_experts: int, size: int, signed: bool = False) -> RegroupPlan:
+    """The random-permutation control (``regroup_assignment="random"``): components dealt to experts by a
+    uniformly random permutation instead of by gradient direction, with the same statistics as
+    `plan_regroup`. The draw is seeded by the window's gradients (their CRC-32), so a rerun, a resumed
+    run and every process of a distributed run draw the same permutation. What regrouping buys beyond
+    moving components at all is badit minus this control."""
+    x = unit_rows(np.asarray(directions, dtype=np.float64))
+    seed = zlib.crc32(np.ascontiguousarray(x).tobytes())
+    perm = np.random.default_rng(seed).permutation(len(x))
+    stats = grouping_stats(x, perm, num_experts, size, signed)
+    before = grouping_stats(x, np.arange(len(x)), num_experts, size, signed)
+    return RegroupPlan(
+        perm,
+        {
+            **stats,
+            "intra_cosine_before": before["intra_cosine"],
+            "inter_cosine_before": before["inter_cosine"],
+        },
+    )
 
 
 def plan_regroup(

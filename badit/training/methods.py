@@ -82,6 +82,9 @@ class MethodConfig:
     """``sum``: gradients since the last regroup; ``last_batch``: only the last backward pass's (public code)."""
     regroup_similarity: Literal["sign_invariant", "signed"] = _badit_default("regroup_similarity")
     """``sign_invariant``: components compared by |cos| (their SVD sign is arbitrary); ``signed``: as published."""
+    regroup_assignment: Literal["kmeans", "random"] = _badit_default("regroup_assignment")
+    """``kmeans``: BADIT's regrouping; ``random``: a random permutation at every regroup (the control that
+    separates what the gradient clusters buy from moving components at all)."""
     router_lr_multiplier: float = 1.0
     """The routers' learning rate is ``training.learning_rate`` times this (mixtures and hydralora; 1: the same).
     A zero-initialised router moves slowly at an adapter's learning rate (docs/benchmarks.md)."""
