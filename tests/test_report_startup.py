@@ -64,7 +64,7 @@ print(json.dumps(out))
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300, check=True
     )
     kinds = json.loads(result.stdout)
-    assert len(kinds) == 6 + 11 + 11
+    assert len(kinds) == 7 + 11 + 11
     assert kinds["badit.analysis.gradient_conflict"] == "function"
     assert kinds["badit.evaluation.evaluate"] == "function"
     assert kinds["badit.regrouping.RegroupPlan"] == "type"

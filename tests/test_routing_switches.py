@@ -179,11 +179,11 @@ def test_bad_values_are_refused_with_the_field_named():
 
 
 def test_running_moments_average_exactly_until_the_window_is_full():
-    from badit.adapter.routing import MOMENTS_WINDOW, standardize, update_moments
+    from badit.adapter.routing import MOMENTS_WINDOW, batch_sums, standardize, update_moments
 
     moments = torch.zeros(3, 2)
-    moments = update_moments(moments, torch.tensor([[1.0, 2.0], [3.0, 2.0]]))
-    moments = update_moments(moments, torch.tensor([[5.0, 2.0]]))
+    moments = update_moments(moments, batch_sums(torch.tensor([[1.0, 2.0], [3.0, 2.0]])))
+    moments = update_moments(moments, batch_sums(torch.tensor([[5.0, 2.0]])))
     # the mean of 1, 3, 5 is 3; of their squares (1 + 9 + 25) / 3 = 35/3; the second feature is 2 throughout
     torch.testing.assert_close(moments, torch.tensor([[3.0, 2.0], [35 / 3, 4.0], [3.0, 3.0]]))
     # standardised: (x - 3) / sqrt(35/3 - 9 + 1e-5) = (x - 3) / sqrt(8/3); the constant feature becomes 0
@@ -191,7 +191,7 @@ def test_running_moments_average_exactly_until_the_window_is_full():
     torch.testing.assert_close(out, torch.tensor([[1.0, 0.0]]), atol=1e-5, rtol=1e-5)
     full = torch.stack([torch.zeros(2), torch.zeros(2), torch.full((2,), float(MOMENTS_WINDOW))])
     # past the window a batch of 10 moves the mean 10 / 2000 of the way: 0 -> 0.005 * 4 = 0.02
-    moved = update_moments(full, torch.full((10, 2), 4.0))
+    moved = update_moments(full, batch_sums(torch.full((10, 2), 4.0)))
     torch.testing.assert_close(moved[0], torch.full((2,), 0.02))
 
 

@@ -42,6 +42,8 @@ PUBLISHED = {
     "train_router": False,
     "regroup_signal": "last_batch",
     "regroup_similarity": "signed",
+    "gate": "components",
+    "router_input": "raw",
 }
 
 
@@ -64,7 +66,15 @@ def test_shipped_configs_load_with_paper_hyperparameters(path):
     assert config.data.max_target_length == 50
 
 
-VARIANT_SWEEPS = {"interference_cpu_published.yaml": "interference_cpu.yaml"}
+VARIANT_SWEEPS = {
+    name: "interference_cpu.yaml"
+    for name in (
+        "interference_cpu_published.yaml",
+        "interference_cpu_routing.yaml",  # the routing study (docs/benchmarks.md): its variants of badit
+        "interference_cpu_oracle.yaml",
+        "interference_cpu_paper_routing.yaml",
+    )
+}
 
 
 @pytest.mark.parametrize("path", sorted((CONFIGS / "sweeps").glob("*.yaml")), ids=lambda p: p.name)

@@ -20,6 +20,7 @@ from badit.adapter.config import BaditConfig
 from badit.adapter.quantized import dequantized_weight, quantization_kind, store_quantized
 from badit.adapter.routing import (
     RoutingState,
+    batch_sums,
     gate_delta_coefficients,
     masked_mean,
     mixing_weights,
@@ -386,13 +387,31 @@ class BaditLinear(nn.Module, BaditLayer):
         else:
             sequences = x.reshape(1, -1, x.shape[-1])
         gate = self._gate(name, sequences, rows, use_prompt_mask=x.dim() == 3)  # (batch, K)
-        hidden = F.linear(self.badit_dropout[name](x), a) * self._per_component(gate, state, x.dim())
-        output = F.linear(hidden, b)
-        if state.gate_delta:  # + s * B0 (1 - g) A0 x: the pretrained components keep weight 1
-            a0, b0 = self.badit_A0[name], self.badit_B0[name]
-            rest = self._per_component(gate_delta_coefficients(gate), state, x.dim())
-            output = output + F.linear(F.linear(x.to(a0.dtype), a0) * rest, b0)
-        return output
+        component_gate = self._per_component(gate, state, x.dim())
+        dropped = self.badit_dropout[name](x)
+        if not state.gate_delta:
+            return F.linear(F.linear(dropped, a) * component_gate, b)
+        return self._gated_delta_output(name, x, dropped, component_gate)
+
+    def _gated_delta_output(
+        self, name: str, x: torch.Tensor, dropped: torch.Tensor, component_gate: torch.Tensor
+    ) -> torch.Tensor:
+        """gate="delta": s * (B (g A d) + B0 ((1 - g) A0 x)), d = dropout(x), computed without cancellation.
+
+        Written as s * (B0 u0 + B (g (u1 + ud - u0)) + (B - B0) (g u0)) with u0 = A0 x, ud = A0 d and
+        u1 = (A - A0) d: the learned change enters through A - A0 and B - B0 themselves, never as the
+        difference of two nearly equal products (B A x - B0 A0 x, whose rounding is as large as the change
+        early in training; Adam turns that noise in the router's gradient into full-size steps). Without
+        dropout (d = x) ud is u0 and the gated term is exactly B (g u1) + (B - B0) (g u0).
+        """
+        a, b, a0, b0 = self.badit_A[name], self.badit_B[name], self.badit_A0[name], self.badit_B0[name]
+        scaling = self.badit_state[name].scaling
+        initial = F.linear(x.to(a0.dtype), a0)  # u0
+        learned = F.linear(dropped, a - a0)  # u1
+        if dropped is not x:  # + (ud - u0): what dropout changed in the initial components' input
+            learned = learned + F.linear(dropped, a0) - initial
+        output = F.linear(initial * scaling, b0) + F.linear(learned * component_gate, b)
+        return output + F.linear(initial * component_gate, b - b0)
 
     @staticmethod
     def _per_component(weights: torch.Tensor, state: AdapterState, dims: int) -> torch.Tensor:
@@ -459,7 +478,11 @@ class BaditLinear(nn.Module, BaditLayer):
         moments = self.badit_router_moments[name]
         if self.training and torch.is_grad_enabled():
             with torch.no_grad():
-                moments.copy_(update_moments(moments, pooled))
+                sums = batch_sums(pooled, moments.dtype)
+                if torch.distributed.is_available() and torch.distributed.is_initialized():
+                    # every data-parallel process updates with the global batch (as SyncBatchNorm does)
+                    torch.distributed.all_reduce(sums)
+                moments.copy_(update_moments(moments, sums))
         return standardize(pooled, moments)
 
     # ------------------------------------------------------------------ merging

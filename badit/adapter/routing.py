@@ -64,19 +64,31 @@ pooled inputs (about 250 steps at batch 8, past the noisy start), an average wit
 (a pooled input drifts slowly as the adapter trains)."""
 
 
-def update_moments(moments: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
-    """Running moments (3, d) of the router input after a batch of pooled inputs (batch, d).
+VARIANCE_FLOOR = 1e-2
+"""The smallest feature variance `standardize` divides by, as a fraction of the mean feature variance
+(a tenth of the typical standard deviation)."""
+
+
+def batch_sums(pooled: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """(3, d): the sum and the sum of squares of a batch of pooled inputs (batch, d), and its size (in every
+    column). Sums, so that data-parallel processes can add theirs (`BaditLinear` all-reduces them) and
+    update their moments with the global batch, as one process would."""
+    data = pooled.detach().to(dtype)
+    return torch.stack([data.sum(0), (data**2).sum(0), torch.full_like(data[0], data.shape[0])])
+
+
+def update_moments(moments: torch.Tensor, sums: torch.Tensor) -> torch.Tensor:
+    """Running moments (3, d) of the router input after a batch with `batch_sums` `sums` (3, d).
 
     Rows: mean, mean of squares, and the count of sequences seen (in every column). Each batch moves
     the moments towards its own by batch / min(count, MOMENTS_WINDOW): the exact cumulative average until
     the window is full, an exponential average of that horizon after.
     """
-    batch = pooled.shape[0]
+    batch = sums[2]
     count = moments[2] + batch
     rate = batch / count.clamp(max=MOMENTS_WINDOW)
-    data = pooled.detach().to(moments.dtype)
-    mean = moments[0] + rate * (data.mean(0) - moments[0])
-    square = moments[1] + rate * ((data**2).mean(0) - moments[1])
+    mean = moments[0] + rate * (sums[0] / batch - moments[0])
+    square = moments[1] + rate * (sums[1] / batch - moments[1])
     return torch.stack([mean, square, count])
 
 
@@ -89,7 +101,11 @@ def standardize(pooled: torch.Tensor, moments: torch.Tensor, eps: float = 1e-5) 
     (count 0) the input passes unchanged.
     """
     mean, square = moments[0], moments[1]
-    std = (square - mean**2).clamp_min(0).add(eps).sqrt()
+    variance = (square - mean**2).clamp_min(0)
+    # a feature that barely varies carries no routing signal: its scale is floored at a tenth of the typical
+    # feature's standard deviation, so rounding noise in it is not blown up (nor are data-parallel
+    # processes' few-ulp differences, which add their sums in another order)
+    std = variance.clamp_min(VARIANCE_FLOOR * variance.mean()).add(eps).sqrt()
     standardized = (pooled - mean.to(pooled.dtype)) / std.to(pooled.dtype)
     return torch.where(moments[2, 0] > 0, standardized, pooled)  # no host sync: compiles without a break
 
