@@ -66,9 +66,8 @@ def test_gradient_task_share_splits_common_from_task_specific():
 
 
 def test_router_separability_on_a_tiny_model_and_the_verdict():
-    model = get_peft_model(
-        make_tiny_model("llama"), badit.BaditConfig(r=2, num_experts=3, regroup=False, router_init="random")
-    )
+    config = badit.BaditConfig(r=2, num_experts=3, regroup=False, router_init="random", gate="components")
+    model = get_peft_model(make_tiny_model("llama"), config)
     g = torch.Generator().manual_seed(0)
     batches = {}
     for task, low in (("a", 4), ("b", 60)):  # two tasks of two tokens each: pooled prompts form two clusters
@@ -85,6 +84,10 @@ def test_router_separability_on_a_tiny_model_and_the_verdict():
     assert all(n > 0 for n in sep["router_norm"]) and all(s > 0 for s in sep["logit_std"])
     assert all(s is not None and 0 <= s <= 1 for s in sep["router_gradient_task_share"])
     assert sep["max_mutual_information"] == math.log(2)
+    # gate="delta" at init: nothing learned yet, so the router has no gradient at all (not a tiny one)
+    config = badit.BaditConfig(r=2, num_experts=3, regroup=False, router_init="random")
+    delta = router_separability(get_peft_model(make_tiny_model("llama"), config), batches)
+    assert delta["router_gradient_task_share"] == [None, None]
     verdict = separability_verdict({**sep, "mutual_information": [0.0, 0.0]})
     assert verdict.startswith("the routers do not route although they could")
     assert separability_verdict({**sep, "mutual_information": [0.5, 0.5]}).startswith("the routers route")

@@ -282,10 +282,10 @@ def test_flipping_component_signs_leaves_the_experts_unchanged():
         layer = BaditLinear(
             base, "default", BaditConfig(r=2, num_experts=3, top_k=3, lora_dropout=0.0), "proj"
         )
-        with torch.no_grad():
-            lora_A, lora_B = factors(layer)
-            lora_A[flip] *= -1
-            lora_B[:, flip] *= -1
+        with torch.no_grad():  # the component's initial factors too: gate="delta" reads B - B0, A - A0
+            for a, b in (factors(layer), (layer.badit_A0["default"], layer.badit_B0["default"])):
+                a[flip] *= -1
+                b[:, flip] *= -1
         attach_gradient_tracking(layer)
         backward(layer, seed=0)
         return layer
