@@ -255,3 +255,24 @@ def test_the_random_control_reaches_regroup_through_the_config():
     assert moved > 0 and any(not torch.equal(x, y) for x, y in zip(a0, after))
     with pytest.raises(ValueError, match="regroup_assignment"):
         badit.BaditConfig(regroup_assignment="greedy")
+
+
+def test_a_model_called_with_keyword_inputs_routes(tmp_path):
+    # PEFT's generic suite calls plain modules as model(X=x) (vision: pixel_values=, audio: input_features=)
+    class MLP(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin0, self.lin1 = nn.Linear(10, 20), nn.Linear(20, 2)
+
+        def forward(self, X):
+            return self.lin1(torch.relu(self.lin0(X)))
+
+    torch.manual_seed(0)
+    base = MLP()
+    x = torch.randn(4, 10)
+    expected = base(x)
+    model = get_peft_model(
+        base, badit.BaditConfig(r=2, num_experts=2, target_modules=["lin0"], regroup=False)
+    )
+    model.eval()  # no dropout
+    torch.testing.assert_close(model(X=x), expected, atol=1e-5, rtol=1e-5)  # function preserved at init

@@ -222,10 +222,8 @@ class RoutingState:
         the KV cache already holds tokens, the layers reuse the routing of the prefill instead.
         """
         prompt_mask = kwargs.pop("prompt_mask", None)
-        tokens = kwargs.get("input_ids", args[0] if args else None)
-        if tokens is None:
-            tokens = kwargs["inputs_embeds"]
-        batch, length = tokens.shape[:2]
+        tokens = _model_input(args, kwargs)
+        batch, length = tokens.shape[0], (tokens.shape[1] if tokens.dim() > 1 else 1)
         self.adapter_names = _expand_names(self.requested_adapter_names, batch)
         cache = kwargs.get("cache", kwargs.get("past_key_values"))  # renamed in transformers 5
         self.reuse = prompt_mask is None and _cached_length(cache) > 0
@@ -268,6 +266,21 @@ class RoutingState:
             self.warned_no_prompt = True
             warnings.warn(NO_PROMPT_WARNING, stacklevel=2)
         return torch.where(empty[:, None], attention_mask, prompt_mask)
+
+
+def _model_input(args: tuple, kwargs: dict) -> torch.Tensor:
+    """The tensor whose leading dimensions are (batch, seq) in a model call: `input_ids`, `inputs_embeds`,
+    the first positional argument, or else the first tensor keyword argument (`pixel_values=`,
+    `input_features=`, a plain module's `X=`)."""
+    for candidate in (kwargs.get("input_ids"), kwargs.get("inputs_embeds"), args[0] if args else None):
+        if torch.is_tensor(candidate):
+            return candidate
+    found = next((v for v in kwargs.values() if torch.is_tensor(v) and v.dim() > 0), None)
+    if found is None:
+        raise ValueError(
+            "BADIT routing: the model call has no input tensor (input_ids, inputs_embeds or other)"
+        )
+    return found
 
 
 def _expand_names(names: list[str] | None, batch: int) -> list[str] | None:
