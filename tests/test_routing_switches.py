@@ -276,3 +276,36 @@ def test_a_model_called_with_keyword_inputs_routes(tmp_path):
     )
     model.eval()  # no dropout
     torch.testing.assert_close(model(X=x), expected, atol=1e-5, rtol=1e-5)  # function preserved at init
+
+
+@pytest.mark.slow
+def test_oracle_routing_trains_and_evaluates_through_badit_train(tmp_path):
+    """method.routing: task end to end: the trainer passes each example's task id, the task logits learn
+    (they start at 0) and evaluation routes each test prompt by its task (else it would raise)."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from badit.experiments.config import from_dict
+    from badit.experiments.settings import run
+    from tests.helpers import tiny_run_config
+
+    config = tiny_run_config(
+        tmp_path,
+        "badit",
+        method={"routing": "task", "router_lr_multiplier": 30},
+        training={"max_steps": 4, "per_device_train_batch_size": 4},
+        evaluation={"max_examples_per_task": 2, "max_new_tokens": 2},
+    )
+    metrics = run(from_dict(config))
+    assert set(metrics["tasks"]) == {"demo_copy_words", "demo_reverse_words"}
+    weights = load_file(str(tmp_path / "run-badit-multitask" / "adapter" / "adapter_model.safetensors"))
+    logits = [v for k, v in weights.items() if "badit_task_logits" in k]
+    assert logits and all(v.shape == (2, 3) for v in logits)
+    assert max(float(v.abs().max()) for v in logits) > 0  # trained away from the uniform start
+    assert (
+        json.loads((tmp_path / "run-badit-multitask" / "adapter" / "adapter_config.json").read_text())[
+            "num_tasks"
+        ]
+        == 2
+    )

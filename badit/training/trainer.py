@@ -13,6 +13,7 @@ import os
 import random
 import time
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArgu
 from transformers.trainer_callback import ProgressCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
-from badit.adapter import BaditConfig, routing_tasks
+from badit.adapter import BaditConfig, routing_tasks, uses_task_routing
 from badit.adapter.integrity import check_adapter_folder
 from badit.data import IGNORE_INDEX, DataCollator, LengthGroupedSampler, TaskBalancedSampler
 from badit.data.files import atomic_write_json
@@ -131,6 +132,7 @@ class BaditTrainer(Trainer):
             )
         self.gradient_surgery = gradient_surgery
         self._task_gradients: TaskGradients | None = None
+        self._routes_by_task: bool | None = None  # whether the model routes by task id (routing="task")
         self.balanced_sampling = balanced_sampling
         self.sampling_temperature = sampling_temperature
         self.group_by_length = group_by_length
@@ -199,8 +201,11 @@ class BaditTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         task_ids = inputs.get("task_ids")
         inputs = {key: value for key, value in inputs.items() if key != "task_ids"}
-        # oracle routing (routing="task") reads each sequence's task; other models ignore the context
-        with routing_tasks(self.accelerator.unwrap_model(model), task_ids):
+        unwrapped = self.accelerator.unwrap_model(model)
+        if self._routes_by_task is None:  # looked up once, not by a walk over the modules every step
+            self._routes_by_task = uses_task_routing(unwrapped)
+        # oracle routing (routing="task") reads each sequence's task
+        with routing_tasks(unwrapped, task_ids) if self._routes_by_task else nullcontext():
             output = self._task_loss(model, inputs, return_outputs, num_items_in_batch)
         terms = [c.loss_term(model) for c in self.callback_handler.callbacks if hasattr(c, "loss_term")]
         terms = [term for term in terms if term is not None]
