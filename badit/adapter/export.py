@@ -275,7 +275,7 @@ def routing_distance(
     """
     layers = _check_exportable(model, adapter_name)
     fixed = {name: layer_routing(routing, layer, adapter_name) for name, layer in layers.items()}
-    before = {name: layer.badit_state[adapter_name].fixed_routing for name, layer in layers.items()}
+    before = {name: layer.fixed_routing(adapter_name) for name, layer in layers.items()}
     largest, agree, count = [], 0, 0
     was_training = model.training
     model.eval()

@@ -54,6 +54,32 @@ def is_adaptable(module: nn.Module) -> bool:
     return isinstance(module, (nn.Linear, Conv1D))
 
 
+def _is_plain_tensor(value: Any) -> bool:
+    """A materialised, unsharded tensor (not a live Parameter from keep_vars, a DTensor shard or meta)."""
+    return type(value) is torch.Tensor and not value.is_meta
+
+
+def _pretrained_weight_in_state_dict(
+    layer: BaditLinear, state_dict: dict, prefix: str, metadata: Any
+) -> None:
+    """state_dict post-hook of `BaditLinear`: in a state dict of the wrapped model (keys named as in the
+    original model, what PEFT's `get_base_model_state_dict` reads), `base_layer.weight` is the weight the
+    plain model has (`BaditLinear.plain_weight`), not the stored residual.
+
+    A state dict of the PeftModel (checkpoints, FSDP / DeepSpeed) keeps the stored residual, at no cost;
+    `_load_from_state_dict` reads each kind back the way it was written. Which kind it is follows from the
+    key prefix: rooted at the wrapped model, the layer's prefix is its own name in that model.
+    """
+    key = f"{prefix}base_layer.weight"
+    if prefix != f"{layer.layer_name}." or layer.quantization is not None:
+        return
+    if not _is_plain_tensor(state_dict.get(key)):
+        return
+    weight = layer.plain_weight()
+    stored = state_dict[key]
+    state_dict[key] = (weight.T if layer.fan_in_fan_out else weight).to(stored.dtype).contiguous()
+
+
 @dataclass
 class AdapterState:
     """What a BADIT layer keeps per adapter besides its tensors (badit_A, badit_B, badit_A0, badit_B0, the
@@ -81,8 +107,6 @@ class AdapterState:
     removed: bool = False
     """Whether s * B0 @ A0 is out of the base weight: False while the factors are still to be loaded
     (created on the meta device, PEFT's low_cpu_mem_usage) and after unload / delete gave them back."""
-    fixed_routing: torch.Tensor | None = None
-    """(K,) mixing weights used for every input instead of the router (`set_fixed_routing`)."""
     routing_weights: torch.Tensor | None = None
     """The last forward's mixing weights (batch, K), detached."""
     merged_routing: torch.Tensor | None = None
@@ -93,7 +117,14 @@ class BaditLayer(BaseTunerLayer):
     """PEFT bookkeeping shared by BADIT layers (one entry per adapter name in each container)."""
 
     adapter_layer_names = ("badit_A", "badit_B", "badit_router", "badit_task_logits")
-    other_param_names = ("badit_A0", "badit_B0", "badit_router_moments", "badit_dropout", "badit_state")
+    other_param_names = (
+        "badit_A0",
+        "badit_B0",
+        "badit_router_moments",
+        "badit_fixed_routing",
+        "badit_dropout",
+        "badit_state",
+    )
 
 
 class BaditLinear(nn.Module, BaditLayer):
@@ -131,6 +162,8 @@ class BaditLinear(nn.Module, BaditLayer):
         self.badit_A0 = BufferDict(persistent=True)
         self.badit_B0 = BufferDict(persistent=True)
         self.badit_router_moments = BufferDict(persistent=True)  # router_input="standardized": (3, in)
+        # set_fixed_routing: (K,) per adapter while a routing is fixed; a buffer, so save_pretrained keeps it
+        self.badit_fixed_routing = BufferDict(persistent=True)
         self.badit_dropout = nn.ModuleDict()
         self.badit_state: dict[str, AdapterState] = {}
         self.merged_adapters = []
@@ -153,6 +186,7 @@ class BaditLinear(nn.Module, BaditLayer):
             self.in_features, self.out_features = base.in_features, base.out_features
         self._active_adapter = adapter_name
         self.update_layer(adapter_name, config)
+        self.register_state_dict_post_hook(_pretrained_weight_in_state_dict)
 
     # ------------------------------------------------------------------ creation and the residual
 
@@ -213,6 +247,22 @@ class BaditLinear(nn.Module, BaditLayer):
                 state.removed = True
         self.set_adapter(self.active_adapters, inference_mode=inference_mode)
 
+    def cast_adapter(self, adapter_name: str) -> None:
+        """Store adapter `adapter_name`'s tensors in the base weight's dtype (PEFT's
+        `autocast_adapter_dtype=False`; by default BADIT keeps them in float32, as PEFT's autocast does).
+        The router's running moments stay float32: they are averages over thousands of sequences."""
+        dtype = self.get_base_layer().weight.dtype
+        if not dtype.is_floating_point or adapter_name not in self.badit_state:
+            return  # a quantised base: the factors stay float32
+        with self._keeping_residual(adapter_name), torch.no_grad():
+            for container in (self.badit_A, self.badit_B, self.badit_task_logits):
+                if adapter_name in container:
+                    old = container[adapter_name]
+                    container[adapter_name] = nn.Parameter(old.to(dtype), requires_grad=old.requires_grad)
+            for container in (self.badit_A0, self.badit_B0):
+                container[adapter_name] = container[adapter_name].to(dtype)
+            self.badit_router[adapter_name].to(dtype)
+
     def set_adapter(self, adapter_names, inference_mode: bool = False) -> None:
         """PEFT's ``set_adapter``, then the routers of ``train_router=False`` adapters stay frozen."""
         super().set_adapter(adapter_names, inference_mode=inference_mode)
@@ -261,6 +311,21 @@ class BaditLinear(nn.Module, BaditLayer):
         if isinstance(before, torch.Tensor) or isinstance(after, torch.Tensor):
             self._set_residual(self._base_weight() + before - after)
 
+    def _removed_components(self) -> torch.Tensor | float:
+        """float32 (out, in): the initial components of every adapter whose components are out of the
+        base weight (0.0 when none is)."""
+        total: torch.Tensor | float = 0.0
+        for name, state in self.badit_state.items():
+            if state.removed:
+                total = total + self._initial_delta_weight(name)
+        return total
+
+    def plain_weight(self) -> torch.Tensor:
+        """The weight the plain model has (float32 (out, in)): the pretrained weight plus the merged
+        adapters' deltas, what `merge_and_unload()` would leave. The residual plus every adapter's
+        initial components that are out of it."""
+        return self._base_weight() + self._removed_components()
+
     def pretrained_weight(self) -> torch.Tensor:
         """The original weight (float32): the residual plus what every adapter took out of it."""
         weight = self._base_weight()
@@ -300,7 +365,30 @@ class BaditLinear(nn.Module, BaditLayer):
                 self.badit_A0[name].copy_(a0)
                 self.badit_B0[name].copy_(b0)
                 state.removed = True
+        for key, value in state_dict.items():  # fixed routings saved with the adapter (set_fixed_routing)
+            if key.startswith(f"{prefix}badit_fixed_routing.") and _is_plain_tensor(value):
+                name = key[len(f"{prefix}badit_fixed_routing.") :]
+                if name in self.badit_state and name not in self.badit_fixed_routing:
+                    self.badit_fixed_routing[name] = torch.zeros_like(value, device=self.badit_A[name].device)
+        self._plain_weight_to_residual(state_dict, prefix)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def _plain_weight_to_residual(self, state_dict: dict, prefix: str) -> None:
+        """The reverse of `_pretrained_weight_in_state_dict`: a state dict of the wrapped model carries the
+        plain weight, which becomes the residual (less the initial components of every adapter that took
+        them out, with the factors just loaded) before the base layer copies it in. `load_state_dict`
+        works on its own copy of the dict, so the caller's is left alone."""
+        key = f"{prefix}base_layer.weight"
+        value = state_dict.get(key)
+        base = self.get_base_layer().weight
+        if prefix != f"{self.layer_name}." or self.quantization is not None or not _is_plain_tensor(value):
+            return
+        if value.shape != base.shape:
+            return  # PyTorch reports the size mismatch itself
+        plain = value.to(device=base.device, dtype=torch.float32)
+        plain = plain.T if self.fan_in_fan_out else plain
+        residual = plain - self._removed_components()
+        state_dict[key] = (residual.T if self.fan_in_fan_out else residual).to(value.dtype).contiguous()
 
     def _move_adapter_to_device_of_base_layer(
         self, adapter_name: str, device: torch.device | None = None
@@ -308,7 +396,7 @@ class BaditLinear(nn.Module, BaditLayer):
         """Move adapter `adapter_name` to the base layer's device; BADIT keeps its factors in float32."""
         device = device if device is not None else self.get_base_layer().weight.device
         containers = (self.badit_A, self.badit_B, self.badit_A0, self.badit_B0, self.badit_task_logits)
-        for container in (*containers, self.badit_router_moments):
+        for container in (*containers, self.badit_router_moments, self.badit_fixed_routing):
             if adapter_name in container and not container[adapter_name].is_meta:
                 container[adapter_name].data = container[adapter_name].data.to(device)
         for container in (self.badit_router, self.badit_dropout):
@@ -343,21 +431,21 @@ class BaditLinear(nn.Module, BaditLayer):
     def _mixed_batch_forward(
         self, x: torch.Tensor, adapter_names: list[str], *args: Any, **kwargs: Any
     ) -> torch.Tensor:
-        """Each sequence of x (batch, seq, in) through its own adapter (`adapter_names[i]`, or "__base__").
+        """Each sequence of x (batch, seq, in), or row of x (batch, in), through its own adapter
+        (`adapter_names[i]`, or "__base__").
 
         The same contract as PEFT LoRA's mixed batches: the pretrained output for every row (residual plus
         every adapter's initial components), then, for the rows of adapter n, n's output minus its initial
         components. One pass per adapter present in the batch, on its rows only (inference only).
         """
+        if x.dim() not in (2, 3) or len(adapter_names) != x.shape[0]:  # PEFT LoRA's messages from here on
+            raise ValueError(
+                "Length of `adapter_names` should be the same as the number of inputs, but got "
+                f"{len(adapter_names)} and {len(x) if x.dim() else 0} respectively."
+            )
         if self.merged:
             raise ValueError(
-                f"BADIT layer '{self.layer_name}': adapter_names cannot be used while adapters are merged; "
-                "call unmerge() first"
-            )
-        if x.dim() != 3 or len(adapter_names) != x.shape[0]:
-            raise ValueError(
-                f"BADIT layer '{self.layer_name}': adapter_names has {len(adapter_names)} names for an input of "
-                f"shape {tuple(x.shape)}; give one name per sequence"
+                "Cannot pass `adapter_names` when there are merged adapters, please call `unmerge_adapter` first."
             )
         result = self.base_layer(x, *args, **kwargs)
         for name in self.badit_A:
@@ -435,8 +523,8 @@ class BaditLinear(nn.Module, BaditLayer):
         `use_prompt_mask`: False for inputs that are not (batch, seq, in) token sequences; they pool all rows.
         """
         batch, state = sequences.shape[0], self.badit_state[name]
-        if state.fixed_routing is not None:
-            gate = state.fixed_routing.to(sequences).expand(batch, -1)
+        if name in self.badit_fixed_routing:
+            gate = self.badit_fixed_routing[name].to(sequences).expand(batch, -1)
         elif state.route_by_task:
             if self.routing_state is None:
                 raise RuntimeError(
@@ -488,10 +576,12 @@ class BaditLinear(nn.Module, BaditLayer):
     # ------------------------------------------------------------------ merging
 
     def set_fixed_routing(self, adapter_name: str, weights: torch.Tensor | None) -> None:
-        """Use the mixing weights `weights` (K,) for every input, or the router again when None."""
+        """Use the mixing weights `weights` (K,) for every input, or the router again when None. Kept in
+        the buffer `badit_fixed_routing`, so `save_pretrained` saves it and loading restores it."""
         state = self.badit_state[adapter_name]
         if weights is None:
-            state.fixed_routing = None
+            if adapter_name in self.badit_fixed_routing:
+                del self.badit_fixed_routing[adapter_name]
             return
         weights = torch.as_tensor(weights, dtype=torch.float32, device=self.badit_A[adapter_name].device)
         if weights.shape != (state.num_experts,):
@@ -499,7 +589,13 @@ class BaditLinear(nn.Module, BaditLayer):
                 f"fixed routing for layer '{self.layer_name}' must have shape ({state.num_experts},) "
                 f"(one mixing weight per expert), got {tuple(weights.shape)}"
             )
-        state.fixed_routing = weights
+        if not bool(torch.isfinite(weights).all()):
+            raise ValueError(f"fixed routing for layer '{self.layer_name}' has non-finite mixing weights")
+        self.badit_fixed_routing[adapter_name] = weights.detach().clone()
+
+    def fixed_routing(self, adapter_name: str) -> torch.Tensor | None:
+        """The fixed mixing weights (K,) of adapter `adapter_name`, or None while its router routes."""
+        return self.badit_fixed_routing[adapter_name] if adapter_name in self.badit_fixed_routing else None
 
     def _delta_weight(self, name: str, routing: torch.Tensor) -> torch.Tensor:
         """What the adapter adds to the residual under a fixed `routing` (K,), float32 (out, in):
@@ -518,14 +614,14 @@ class BaditLinear(nn.Module, BaditLayer):
             if name not in self.badit_A:
                 continue
             state = self.badit_state[name]
-            if state.fixed_routing is None:
+            if name not in self.badit_fixed_routing:
                 raise ValueError(
                     f"Cannot merge BADIT adapter '{name}' of layer '{self.layer_name}': its expert mixing weights "
                     "depend on each input sequence (the router), so no single weight matrix reproduces it. Fix "
                     "a routing vector first with model.set_fixed_routing(weights) (e.g. the mean of "
                     "badit.get_routing_weights(model) over a task), then merge."
                 )
-            routing = state.fixed_routing.clone()
+            routing = self.badit_fixed_routing[name].clone()
             if (
                 safe_merge
                 and not torch.isfinite(self._base_weight() + self._delta_weight(name, routing)).all()

@@ -79,6 +79,35 @@ class BaditModel(AdapterTuner):
         new_module.routing_state = self.__dict__["routing_state"]
         return new_module
 
+    def _cast_adapter_dtype(self, adapter_name: str, autocast_adapter_dtype: bool = True) -> None:
+        """PEFT's adapter dtype policy: float32 factors by default (BADIT creates them so), the base
+        weight's dtype with `autocast_adapter_dtype=False`."""
+        super()._cast_adapter_dtype(adapter_name, autocast_adapter_dtype)
+        if autocast_adapter_dtype:
+            return
+        for module in self.model.modules():
+            if is_badit_layer(module):
+                module.cast_adapter(adapter_name)
+
+    @classmethod
+    def _remap_adapter_state_dict_for_load(cls, model, config, adapter_name: str, state_dict: dict) -> dict:
+        """PEFT's key mapping, plus the fixed routings (`set_fixed_routing`): a model that has none yet
+        holds no key to map them to, so PEFT would pass them through without the adapter name."""
+        remapped = super()._remap_adapter_state_dict_for_load(model, config, adapter_name, state_dict)
+        return {
+            (f"{key}.{adapter_name}" if key.endswith(".badit_fixed_routing") else key): value
+            for key, value in remapped.items()
+        }
+
+    def add_weighted_adapter(self, *args: Any, **kwargs: Any) -> None:
+        """Not supported: refused with one line that says what to do instead."""
+        raise NotImplementedError(
+            "BADIT does not support add_weighted_adapter: each adapter mixes its experts per input sequence, so "
+            "no weighted sum of two adapters' factors computes either one; fix a routing and export each adapter "
+            "to LoRA (`badit export`, badit.adapter.export), then combine those with LoRA's add_weighted_adapter "
+            "or `badit merge`"
+        )
+
     def _layer_done(self) -> None:
         progress = self.__dict__.get("_init_progress")
         if progress is not None:

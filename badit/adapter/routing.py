@@ -224,7 +224,9 @@ class RoutingState:
         prompt_mask = kwargs.pop("prompt_mask", None)
         tokens = _model_input(args, kwargs)
         batch, length = tokens.shape[0], (tokens.shape[1] if tokens.dim() > 1 else 1)
-        self.adapter_names = _expand_names(self.requested_adapter_names, batch)
+        self.adapter_names = _expand_names(
+            self.requested_adapter_names, batch, generating=self.generation_prompt is not None
+        )
         cache = kwargs.get("cache", kwargs.get("past_key_values"))  # renamed in transformers 5
         self.reuse = prompt_mask is None and _cached_length(cache) > 0
         if self.reuse:
@@ -260,9 +262,8 @@ class RoutingState:
         never moves (labels without -100, e.g. TRL's SFTTrainer on a plain text field).
         """
         empty = ~prompt_mask.any(dim=1)
-        if not bool(empty.any()):
-            return prompt_mask
-        if not self.warned_no_prompt:
+        # the warning needs a host sync; a compiled model routes the same but skips it (no graph break)
+        if not self.warned_no_prompt and not torch.compiler.is_compiling() and bool(empty.any()):
             self.warned_no_prompt = True
             warnings.warn(NO_PROMPT_WARNING, stacklevel=2)
         return torch.where(empty[:, None], attention_mask, prompt_mask)
@@ -283,13 +284,15 @@ def _model_input(args: tuple, kwargs: dict) -> torch.Tensor:
     return found
 
 
-def _expand_names(names: list[str] | None, batch: int) -> list[str] | None:
-    """`names` (one per prompt) repeated to `batch` rows, as generation repeats prompts for beams / samples."""
+def _expand_names(names: list[str] | None, batch: int, generating: bool) -> list[str] | None:
+    """`names` (one per input sequence) for a batch of `batch` rows: as they are in a forward, where a list
+    of another length raises (PEFT LoRA's message); repeated during `generate`, which repeats each prompt
+    for its beams / samples (batch a multiple of len(names))."""
     if names is None or len(names) == batch:
         return names
-    if batch % len(names) != 0:
+    if not generating or batch % len(names) != 0:
         raise ValueError(
-            f"adapter_names has {len(names)} names but the batch has {batch} sequences; give one name per "
-            "input sequence"
+            "Length of `adapter_names` should be the same as the number of inputs, but got "
+            f"{len(names)} and {batch} respectively."
         )
     return [name for name in names for _ in range(batch // len(names))]
