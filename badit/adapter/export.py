@@ -28,8 +28,10 @@ from peft import LoraConfig
 from safetensors.torch import save_file
 from torch import nn
 
+from badit.adapter.integrity import nonfinite_tensor
 from badit.adapter.layer import BaditLinear
 from badit.errors import BaditError
+from badit.outputs import check_output_folder, mark_output_folder
 from badit.regrouping.gradients import is_badit_layer
 
 Routing = torch.Tensor | Mapping[str, torch.Tensor] | None
@@ -148,15 +150,26 @@ def _replace_directory(staging: Path, output: Path) -> None:
 
 @contextmanager
 def _staged(output: Path, readme: str | None) -> Iterator[Path]:
-    """A staging folder beside `output` for the body of the ``with`` to write; when the body succeeds the
-    model card `readme` (None: none) is added and the folder replaces `output` whole; it is removed in any
-    case, so a failed export leaves neither a half-written folder nor debris."""
+    """A staging folder beside `output` for the body of the ``with`` to write; when the body succeeds and
+    every tensor written is finite, the model card `readme` (None: none) and the export marker are added
+    and the folder replaces `output` whole; it is removed in any case, so a failed export leaves neither a
+    half-written folder nor debris. `output` must be new, empty or an earlier export
+    (`badit.outputs.check_output_folder`): an export never replaces a run or anyone's files."""
+    output = check_output_folder(output, "export")
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}-", dir=output.parent))
     try:
         yield staging
+        for tensors in sorted(staging.glob("*.safetensors")):
+            problem = nonfinite_tensor(tensors)
+            if problem is not None:
+                raise ExportError(
+                    f"export: tensor {problem} holds NaN or inf (the adapter or the routing is not finite); "
+                    "nothing was written"
+                )
         if readme is not None:
             (staging / "README.md").write_text(readme, encoding="utf-8")
+        mark_output_folder(staging, "export")
         _replace_directory(staging, output)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

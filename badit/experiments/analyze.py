@@ -8,8 +8,9 @@ import torch
 
 from badit.analysis import analyze
 from badit.data import DataCollator
-from badit.experiments.folder import RunError, RunFolder
+from badit.experiments.folder import RunError, RunFolder, RunLock
 from badit.experiments.stage import data_source, run_task_ids, task_examples, task_names
+from badit.outputs import check_output_folder, mark_output_folder
 
 
 def analyze_run(
@@ -26,6 +27,18 @@ def analyze_run(
     run = RunFolder(run_dir)
     config = run.config()
     run.require_adapter(run.final_adapter(config))
+    own = output_dir is None or Path(output_dir).resolve() == run.analysis_dir.resolve()
+    if not own:  # elsewhere: a new folder, or one an earlier analysis wrote; never a run or a user's files
+        check_output_folder(output_dir, "analyze", reads=(run.path,))
+    with RunLock(run.path):  # read (and, by default, written) while no training writes the run
+        result = _analyze_run(run, config, examples_per_task, output_dir)
+        if not own:
+            mark_output_folder(output_dir, "analyze")
+        return result
+
+
+def _analyze_run(run: RunFolder, config, examples_per_task: int, output_dir) -> dict:
+    """`analyze_run` once the output is checked and the run locked."""
     source = data_source(config)
     tasks = source.load("train", task_names(config, source))
     if len(tasks) < 2:

@@ -30,6 +30,7 @@ import yaml
 
 from badit.data.rows import Columns
 from badit.errors import BaditError
+from badit.experiments.yamlfile import YamlError, load_yaml
 from badit.names import CONTINUAL_METHODS, DATA_FORMATS, METHODS, SETTINGS
 
 if TYPE_CHECKING:
@@ -215,21 +216,17 @@ def load_config(
     values parsed as YAML) or a mapping of dotted fields to values (a program's: used as they are).
     ``source`` names the config in errors (default: the file)."""
     path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: no such config file")
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such config file") from None
-    except UnicodeDecodeError as error:
-        raise ConfigError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
-    try:
-        data = yaml.safe_load(text) or {}
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(error, "problem", None) or "not YAML"
+        data = load_yaml(path)
+    except YamlError as error:
+        raise ConfigError(f"{error} or give another config file") from None
+    if data is None:
         raise ConfigError(
-            f"{path}: invalid YAML{where}: {problem}; fix the file or give another config file"
-        ) from None
+            f"{path}: the file is empty; a config sets at least its data (data.path) and method: start from "
+            "one in configs/ (e.g. configs/superni_multitask.yaml)"
+        )
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections (model:, data:, ...)")
     if isinstance(overrides, Mapping):

@@ -24,9 +24,17 @@ from badit.adapter.export import (
     routing_distance,
 )
 from badit.data import DataCollator, DataError, encode_prompts
-from badit.experiments.folder import ADAPTER_CONFIG_FILE, CONFIG_FILE, RunError, RunFolder, load_adapter
+from badit.experiments.folder import (
+    ADAPTER_CONFIG_FILE,
+    CONFIG_FILE,
+    RunError,
+    RunFolder,
+    RunLock,
+    load_adapter,
+)
 from badit.experiments.stage import load_run_tasks, prompt_template, task_examples, task_names
 from badit.names import EXPORT_FORMATS
+from badit.outputs import check_output_folder
 from badit.training.model_loading import (
     ModelNotFoundError,
     load_model,
@@ -69,7 +77,10 @@ def parse_weights(text: str) -> torch.Tensor:
         raise ExportError(f"--weights {text!r}: give comma-separated numbers, e.g. 1,1,2,0.5,0.5,1") from None
     if any(v < 0 for v in values):
         raise ExportError(f"--weights {text!r}: mixing weights cannot be negative")
-    return torch.tensor(values)
+    weights = torch.tensor(values)  # float32, as the adapter computes
+    if not bool(torch.isfinite(weights).all()):
+        raise ExportError(f"--weights {text!r}: give finite numbers (float32: below 3.4e38)")
+    return weights
 
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -199,9 +210,18 @@ def export(
     if dtype is not None and dtype not in DTYPES:
         raise ExportError(f"--dtype {dtype!r}: use one of {', '.join(DTYPES)}")
     source = Path(source)
+    check_output_folder(output, "export", reads=(source,))  # before anything is loaded
+    run = RunFolder(source)
+    if not run.has_config():
+        return _export(source, output, task, weights, fmt, base, dtype, run)
+    with RunLock(run.path):  # not while a training writes the adapter read here
+        return _export(source, output, task, weights, fmt, base, dtype, run)
+
+
+def _export(source, output, task, weights, fmt, base, dtype, run) -> tuple[Path, dict[str, float] | None]:
+    """`export` once the output folder is checked (and a run folder locked)."""
     steps = tqdm(total=4, desc="export", unit="step", delay=2)  # shown only when it takes over 2 s
     config = tokenizer = None
-    run = RunFolder(source)
     if run.has_config():
         config = run.config()
         if base is not None:

@@ -62,6 +62,8 @@ MERGE_FILE = "merge.json"  # a `badit merge` run: what was merged and how (exper
 LOG_FILES = {"train": "train_log.jsonl", "regroup": "regroup.jsonl", "router": "router_health.jsonl"}
 SWEEP_FILE, SWEEP_TABLE, SWEEP_LOG_DIR = "sweep.json", "sweep.md", "logs"  # a `badit sweep` folder's own
 METRIC_NAMES = METRICS  # the scores every metrics.json holds
+SCORING_FIELDS = ("split", "max_examples_per_task", "max_new_tokens", "stop_at_newline")
+"""The evaluation settings that change scores (batch_size does not): recorded in metrics.json."""
 
 
 CONFIG_HEADER = "# written by badit for the run in this folder; sha256 of the lines below: "
@@ -434,12 +436,12 @@ class RunFolder(StageFolder):
         """config.yaml as plain data, unchecked: for readers that show a few fields of runs made by other
         badit versions without building a RunConfig (``badit report``, which imports no torch); {} when it
         is not a mapping. Everything that runs a model uses `config`."""
-        import yaml
+        from badit.experiments.yamlfile import YamlError, load_yaml
 
         try:
-            data = yaml.safe_load(self.config_file.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
-            raise RunError(f"{self.config_file}: not a readable YAML run config ({error})") from None
+            data = load_yaml(self.config_file)
+        except YamlError as error:
+            raise RunError(f"{error.one_line()} (not a readable run config)") from None
         return data if isinstance(data, dict) else {}
 
     def config(self, overrides=()) -> RunConfig:
@@ -592,6 +594,7 @@ class RunFolder(StageFolder):
             with trusting_remote_code():  # only compared: the config given (the user's) decides what runs
                 before = self.config().to_dict()
             now = config.to_dict()
+            self._check_scoring_kept(before["evaluation"], now["evaluation"])
             # evaluation settings may change on resume, and the run folder may have been moved or copied
             for key in ("evaluation", "output_dir"):
                 before.pop(key), now.pop(key)
@@ -604,6 +607,27 @@ class RunFolder(StageFolder):
         elif run_dir.exists() and _entries(run_dir) and not self.is_run():
             raise RunError(
                 f"{run_dir} exists and is not empty (and is not a badit run): choose another output_dir"
+            )
+
+    def _check_scoring_kept(self, before: dict, now: dict) -> None:
+        """On resume, evaluation settings that change scores (`SCORING_FIELDS`) may change only while
+        nothing is scored yet: a continual run's score matrix (or a finished run's metrics) would mix
+        stages scored one way with stages scored another."""
+        changed = [
+            f"evaluation.{k}: {before.get(k)!r} -> {now.get(k)!r}"
+            for k in SCORING_FIELDS
+            if before.get(k) != now.get(k)
+        ]
+        scored = [
+            self.metrics_file,
+            *self.path.glob(f"{TASKS_DIR}/*/{METRICS_FILE}"),
+            *self.path.glob(f"{STAGES_DIR}/*/{METRICS_FILE}"),
+        ]
+        if changed and any(path.is_file() for path in scored):
+            raise RunError(
+                f"{self.path} has stages scored with its own evaluation settings; resuming with {'; '.join(changed)} "
+                "would mix two kinds of scores in one run: resume without the change, then score the run again "
+                f"with `badit eval {self.path} {changed[0].split(':')[0]}=... --output NEW_FOLDER`"
             )
 
     # -- results ---------------------------------------------------------------------------------
@@ -761,4 +785,6 @@ def _run_info(config: RunConfig, merge: dict | None = None) -> dict:
         "data": config.data.path,
         "learning_rate": config.training.learning_rate,
         "effective_scale": effective_scale(config.method),
+        # what the scores were computed on (a resume may not change it once something is scored)
+        "evaluation": {field: getattr(config.evaluation, field) for field in SCORING_FIELDS},
     }

@@ -92,7 +92,30 @@ def merge_loaded(
     model.set_adapter(MERGED_ADAPTER)
     for task in tasks:
         model.delete_adapter(task)
+    _check_finite(model, record, weight)
     return record
+
+
+def _check_finite(model, record: dict, weight: float) -> None:
+    """MergeError (nothing written yet) when the merged adapter or its record holds NaN or inf: a weight
+    so large that λ·ΔW overflows float32 (1e308 gives inf factors; 1e30 with ties a NaN SVD error)."""
+    import torch
+
+    bad = next(
+        (
+            name
+            for name, p in model.named_parameters()
+            if MERGED_ADAPTER in name and not torch.isfinite(p).all()
+        ),
+        None,
+    )
+    errors = record.get("svd_relative_error", {})
+    if bad is not None or not all(math.isfinite(v) for v in errors.values()):
+        where = f"tensor {bad}" if bad is not None else f"svd_relative_error {errors}"
+        raise MergeError(
+            f"--weight {weight:g} overflows: the merged adapter's {where} is not finite; use a weight near 1 "
+            "(task arithmetic's λ is usually 0.3-2); nothing was written"
+        )
 
 
 def _ties_svd_error(layer, tasks: list[str], weight: float, density: float) -> float | None:
@@ -140,7 +163,7 @@ def merge_run(
 
     from badit.adapter.integrity import check_adapter_folder
     from badit.data.files import atomic_write_json
-    from badit.experiments.folder import RunFolder, resolve_paths
+    from badit.experiments.folder import RunFolder, RunLock, resolve_paths
     from badit.experiments.stage import evaluate_model, load_base_model, load_run_tasks, task_names
     from badit.training.trainer import save_adapter
 
@@ -176,17 +199,26 @@ def merge_run(
         model.load_adapter(str(adapters[name]), adapter_name=name)
     record = {**merge_loaded(model, names, method, weight, density), "source": str(run_dir)}
     model.eval()
-    fresh = overwrite or not output_dir.exists()
-    out.prepare(merged, overwrite=overwrite)
     try:
-        save_adapter(model, tokenizer, out.adapter)
-        atomic_write_json(out.merge_file, record)
-        evaluate_model(merged, model, tokenizer, eval_tasks, out)
-        return out.write_results(merged, out.metrics(), {"merge": record})
-    except BaseException:
-        if fresh and out.is_run():
-            out.remove()
-        raise
+        with RunLock(output_dir):  # a live run there (training, evaluating) is never replaced
+            if out.has_config() and not overwrite:
+                raise MergeError(
+                    f"--output {output_dir} already holds a run; pass --overwrite to replace it (only a run badit "
+                    "created, and not while another badit process writes it) or choose another folder"
+                )
+            fresh = overwrite or not out.has_config()
+            out.prepare(merged, overwrite=overwrite)
+            try:
+                save_adapter(model, tokenizer, out.adapter)
+                atomic_write_json(out.merge_file, record)
+                evaluate_model(merged, model, tokenizer, eval_tasks, out)
+                return out.write_results(merged, out.metrics(), {"merge": record})
+            except BaseException:
+                if fresh and out.is_run():
+                    out.remove(keep_lock=True)
+                raise
+    finally:
+        out.remove_lock_only_folder()  # a refused or failed merge leaves no empty folder
 
 
 def check_overrides(overrides: tuple[str, ...]) -> None:

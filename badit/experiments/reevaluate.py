@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import nullcontext
 from pathlib import Path
 
 from badit.data.files import atomic_write_jsonl
@@ -10,6 +11,7 @@ from badit.evaluation import metrics_from_records
 from badit.experiments.config import ConfigError
 from badit.experiments.folder import RunError, RunFolder, RunLock
 from badit.experiments.stage import data_source, evaluate_model, load_run_tasks, task_names
+from badit.outputs import check_output_folder, mark_output_folder
 
 
 def reevaluate(
@@ -34,8 +36,20 @@ def reevaluate(
             )
     config = run.config(overrides)
     out = RunFolder(output_dir) if output_dir else run
-    with RunLock(out.path):  # not while a training (or another evaluation) writes the folder
-        return _reevaluate(run, config, out, as_run)
+    elsewhere = out.path.resolve() != run.path.resolve()
+    if elsewhere and not as_run:  # never over another run, a folder holding this one, or a user's files
+        check_output_folder(out.path, "eval", reads=(run.path,))
+    created = not out.path.exists()
+    try:
+        with RunLock(run.path), RunLock(out.path) if elsewhere else nullcontext():
+            # the run is read (no training may write it meanwhile) and `out` written by this process only
+            if elsewhere and not as_run:
+                out.path.mkdir(parents=True, exist_ok=True)
+                mark_output_folder(out.path, "eval")
+            return _reevaluate(run, config, out, as_run)
+    finally:
+        if created and elsewhere:
+            out.remove_lock_only_folder()
 
 
 def _reevaluate(run: RunFolder, config, out: RunFolder, as_run: bool) -> dict:

@@ -106,6 +106,7 @@ from badit.experiments.results import (
     paired_difference,
     with_spread,
 )
+from badit.experiments.yamlfile import YamlError, load_yaml
 from badit.names import GRADIENT_SURGERIES
 
 SCHEMA = "badit-sweep/1"
@@ -169,12 +170,12 @@ class Job:
 
 def load_sweep(path: str | Path, output_dir: str | Path | None = None) -> Sweep:
     path = Path(path)
+    if not path.exists():
+        raise SweepError(f"{path}: no such sweep file")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except FileNotFoundError:
-        raise SweepError(f"{path}: no such sweep file") from None
-    except yaml.YAMLError as error:
-        raise SweepError(f"{path}: invalid YAML: {error}") from None
+        data = load_yaml(path) or {}
+    except YamlError as error:
+        raise SweepError(str(error)) from None
     if not isinstance(data, dict):
         raise SweepError(
             f"{path}: the top level must be a mapping (base:, methods:, learning_rates:, seeds:)"
