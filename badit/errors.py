@@ -9,6 +9,7 @@ Errors of other libraries that the user can fix (a full disk, a damaged tensor f
 from __future__ import annotations
 
 import errno
+import pickle
 import re
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # C0 (ESC, CR, BEL...), DEL, C1 (CSI...)
@@ -103,6 +104,12 @@ def user_error_message(error: BaseException) -> str | None:
         return os_error_message(error)
     if type(error).__name__ == "SafetensorError":  # safetensors' Rust error type, not importable cheaply
         return safetensors_message(one_line(str(error)))
+    if isinstance(error, pickle.UnpicklingError):  # torch.load(weights_only=True) refused a file
+        return (
+            f"a checkpoint or weights file is a pickle that torch's safe loader refuses (loading it could run "
+            f"code): {one_line(str(error))[:200]}; restore the file from where it came from, or delete that "
+            "checkpoint (badit's own are safetensors with a manifest)"
+        )
     if is_disk_full(error):  # torch.save's failed write: a RuntimeError without errno or file name
         return (
             f"disk full ({one_line(str(error))[:200]}); free some space (the last complete checkpoint is kept) "

@@ -242,3 +242,142 @@ def test_an_alias_bomb_in_a_strangers_run_folder_is_refused_at_once(runs, tmp_pa
         main(argv)
         assert "expand to more than 100,000 values" in capsys.readouterr().err
     assert time.perf_counter() - start < 30
+
+
+# ---------------------------------------------------------------- 6. adapters that would load as fresh
+
+
+def test_an_adapter_whose_tensors_are_gone_is_refused_not_scored_as_untrained(badit_run, tmp_path, capsys):
+    # the issue: manifest removed and an empty safetensors file: eval exited 0 with an untrained adapter's
+    # scores over metrics.json, export shipped it
+    from safetensors.torch import save_file
+
+    copy = tmp_path / "copy"
+    __import__("shutil").copytree(badit_run, copy)
+    adapter = copy / "adapter"
+    (adapter / "badit-manifest.json").unlink()
+    save_file({}, str(adapter / "adapter_model.safetensors"))
+    before = snapshot(copy)
+    one_line_exit_2(capsys, ["eval", str(copy)], "lacks", "would load as an untrained adapter")
+    one_line_exit_2(capsys, ["export", str(copy), "--output", str(tmp_path / "x")], "lacks")
+    assert snapshot(copy) == before and not (tmp_path / "x").exists()
+
+
+def test_a_pickle_in_place_of_the_adapter_weights_is_one_line(badit_run, tmp_path, capsys):
+    import pickle
+
+    copy = tmp_path / "copy"
+    __import__("shutil").copytree(badit_run, copy)
+    adapter = copy / "adapter"
+    (adapter / "badit-manifest.json").unlink()
+    (adapter / "adapter_model.safetensors").unlink()
+    (adapter / "adapter_model.bin").write_bytes(pickle.dumps(__import__("collections").OrderedDict(x=print)))
+    one_line_exit_2(capsys, ["eval", str(copy)], "a pickle that torch's safe loader refuses")
+
+
+# ---------------------------------------------------------------- 7. strangers' folders
+
+
+def stranger_run(folder: Path, tasks: dict, average: dict | None = None, method: str = "lora") -> Path:
+    """A run folder as a stranger might hand it over: config.yaml and metrics.json only."""
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text("name: s\n")
+    scores = {t: {"rougeL": v, "exact_match": 0.0, "num_examples": 10} for t, v in tasks.items()}
+    mean = sum(tasks.values()) / len(tasks)
+    run = {"name": folder.name, "method": method, "setting": "multitask", "model": "m", "seed": 1}
+    metrics = {"tasks": scores, "average": average or {"rougeL": mean, "exact_match": 0.0}, "run": run}
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    return folder
+
+
+@pytest.mark.parametrize(
+    "tasks, average, fragment",
+    [
+        ({"a": 1e308}, None, "'tasks.a.rougeL' is 1e+308, not a score between 0 and 100"),
+        ({"a": -5.0}, None, "is -5.0, not a score"),
+        ({"a": float("nan")}, {"rougeL": 50.0, "exact_match": 0.0}, "is nan, not a score"),
+        (
+            {"a": 10.0, "b": 20.0},
+            {"rougeL": 90.0, "exact_match": 0.0},
+            "'average.rougeL' is 90.0 but its tasks' mean is 15",
+        ),
+    ],
+)
+def test_impossible_scores_are_refused_by_compare_and_report(tmp_path, capsys, tasks, average, fragment):
+    # the issue: compare printed 1e308 and negative scores, NaN as "-", an average its tasks contradict
+    run = stranger_run(tmp_path / "run", tasks, average)
+    one_line_exit_2(capsys, ["compare", str(run)], fragment)
+    one_line_exit_2(capsys, ["report", str(run), "--output", str(tmp_path / "r.html")], fragment)
+    assert not (tmp_path / "r.html").exists()
+
+
+def test_huge_sparse_and_deeply_nested_run_files_are_refused_at_once(tmp_path, capsys):
+    # the issue: 2 GB sparse predictions took 4.2 GB and 150 s; a 100k-deep JSON line a traceback
+    run = stranger_run(tmp_path / "run", {"a": 50.0})
+    other = stranger_run(tmp_path / "other", {"a": 40.0}, method="badit")  # a pair: compare reads predictions
+    record = {"task": "a", "id": "1", "input": "q", "prediction": "p", "references": ["p"], "rougeL": 100.0}
+    (other / "predictions.jsonl").write_text(json.dumps({**record, "exact_match": 100.0}) + "\n")
+    with open(run / "predictions.jsonl", "wb") as f:
+        f.truncate(2 << 30)  # sparse: 2 GiB on paper, nothing on disk
+    # unreadable predictions cost a comparison its interval ('-', as documented), not memory or time
+    start = time.perf_counter()
+    assert main(["compare", str(run), str(other)]) == 0
+    assert time.perf_counter() - start < 20
+    from badit.experiments.folder import RunError, RunFolder
+
+    with pytest.raises(RunError, match="2,147,483,648 bytes, more than badit writes there"):
+        RunFolder(run).predictions()
+    (run / "predictions.jsonl").write_text("[" * 100_000 + "]" * 100_000 + "\n")
+    with pytest.raises(RunError, match="line 1 is nested too deeply"):
+        RunFolder(run).predictions()
+    assert main(["compare", str(run), str(other)]) == 0
+    capsys.readouterr()
+    (run / "predictions.jsonl").unlink()
+    (run / "metrics.json").write_text("[" * 100_000 + "]" * 100_000)
+    one_line_exit_2(capsys, ["compare", str(run)], "nested too deeply")
+
+
+def test_a_wrong_shaped_analysis_is_one_line_in_the_report(tmp_path, capsys):
+    run = stranger_run(tmp_path / "run", {"a": 50.0, "b": 40.0})
+    (run / "analysis").mkdir()
+    analysis = {"tasks": ["a", "b"], "gradient_conflict": {"overall": [[1.0, 0.5]]}}  # 1 x 2, not 2 x 2
+    (run / "analysis" / "analysis.json").write_text(json.dumps(analysis))
+    one_line_exit_2(capsys, ["report", str(run), "--output", str(tmp_path / "r.html")], "not a 2 x 2 matrix")
+
+
+# ---------------------------------------------------------------- 8. data and configs
+
+
+def test_duplicate_ids_that_data_check_flags_are_refused_by_train(runs, tmp_path, capsys):
+    # the issue: `train` accepted duplicate ids that `data check` flags (paired comparisons match by id)
+    data = tmp_path / "mix.jsonl"
+    rows = [{"id": f"x{i}", "task": "t", "prompt": f"p{i}", "completion": "c"} for i in range(20)]
+    rows[7]["id"] = "x3"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = tiny_run_config(runs, "lora", output_dir=str(tmp_path / "run"), data={"path": str(data)})
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(config))
+    one_line_exit_2(capsys, ["train", str(path)], "id 'x3' repeats line 4")
+    assert main(["data", "check", str(data)]) != 0
+    assert "id 'x3' repeats line 4" in capsys.readouterr().out
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    "content, fragment",
+    [
+        ("", "the file is empty; a config sets at least its data"),
+        ("data:\n  path: /dev/zero\n  format: jsonl\n", "/dev/zero: not a regular file"),
+    ],
+)
+def test_unclear_inputs_get_lines_that_name_the_problem(tmp_path, capsys, content, fragment):
+    path = tmp_path / "c.yaml"
+    path.write_text(content)
+    one_line_exit_2(capsys, ["train", str(path), f"output_dir={tmp_path / 'run'}"], fragment)
+
+
+def test_a_json_array_in_a_jsonl_file_is_named_as_such(tmp_path, capsys):
+    data = tmp_path / "rows.jsonl"
+    data.write_text(json.dumps([{"task": "t", "prompt": "p", "completion": "c"}]) + "\n")
+    assert main(["data", "check", str(data)]) != 0
+    assert "line 1 is a JSON array, not an object with columns" in capsys.readouterr().out

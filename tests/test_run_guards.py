@@ -448,4 +448,17 @@ def test_figure_texts_lose_their_control_characters():
     printable_texts(fig)
     texts = [t.get_text() for t in fig.findobj(__import__("matplotlib").text.Text)]
     assert any("script" in t for t in texts) and not any(c in t for t in texts for c in "\x1b\x07\r")
+    # tick labels are made again when the figure is drawn (issue 33: matplotlib's missing-glyph warning
+    # then printed the raw ESC / BEL): drawn, the figure neither warns nor shows a control character
+    import io
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fig.savefig(io.BytesIO(), format="png")
+    drawn = [t.get_text() for t in fig.axes[0].get_xticklabels() + fig.axes[0].get_yticklabels()]
+    assert any("script" in t for t in drawn) and not any(c in t for t in drawn for c in "\x1b\x07\r")
+    assert not any(c in str(w.message) for w in caught for c in "\x1b\x07\r"), [
+        str(w.message) for w in caught
+    ]
     pyplot().close(fig)

@@ -25,6 +25,7 @@ def printable_texts(fig) -> None:
     a task or run name with an ANSI escape would show missing-glyph boxes, and matplotlib's warning about
     them would print the raw escape to the terminal."""
     from matplotlib.text import Text
+    from matplotlib.ticker import FixedFormatter, FuncFormatter
 
     from badit.errors import printable
 
@@ -32,6 +33,11 @@ def printable_texts(fig) -> None:
         original = text.get_text()
         if printable(original) != original:
             text.set_text(printable(original))
+    for ax in fig.axes:  # tick labels are made again when the figure is drawn: clean what makes them
+        for axis in (ax.xaxis, ax.yaxis):
+            made = axis.get_major_formatter()
+            if isinstance(made, (FuncFormatter, FixedFormatter)):  # text labels; numbers are left alone
+                axis.set_major_formatter(FuncFormatter(lambda x, pos, made=made: printable(made(x, pos))))
 
 
 def short_label(name: str, limit: int = 28) -> str:

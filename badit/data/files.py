@@ -104,6 +104,8 @@ def read_text(path: str | os.PathLike, encoding: str = "utf-8") -> str:
     """The text of a UTF-8 file; DataError for a missing, unreadable or non-UTF-8 file. The one reader
     of data files (task JSON, JSONL, CSV): every such file fails with the same messages."""
     path = Path(path)
+    if path.exists() and not path.is_file():  # /dev/zero, a pipe: endless or blocking, never a data file
+        raise DataError(f"{path}: not a regular file (a device, a pipe or a folder); check data.path")
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
@@ -119,6 +121,8 @@ def parse_json(text: str, source: str) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as e:
         raise DataError(f"{source}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
+    except RecursionError:
+        raise DataError(f"{source}: JSON nested too deeply to be data; fix the file") from None
 
 
 def parse_json_bytes(raw: bytes, source: str) -> Any:

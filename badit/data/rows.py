@@ -173,6 +173,13 @@ def _table_problem(table: Table, columns: Columns, default_task: str | None) -> 
     """A problem of the whole table (no rows, a missing column), or None."""
     if not table.rows:
         return f"{table.source}: no rows; add examples (one JSON object per line, or one CSV row each)"
+    if not any(isinstance(row, dict) for _, row in table.rows):
+        number, row = table.rows[0]
+        kind = "a JSON array" if isinstance(row, list) else f"a {type(row).__name__}"
+        return (
+            f"{table.source}: {table.unit} {number} is {kind}, not an object with columns; a .jsonl file holds "
+            "one JSON object per line (a file holding one JSON array of objects: name it .json)"
+        )
     keys = table_columns(table)
     if columns.prompt not in keys and columns.messages not in keys:
         return (
@@ -292,6 +299,7 @@ def parse_table(table: Table, columns: Columns, default_task: str | None) -> tup
     examples: list[Example] = []
     problems: list[str] = []
     table_format: tuple[str, str] | None = None  # (format, where its first row is)
+    seen: dict[tuple, str] = {}  # (task, split, id) -> where it first appears
     for number, row in table.rows:
         where = f"{table.unit} {number}"
         if not isinstance(row, dict):
@@ -311,6 +319,13 @@ def parse_table(table: Table, columns: Columns, default_task: str | None) -> tup
         row_id = row.get(columns.id)
         if not _filled(row_id):
             row_id = f"{task}-{table.split}-{number}" if table.split else f"{task}-{number}"
+        first = seen.setdefault((task, split, str(row_id)), where)
+        if first != where:  # predictions and paired comparisons match examples by (task, id)
+            problems.append(
+                f"{table.source} {where}, column {columns.id!r}: id {str(row_id)!r} repeats {first} of task "
+                f"{task!r}; give each example its own id (or drop the column)"
+            )
+            continue
         examples.append(Example(task, split, Instance(str(row_id), prompt, outputs, messages)))
     return examples, problems
 
@@ -351,6 +366,10 @@ def read_jsonl(path: str | Path) -> Table:
             raise DataError(
                 f"{path} line {number}: invalid JSON at column {e.colno} ({e.msg}); "
                 "each line must be one JSON object"
+            ) from None
+        except RecursionError:
+            raise DataError(
+                f"{path} line {number}: JSON nested too deeply to be a row; fix the line"
             ) from None
     return Table(str(path), rows, long_rows=tuple(long_rows))
 

@@ -91,8 +91,11 @@ def detect_format(path: str | Path, format: str = "auto") -> str:
     looks_like_hub = str(path).count("/") == 1 and not str(path).startswith((".", "/", "~")) and not suffix
     if looks_like_hub:
         return "datasets"
+    what = (
+        "not a regular file or folder (a device, a pipe...)" if where.exists() else "no such file or folder"
+    )
     raise DataError(
-        f"{path}: no such file or folder; check data.path (a .jsonl/.csv file, a saved dataset folder, "
+        f"{path}: {what}; check data.path (a .jsonl/.csv file, a saved dataset folder, "
         "a SuperNI folder or a hub name owner/name)"
     )
 

@@ -18,6 +18,7 @@ import re
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -143,8 +144,12 @@ def parse_task(data: Any, name: str, source: str, id_prefix: str | None = None) 
             "'Instances' (a non-empty list of objects with 'input' and 'output' (string or list of strings))"
         )
     ids = [inst.id for inst in instances]
-    if len(set(ids)) != len(ids):
-        notes.append(f"{len(ids) - len(set(ids))} duplicate instance ids")
+    if len(set(ids)) != len(ids):  # predictions and paired comparisons match examples by (task, id)
+        repeated = Counter(ids).most_common(1)[0][0]
+        raise DataError(
+            f"{source}: {len(ids) - len(set(ids))} duplicate instance ids (e.g. {repeated!r}); give each "
+            "instance its own 'id' (predictions and paired comparisons match examples by id)"
+        )
     if not all(lang.strip().lower() == "english" for lang in languages):
         notes.append(f"output language {languages}: ROUGE-L uses the non-English tokenizer (see metrics)")
     return Task(

@@ -30,7 +30,9 @@ import contextvars
 import dataclasses
 import hashlib
 import json
+import math
 import os
+import pickle
 import re
 import shutil
 from collections.abc import Iterator
@@ -175,6 +177,11 @@ def is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+AVERAGE_TOLERANCE = 0.01
+"""How far a metrics.json's average may be from the mean of its (rounded) per-task scores: scores are
+written with 4 decimals (badit.evaluation.scoring), so rounding moves the mean by at most 5e-5."""
+
+
 def metrics_problem(metrics) -> str | None:
     """What keeps ``metrics`` from being a metrics.json as `RunFolder.write_results` writes it (per-task
     and average numbers for every metric of ``METRIC_NAMES``, continual metrics where present), None if
@@ -191,8 +198,18 @@ def metrics_problem(metrics) -> str | None:
         if not isinstance(values, dict):
             return f"'{where}' is not an object"
         for metric in METRIC_NAMES:
-            if not is_number(values.get(metric)):
+            value = values.get(metric)
+            if not is_number(value):
                 return f"'{where}.{metric}' is missing or not a number"
+            if not (math.isfinite(value) and 0 <= value <= 100):  # NaN, 1e308, negative: no score
+                return f"'{where}.{metric}' is {value}, not a score between 0 and 100"
+    for metric in METRIC_NAMES:
+        mean = math.fsum(s[metric] for s in metrics["tasks"].values()) / len(metrics["tasks"])
+        if abs(mean - metrics["average"][metric]) > AVERAGE_TOLERANCE:
+            return (
+                f"'average.{metric}' is {metrics['average'][metric]} but its tasks' mean is {mean:.4g}: the "
+                "file was edited"
+            )
     continual = metrics.get("continual")
     if continual is not None:
         from badit.evaluation.continual import CONTINUAL_KEYS  # only here: badit.evaluation imports torch
@@ -208,17 +225,100 @@ def metrics_problem(metrics) -> str | None:
     return None
 
 
+JSON_LIMIT = 64 << 20
+"""The largest JSON file of a run folder read (64 MiB): badit's metrics.json, done.json and merge.json
+are kilobytes; analysis.json at the paper's 15 tasks and 210 layers a few megabytes."""
+
+JSONL_LIMIT = 1 << 30
+"""The largest JSON-lines file read (1 GiB): predictions of 15 tasks x 1,000 examples are ~15 MB; a
+router-health log of 210 layers x 10,000 steps is ~500 MB. A stranger's 2 GB (sparse) file is refused
+before it is read."""
+
+
+def _read_limited(path: Path, limit: int, fix: str) -> str:
+    """The text of ``path`` unless it is larger than ``limit`` bytes or not UTF-8 (a `RunError` ending
+    with ``fix``)."""
+    size = path.stat().st_size
+    if size > limit:
+        raise RunError(f"{path}: {size:,} bytes, more than badit writes there ({limit:,} at most); {fix}")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise RunError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start}); {fix}") from None
+
+
+def _matrix(value, shape: tuple[int, ...]) -> bool:
+    """Whether ``value`` is nested lists of numbers (None allowed) of exactly ``shape``."""
+    if not shape:
+        return value is None or is_number(value)
+    return isinstance(value, list) and len(value) == shape[0] and all(_matrix(v, shape[1:]) for v in value)
+
+
+def analysis_problem(analysis) -> str | None:
+    """What keeps ``analysis`` from being an analysis.json as `badit analyze` writes it, in the parts the
+    report reads (task list, conflict and overlap matrices T x T, expert usage L x T x K, the routing
+    verdict); None if nothing."""
+    if not isinstance(analysis, dict):
+        return "the top level is not an object"
+    tasks = analysis.get("tasks", [])
+    if not (isinstance(tasks, list) and all(isinstance(t, str) for t in tasks)):
+        return "'tasks' is not a list of task names"
+    square = (len(tasks), len(tasks))
+    for key, matrix in (("gradient_conflict", "overall"), ("neuron_overlap", "mean_jaccard")):
+        part = analysis.get(key)
+        if part is not None and not (isinstance(part, dict) and _matrix(part.get(matrix), square)):
+            return f"'{key}.{matrix}' is not a {len(tasks)} x {len(tasks)} matrix of numbers"
+    usage = analysis.get("expert_usage")
+    if usage is not None:
+        layers = usage.get("layers") if isinstance(usage, dict) else None
+        values = usage.get("usage") if isinstance(usage, dict) else None
+        try:
+            experts = len(values[0][0])
+        except (TypeError, IndexError, KeyError):
+            experts = 0
+        if not (
+            isinstance(layers, list)
+            and layers
+            and experts
+            and _matrix(values, (len(layers), len(tasks), experts))
+        ):
+            return "'expert_usage' does not hold layers and a layers x tasks x experts usage array"
+    separability = analysis.get("router_separability")
+    if separability is not None and not (
+        isinstance(separability, dict) and isinstance(separability.get("verdict"), str)
+    ):
+        return "'router_separability' has no verdict"
+    return None
+
+
+def read_json(path: Path, fix: str, what: str = "JSON"):
+    """The JSON value of a run file ``path``, read within `JSON_LIMIT`; a `RunError` ("not ``what``",
+    ending with ``fix``) for a file too large, not UTF-8, not JSON or nested too deeply for Python's parser."""
+    text = _read_limited(path, JSON_LIMIT, fix)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise RunError(f"{path}: not {what} ({error}); {fix}") from None
+    except RecursionError:
+        raise RunError(f"{path}: nested too deeply to be a file badit wrote; {fix}") from None
+
+
 def read_jsonl(path: Path, tolerate_torn_tail: bool = False) -> list[dict]:
     """The JSON lines of ``path``. With ``tolerate_torn_tail`` (logs: appended while training), a missing
-    file is [] and a truncated last line (a run killed mid-write) is skipped; any other bad line is a
-    ``RunError`` naming the file and line."""
+    file is [] and a truncated last line (a run killed mid-write) is skipped; any other bad line, a file
+    over `JSONL_LIMIT` or a line nested too deeply is a ``RunError`` naming the file (and line)."""
     if tolerate_torn_tail and not path.is_file():
         return []
-    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    fix = "delete the file or re-run the step that wrote it"
+    lines = [line for line in _read_limited(path, JSONL_LIMIT, fix).splitlines() if line.strip()]
     records = []
     for i, line in enumerate(lines):
         try:
             records.append(json.loads(line))
+        except RecursionError:
+            raise RunError(
+                f"{path}: line {i + 1} is nested too deeply to be a record badit wrote; {fix}"
+            ) from None
         except json.JSONDecodeError:
             if tolerate_torn_tail and i == len(lines) - 1:
                 break
@@ -302,12 +402,7 @@ class StageFolder:
                 f"{self.path}: no {METRICS_FILE} yet (training or evaluation not finished); finish it with "
                 f"`badit train {run} --resume` or `badit eval {run}`"
             )
-        try:
-            metrics = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise RunError(
-                f"{path}: not a badit metrics file ({error}); `badit eval {run}` rewrites it"
-            ) from None
+        metrics = read_json(path, f"`badit eval {run}` rewrites it", "a badit metrics file")
         problem = metrics_problem(metrics)
         if problem:
             raise RunError(f"{path}: not a badit metrics file ({problem}); `badit eval {run}` rewrites it")
@@ -324,7 +419,12 @@ class StageFolder:
     def done(self) -> dict | None:
         """The record of a finished stage (adapter saved and evaluated), None if it is not finished."""
         path = self.done_file
-        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+        if not path.is_file():
+            return None
+        record = read_json(path, "delete it; `badit train RUN --resume` redoes the stage's evaluation")
+        if not isinstance(record, dict):
+            raise RunError(f"{path}: not a stage record (an object); delete it and resume the run")
+        return record
 
     # -- writers ---------------------------------------------------------------------------------
 
@@ -344,12 +444,7 @@ class RunFolder(StageFolder):
         """merge.json of a `badit merge` run (what was merged, how), None for a trained run."""
         if not self.merge_file.is_file():
             return None
-        try:
-            record = json.loads(self.merge_file.read_text(encoding="utf-8"))
-        except (ValueError, UnicodeDecodeError) as error:
-            raise RunError(
-                f"{self.merge_file}: not a badit merge record ({error}); merge the run again"
-            ) from None
+        record = read_json(self.merge_file, "merge the run again", "a badit merge record")
         if not isinstance(record, dict) or not isinstance(record.get("method"), str):
             raise RunError(f"{self.merge_file}: not a badit merge record (no method); merge the run again")
         return record
@@ -362,14 +457,11 @@ class RunFolder(StageFolder):
         path = self.analysis_file
         if not path.is_file():
             return None
-        try:
-            value = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise RunError(
-                f"{path}: cannot be read as JSON ({error}); run `badit analyze {self.path}` again"
-            ) from None
-        if not isinstance(value, dict):
-            raise RunError(f"{path}: expected a JSON object; run `badit analyze {self.path}` again")
+        fix = f"run `badit analyze {self.path}` again"
+        value = read_json(path, fix)
+        problem = analysis_problem(value)
+        if problem:
+            raise RunError(f"{path}: not what `badit analyze` writes ({problem}); {fix}")
         return value
 
     # -- layout ----------------------------------------------------------------------------------
@@ -712,6 +804,11 @@ def load_adapter(load_base, adapter_dir: Path, fix: str, trainable: bool = False
             model = PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=trainable)
     except SafetensorError as error:
         raise RunError(f"{damaged} ({error}); {fix}") from None
+    except pickle.UnpicklingError:
+        raise RunError(
+            f"{adapter_dir}: its weights file is a pickle that torch's safe loader refuses (loading it could run "
+            f"code); badit saves adapters as safetensors: {fix}"
+        ) from None
     except torch.OutOfMemoryError:
         raise
     except (ValueError, KeyError, TypeError, RuntimeError) as error:
@@ -724,7 +821,32 @@ def load_adapter(load_base, adapter_dir: Path, fix: str, trainable: bool = False
             f"{adapter_dir}: the adapter does not load ({type(error).__name__}: {detail}); its "
             f"{ADAPTER_CONFIG_FILE} was edited, or does not match its weights or this base model{checked}: {fix}"
         ) from None
+    if not is_continual_folder(adapter_dir):  # continual stages keep their own formats
+        _check_all_tensors_loaded(model, adapter_dir, fix)
     return (model if trainable else model.eval()), tokenizer
+
+
+def _check_all_tensors_loaded(model, adapter_dir: Path, fix: str) -> None:
+    """A RunError when the adapter's weights file lacks tensors the adapter has: PEFT loads such a file
+    without a word and the missing tensors keep their fresh values, so an untrained adapter would be
+    scored, exported or merged as if trained (an emptied safetensors file, a manifest removed)."""
+    from peft import PeftModel, get_peft_model_state_dict
+    from safetensors import safe_open
+
+    from badit.adapter.integrity import ADAPTER_WEIGHTS
+
+    weights = adapter_dir / ADAPTER_WEIGHTS
+    if not isinstance(model, PeftModel) or not weights.is_file():
+        return  # a .bin file: PEFT's loader reads it
+    with safe_open(str(weights), framework="pt") as f:
+        saved = set(f.keys())
+    expected = set(get_peft_model_state_dict(model))
+    missing = sorted(expected - saved)
+    if missing:
+        raise RunError(
+            f"{weights}: lacks {len(missing)} of the adapter's {len(expected)} tensors (e.g. {missing[0]}), so it "
+            f"would load as an untrained adapter: {fix}"
+        )
 
 
 def is_run_dir(folder: str | Path) -> bool:
