@@ -381,3 +381,15 @@ def test_a_json_array_in_a_jsonl_file_is_named_as_such(tmp_path, capsys):
     data.write_text(json.dumps([{"task": "t", "prompt": "p", "completion": "c"}]) + "\n")
     assert main(["data", "check", str(data)]) != 0
     assert "line 1 is a JSON array, not an object with columns" in capsys.readouterr().out
+
+
+def test_report_output_replaces_only_a_report(badit_run, tmp_path, capsys):
+    page = tmp_path / "index.html"
+    page.write_text("<html>my homepage</html>")
+    one_line_exit_2(
+        capsys, ["report", str(badit_run), "--output", str(page)], "is not a page `badit report` wrote"
+    )
+    assert page.read_text() == "<html>my homepage</html>"
+    report = tmp_path / "report.html"
+    assert main(["report", str(badit_run), "--output", str(report)]) == 0
+    assert main(["report", str(badit_run), "--output", str(report)]) == 0  # its own page: replaced

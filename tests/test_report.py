@@ -189,7 +189,8 @@ def test_runs_on_different_task_sets_keep_the_shared_tasks(tmp_path):
 
 def test_bad_inputs_give_one_line_errors_and_no_page(tmp_path):
     out = tmp_path / "report.html"
-    out.write_text("previous page")
+    previous = '<html><head><meta name="generator" content="badit report"></head>previous page</html>'
+    out.write_text(previous)  # an earlier report: one that write_report may replace
     (tmp_path / "empty").mkdir()
     with pytest.raises(
         ReportError, match=r"empty: not a run folder \(no config.yaml\) and no run folder inside"
@@ -208,7 +209,7 @@ def test_bad_inputs_give_one_line_errors_and_no_page(tmp_path):
         ReportError, match=r"not a badit metrics file \('tasks.t1.rougeL' is missing or not a number\)"
     ):
         write_report([broken], out)
-    assert out.read_text() == "previous page"  # nothing half-written
+    assert out.read_text() == previous  # nothing half-written
 
 
 def _chromium(*args: str, user_dir: Path) -> subprocess.CompletedProcess:

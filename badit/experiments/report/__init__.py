@@ -49,12 +49,32 @@ def build_report(inputs: list[str | Path], title: str = "badit report") -> str:
     return render(title, intro, [p for p in parts if p is not None])
 
 
+def _check_replaceable(output: Path) -> None:
+    """An OutputError unless ``output`` is new or a page an earlier `badit report` wrote (its head holds
+    `GENERATOR`, within the first 4 KB): --output never overwrites a user's file."""
+    from badit.experiments.report.page import GENERATOR
+    from badit.outputs import OutputError
+
+    if not output.exists():
+        return
+    if not output.is_file():
+        raise OutputError(f"--output {output} is not a file; give the path of the HTML page to write")
+    with open(output, "rb") as f:
+        head = f.read(4096)
+    if GENERATOR.encode() not in head:
+        raise OutputError(
+            f"--output {output} exists and is not a page `badit report` wrote; badit replaces only its own "
+            "reports: choose another file name (or move that file yourself)"
+        )
+
+
 def write_report(inputs: list[str | Path], output: str | Path, title: str = "badit report") -> Path:
     """Build the page and write it to `output` at once (a temp file renamed: never half a page)."""
     from badit.data.files import atomic_write_text
 
-    page = build_report(inputs, title)  # everything is read and drawn before anything is written
     output = Path(output)
+    _check_replaceable(output)  # before the work: a file that is not a badit report is never replaced
+    page = build_report(inputs, title)  # everything is read and drawn before anything is written
     output.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(output, page)
     return output

@@ -69,12 +69,17 @@ def paragraph(text: str, kind: str = "note") -> str:
     return f'<p class="{kind}">{esc(text)}</p>'
 
 
+GENERATOR = '<meta name="generator" content="badit report">'
+"""In every page's head: how `write_report` knows a file it may replace (it never replaces another file)."""
+
+
 def render(title: str, intro: Sequence[str], sections: Sequence[Section]) -> str:
     """The whole page as one string."""
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        GENERATOR,
         f"<title>{esc(title)}</title><style>{STYLE}</style></head><body><main>",
         f"<h1>{esc(title)}</h1>",
         *(paragraph(line) for line in intro),
