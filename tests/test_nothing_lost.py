@@ -393,3 +393,19 @@ def test_report_output_replaces_only_a_report(badit_run, tmp_path, capsys):
     report = tmp_path / "report.html"
     assert main(["report", str(badit_run), "--output", str(report)]) == 0
     assert main(["report", str(badit_run), "--output", str(report)]) == 0  # its own page: replaced
+
+
+def test_a_pickled_checkpoint_file_is_one_line_not_a_traceback(tmp_path):
+    # the issue: a pickle as a checkpoint's optimizer.pt ended `--resume` in an UnpicklingError traceback
+    import pickle
+
+    import torch
+
+    from badit.errors import user_error_message
+
+    path = tmp_path / "optimizer.pt"
+    path.write_bytes(pickle.dumps(__import__("collections").OrderedDict(x=print)))
+    with pytest.raises(pickle.UnpicklingError) as caught:
+        torch.load(path, weights_only=True)  # what Trainer's resume calls
+    line = user_error_message(caught.value)
+    assert line is not None and "\n" not in line and "a pickle that torch's safe loader refuses" in line
