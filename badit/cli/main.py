@@ -150,7 +150,10 @@ def _split_size(name: str, help: str) -> dict:
 
 # The options several commands share, defined once.
 OVERRIDES = _value(
-    "section.field=value", "change a config field, e.g. training.learning_rate=1e-4 (repeatable)", nargs="*"
+    "section.field=value",
+    "change a config field, e.g. training.learning_rate=1e-4 (repeatable)",
+    nargs="*",
+    default=[],  # optional: without a default argparse names it among the missing arguments
 )
 TRUST_REMOTE_CODE = _flag(
     "accept a run folder's model.trust_remote_code: true (runs the model folder's Python code)"

@@ -350,6 +350,10 @@ def _build(cls: type, data: Any, prefix: str, source: str, **fixed: Any) -> Any:
     return cls(**kwargs, **fixed)
 
 
+YAML_BOOLEAN_WORDS = {False: ("no", "off", "false"), True: ("yes", "on", "true")}
+"""The words YAML 1.1 (PyYAML) turns into booleans, by the boolean: a choice field takes its word back."""
+
+
 def _coerce(value: Any, kind: Any, name: str, source: str) -> Any:
     """``value`` converted to ``kind`` where that is lossless (``"2e-4"`` -> 0.0002, 3 -> 3.0), else an error.
     Enumerations (TrainingArguments' ``optim`` ...) keep the value, checked against their members."""
@@ -374,6 +378,12 @@ def _coerce(value: Any, kind: Any, name: str, source: str) -> Any:
             except ConfigError:
                 pass
         raise ConfigError(f"{source}: {name} must be {_describe(kind)}, got {value!r}")
+    if isinstance(value, bool) and (
+        origin is Literal or (isinstance(kind, type) and issubclass(kind, enum.Enum))
+    ):
+        # YAML 1.1 reads `no` / `off` as false and `yes` / `on` as true: `save_strategy: no` means "no"
+        choices = args if origin is Literal else tuple(member.value for member in kind)
+        value = next((word for word in YAML_BOOLEAN_WORDS[value] if word in choices), value)
     if origin is Literal:
         if value in args:
             return value
@@ -496,6 +506,10 @@ def _check_fields(config: RunConfig, source: str) -> None:
             fail(f"training.deepspeed {t.deepspeed}: no such file; give a DeepSpeed JSON config (or null)")
         if importlib.util.find_spec("deepspeed") is None:
             fail("training.deepspeed needs the deepspeed package: pip install deepspeed (or set it to null)")
+    if t.max_steps == 0 or t.max_steps < -1:  # Trainer reads any value <= 0 as "train by epochs"
+        fail(
+            f"training.max_steps must be a positive number of steps, or -1 to train num_train_epochs; got {t.max_steps}"
+        )
     if t.max_steps <= 0 and t.num_train_epochs <= 0:
         fail("set training.num_train_epochs > 0 or training.max_steps > 0")
     for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "logging_steps", "save_steps"):

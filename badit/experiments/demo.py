@@ -94,8 +94,12 @@ def run_demo(
     from badit.data.synthetic import write_demo_tasks
     from badit.experiments.analyze import analyze_run
     from badit.experiments.compare import compare, format_table
+    from badit.experiments.config import ConfigError
     from badit.experiments.settings import run
 
+    for option, value in (("--steps", steps), ("--eval-examples", eval_examples)):
+        if value < 1:  # checked before anything is written
+            raise ConfigError(f"{option} must be at least 1, got {value}")
     start = time.perf_counter()
     output_dir = Path(output_dir)
     data_dir = output_dir / "data"

@@ -25,6 +25,7 @@ from badit.data.sources import CarvedDevSource
 from badit.evaluation import evaluate
 from badit.experiments.config import ConfigError, DataConfig, RunConfig, TrainingConfig
 from badit.experiments.folder import RunFolder, StageFolder
+from badit.names import METRICS
 from badit.training.continual import ContinualCallback, build_continual_model, is_continual
 from badit.training.methods import build_peft_config
 from badit.training.model_loading import load_model_and_tokenizer
@@ -256,11 +257,14 @@ def _in_out(module) -> tuple[int, int] | None:
 
 
 def linear_layer_names(model) -> list[str]:
-    """The distinct last names of the model's ``torch.nn.Linear`` layers (what target_modules matches)."""
+    """The distinct last names of the layers BADIT and LoRA adapt: ``torch.nn.Linear`` and transformers'
+    ``Conv1D`` (GPT-2's projections); what target_modules matches."""
+    from transformers.pytorch_utils import Conv1D
+
     names = {
         name.rsplit(".", 1)[-1]
         for name, module in model.named_modules()
-        if isinstance(module, torch.nn.Linear)
+        if isinstance(module, (torch.nn.Linear, Conv1D))
     }
     return sorted(names - {"lm_head"})
 
@@ -320,6 +324,40 @@ def evaluate_model(config: RunConfig, model, tokenizer, tasks: Sequence[Task], s
         stop_at_newline=config.evaluation.stop_at_newline,
         task_ids=run_task_ids(config) if uses_task_routing(model) else None,
     )
+
+
+def score_scalars(metrics: dict, split: str) -> dict[str, float]:
+    """The scores of a metrics.json as scalar tags: ``{split}/{metric}/{task}`` and ``{split}/{metric}/average``."""
+    scalars = {}
+    for metric in METRICS:
+        for task, scores in sorted(metrics["tasks"].items()):
+            scalars[f"{split}/{metric}/{task}"] = float(scores[metric])
+        scalars[f"{split}/{metric}/average"] = float(metrics["average"][metric])
+    return scalars
+
+
+def log_scores(config: RunConfig, stage: StageFolder, metrics: dict, step: int) -> None:
+    """The stage's final scores, where the training curves are: its TensorBoard folder (when TensorBoard
+    logging is on and installed) and the active wandb run (when ``report_to`` names wandb), at the stage's
+    last step, tagged ``{split}/{metric}/{task}``; metrics.json stays the record."""
+    scalars = score_scalars(metrics, config.evaluation.split)
+    report_to = config.training.report_to
+    if report_to is None or "tensorboard" in report_to:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # tensorboard not installed: the training logs say so already
+            SummaryWriter = None
+        if SummaryWriter is not None:
+            writer = SummaryWriter(str(stage.training_paths().tensorboard))
+            for tag, value in scalars.items():
+                writer.add_scalar(tag, value, step)
+            writer.close()
+    if report_to is not None and "wandb" in report_to:
+        import wandb
+
+        if wandb.run is not None:
+            wandb.log(scalars)  # wandb's own step: the Trainer has advanced it past `step`
+            wandb.run.summary.update(scalars)
 
 
 def run_task_ids(config: RunConfig) -> dict[str, int]:
@@ -387,8 +425,9 @@ def run_stage(
     if not ctx.is_main:
         return None
     start = time.perf_counter()
-    evaluate_model(ctx.config, model, tokenizer, eval_tasks, stage)
+    metrics = evaluate_model(ctx.config, model, tokenizer, eval_tasks, stage)
     done = _stage_info(result, time.perf_counter() - start)
+    log_scores(ctx.config, stage, metrics, result.global_step)
     if mark_done:
         stage.mark_done(done)
     return done

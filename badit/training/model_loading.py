@@ -144,7 +144,13 @@ def load_model_and_tokenizer(
     A folder that does not exist or a hub name that cannot be loaded raises ``ModelNotFoundError``
     with a one-line message."""
     fix = f"give a model folder, a hub name reachable from here, or {EMBEDDED_MODEL}"
-    looks_local = name_or_path.startswith(("/", ".", "~")) or name_or_path.count("/") > 1  # hub: owner/name
+    looks_local = (
+        name_or_path.startswith(("/", ".", "~"))
+        or name_or_path.count("/") > 1  # a hub name is owner/name
+        or (
+            "/" in name_or_path and Path(name_or_path.split("/")[0]).is_dir()
+        )  # models/typo: a local folder's
+    )
     if looks_local and not Path(name_or_path).expanduser().exists():
         raise ModelNotFoundError(f"model.name_or_path {name_or_path!r}: no such folder; {fix}")
     try:

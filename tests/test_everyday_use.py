@@ -1,0 +1,108 @@
+"""Issue 34, the settings users type and what they look for: YAML's `no`, a negative max_steps, GPT-2's
+layer names in the no-match message, the final scores in TensorBoard, `badit train` with no arguments,
+`badit demo --steps 0`."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from badit.cli.main import main
+from badit.experiments.config import ConfigError, from_dict, load_config
+from badit.experiments.stage import linear_layer_names, score_scalars
+from tests.helpers import tiny_run_config
+
+
+def test_yaml_no_is_the_word_no_in_a_choice_field(tmp_path):
+    # the issue: `training.save_strategy=no` was read by YAML as false and refused
+    path = tmp_path / "c.yaml"
+    path.write_text("data:\n  path: /tmp\ntraining:\n  save_strategy: no\n  mixed_precision: no\n")
+    config = load_config(path, ["training.logging_strategy=no"])
+    assert config.training.trainer_args == {"save_strategy": "no", "logging_strategy": "no"}
+    assert config.training.mixed_precision == "no"
+    with pytest.raises(ConfigError, match="training.mixed_precision must be one of"):
+        load_config(path, ["training.mixed_precision=yes"])  # not a choice: refused, as before
+
+
+@pytest.mark.parametrize("steps", [-5, 0])
+def test_max_steps_is_positive_or_minus_one(steps):
+    # the issue: training.max_steps=-5 trained 3 epochs without a word
+    with pytest.raises(
+        ConfigError, match=f"training.max_steps must be a positive number of steps, or -1 .* got {steps}"
+    ):
+        from_dict({"data": {"path": "/tmp"}, "training": {"max_steps": steps}})
+    assert from_dict({"data": {"path": "/tmp"}, "training": {"max_steps": -1}}).training.max_steps == -1
+
+
+def test_gpt2s_conv1d_layers_are_listed_when_targets_match_nothing():
+    # the issue: "its linear layers end in  (or use 'all-linear')": Conv1D was not counted
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=64, n_positions=32, n_embd=32, n_layer=1, n_head=4))
+    assert linear_layer_names(model) == ["c_attn", "c_fc", "c_proj"]
+
+
+def test_the_final_scores_reach_tensorboard(tmp_path):
+    # the issue: test ROUGE-L / EM per task reached neither TensorBoard nor wandb, only metrics.json
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from badit.experiments.settings import run
+
+    config = tiny_run_config(tmp_path, "lora", training={"max_steps": 2, "report_to": ["tensorboard"]})
+    metrics = run(from_dict(config))
+    events = EventAccumulator(str(tmp_path / "run-lora-multitask" / "logs" / "tensorboard"))
+    events.Reload()
+    expected = score_scalars(metrics, "test")
+    assert set(expected) <= set(events.Tags()["scalars"])
+    assert "test/rougeL/demo_copy_words" in expected and "test/rougeL/average" in expected
+    for tag, value in expected.items():
+        (event,) = events.Scalars(tag)
+        assert event.step == 2 and event.value == pytest.approx(value, abs=1e-4)
+
+
+def test_score_scalars_are_the_metrics_by_task_and_average():
+    metrics = {
+        "tasks": {"a": {"rougeL": 50.0, "exact_match": 25.0}, "b": {"rougeL": 30.0, "exact_match": 5.0}},
+        "average": {"rougeL": 40.0, "exact_match": 15.0},
+    }
+    assert score_scalars(metrics, "dev") == {
+        "dev/rougeL/a": 50.0,
+        "dev/rougeL/b": 30.0,
+        "dev/rougeL/average": 40.0,
+        "dev/exact_match/a": 25.0,
+        "dev/exact_match/b": 5.0,
+        "dev/exact_match/average": 15.0,
+    }
+
+
+def test_train_without_arguments_asks_for_the_config_only(capsys):
+    with pytest.raises(SystemExit):
+        main(["train"])
+    err = capsys.readouterr().err
+    assert (
+        "the following arguments are required: config" in err
+        and "section.field=value" not in err.splitlines()[-1]
+    )
+
+
+def test_demo_with_zero_steps_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--steps", "0", "--output", str(out)]) == 2
+    assert "--steps must be at least 1, got 0" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_a_local_path_typo_is_refused_without_asking_the_hub(tmp_path, monkeypatch):
+    from badit.training.model_loading import ModelNotFoundError, load_model_and_tokenizer
+
+    (tmp_path / "models").mkdir()
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ModelNotFoundError, match="'models/smoll': no such folder"):
+        load_model_and_tokenizer("models/smoll")  # `models` is a folder here: a typo, not a hub name
+
+
+def test_yaml_written_by_safe_dump_still_loads(tmp_path):
+    # the strict loader accepts what badit and PyYAML write (config.yaml round trip)
+    config = tiny_run_config(tmp_path, "badit")
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert load_config(path).method.name == "badit"
