@@ -106,3 +106,35 @@ def test_yaml_written_by_safe_dump_still_loads(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(config))
     assert load_config(path).method.name == "badit"
+
+
+def test_a_score_interval_stays_within_0_and_100(tmp_path):
+    # the issue: "70.00 [35.44, 104.56]", EM "20.00 [-10.16, 50.16]": intervals left the metric's range
+    from badit.experiments.results import load_runs, seed_groups
+    from tests.test_results import _predicted_run
+
+    folders = [
+        _predicted_run(tmp_path / f"lora-{seed}", "lora", seed, {"t": values})
+        for seed, values in ((1, [100.0, 100.0, 40.0]), (2, [100.0, 100.0, 80.0]))
+    ]
+    (group,) = seed_groups(load_runs(folders))
+    interval = group.interval("t", "rougeL")
+    # mean 86.67; the t interval over 2 seeds x 3 examples reaches past 100 before the cut
+    assert (
+        interval.mean == pytest.approx(260 / 3)
+        and interval.high == 100.0
+        and 0 <= interval.low < interval.mean
+    )
+
+
+def test_the_report_names_the_base_model_batch_size_and_data(tmp_path):
+    from badit.experiments.report import build_report
+    from tests.helpers import hand_run
+
+    run = hand_run(tmp_path / "r", "lora", "multitask", 1, {"t": 50.0})
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["training"]["per_device_train_batch_size"] = 8
+    config["data"] = {"path": "data/mix.jsonl", "max_train_examples_per_task": 100}
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    page = build_report([run])
+    assert "Base model: m; batch size: 8; training examples per task: 100; data: data/mix.jsonl." in page

@@ -212,6 +212,10 @@ def example_scores(runs: Sequence[RunResult], metric: str = "rougeL") -> dict[tu
 # Groups of seeds
 
 
+SCORE_RANGE = (0.0, 100.0)
+"""ROUGE-L and EM, in percent: where a score and its interval lie."""
+
+
 @dataclass(frozen=True)
 class Interval:
     """A score with its 95% interval and the counts it rests on: test examples and seeds."""
@@ -296,7 +300,10 @@ class Group:
             )
         except ValueError:  # a task with fewer than 2 examples
             return None
-        return Interval(float(out["mean"]), float(out["low"]), float(out["high"]), len(kept), len(self.runs))
+        # a score lies in [0, 100]: the t interval is cut to that range, which keeps every true mean it
+        # covered (so its coverage) and never shows an impossible bound ("70.00 [35.44, 104.56]")
+        low, high = max(SCORE_RANGE[0], float(out["low"])), min(SCORE_RANGE[1], float(out["high"]))
+        return Interval(float(out["mean"]), low, high, len(kept), len(self.runs))
 
 
 def run_groups(runs: Sequence[RunResult]) -> list[Group]:

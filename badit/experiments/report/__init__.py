@@ -27,6 +27,7 @@ def build_report(inputs: list[str | Path], title: str = "badit report") -> str:
     intro = [
         f"{len(collection.runs)} run(s): " + "; ".join(f"{r.label} = {r.path}" for r in collection.runs),
         f"Tasks compared ({len(collection.shared_tasks)}): {', '.join(collection.shared_tasks)}.",
+        _setup_line(collection.runs),
     ]
     if collection.left_out:
         intro.append(
@@ -47,6 +48,37 @@ def build_report(inputs: list[str | Path], title: str = "badit report") -> str:
     # a bar over the sections (their figures are most of the time), shown only after 2 s
     parts = [build() for build in tqdm(builders, desc="report", unit="section", delay=2, leave=False)]
     return render(title, intro, [p for p in parts if p is not None])
+
+
+def _setup_line(runs) -> str:
+    """What the runs were trained on: base model(s), batch size, training examples per task, data (each
+    value once; several where runs differ), read from the runs' config.yaml."""
+    from badit.experiments.folder import RunError
+
+    found: dict[str, list[str]] = {
+        "Base model": [],
+        "batch size": [],
+        "training examples per task": [],
+        "data": [],
+    }
+    for run in runs:
+        try:
+            config = run.folder.saved_config()
+        except RunError:
+            config = {}
+        sections = {
+            key: config.get(key) if isinstance(config.get(key), dict) else {} for key in ("training", "data")
+        }
+        values = {
+            "Base model": run.model,
+            "batch size": sections["training"].get("per_device_train_batch_size", "?"),
+            "training examples per task": sections["data"].get("max_train_examples_per_task") or "all",
+            "data": sections["data"].get("path", "?"),
+        }
+        for key, value in values.items():
+            if str(value) not in found[key]:
+                found[key].append(str(value))
+    return "; ".join(f"{key}: {', '.join(values)}" for key, values in found.items()) + "."
 
 
 def _check_replaceable(output: Path) -> None:
