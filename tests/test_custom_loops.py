@@ -4,6 +4,7 @@ each for a few steps on a tiny model with own JSONL data; the router and the reg
 from __future__ import annotations
 
 import json
+import warnings
 
 import pytest
 import torch
@@ -49,7 +50,7 @@ def test_plain_pytorch_loop_docs_block_trains_router_and_regroups(tmp_path, monk
         {
             "num_epochs = 3": "num_epochs = 1",
             "max_source_length=974, max_target_length=50": "max_source_length=64, max_target_length=8",
-            "regroup_every=50": "regroup_every=2, regroup_until=1.0, lora_dropout=0.0",
+            "regroup_every=10,": "regroup_every=2, regroup_until=1.0, lora_dropout=0.0,",
             "lr=2e-4": "lr=1e-2",
         },
     )
@@ -107,14 +108,26 @@ def test_trl_sft_trainer_docs_block_with_regroup_callback(tmp_path, monkeypatch)
             + "\n"
             for n in range(12)
         )
+    # the tiny model's tokenizer gets a chat template (in its 79 characters), as an instruct model has
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "tiny")
+    tokenizer.chat_template = "{% for m in messages %}User: {{ m['content'] }}\n{% endfor %}{% if add_generation_prompt %}Answer: {% endif %}"
+    tokenizer.save_pretrained(tmp_path / "tiny")
     namespace: dict = {}
-    exec(compile(code, "docs/usage.md (TRL's SFTTrainer)", "exec"), namespace)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        exec(compile(code, "docs/usage.md (TRL's SFTTrainer)", "exec"), namespace)
     # --- checks ---
-    # 3 tasks x 12 rows, 1 test row each held out: 33 training rows, the add_one ones with their first answer
+    assert not [
+        w for w in caught if "ismatch" in str(w.message)
+    ]  # TRL's prompt / completion boundary warning
+    # 3 tasks x 12 rows, 1 test row each held out: 33 training rows, the add_one ones with their first answer,
+    # each prompt the chat template's user turn and the assistant's start (what `badit train` evaluates)
     assert len(namespace["train"]) == 33
-    add_one = [row for row in namespace["train"] if row["prompt"].endswith("plus one:")]
+    add_one = [row for row in namespace["train"] if "plus one:" in row["prompt"]]
     assert len(add_one) == 11 and all(
-        row["completion"] == str(int(row["prompt"].split()[0]) + 1) for row in add_one
+        row["prompt"] == f"User: {int(row['completion']) - 1} plus one:\nAnswer: " for row in add_one
     )
     regroup = next(
         c for c in namespace["trainer"].callback_handler.callbacks if isinstance(c, badit.RegroupCallback)

@@ -138,3 +138,25 @@ def test_the_report_names_the_base_model_batch_size_and_data(tmp_path):
     (run / "config.yaml").write_text(yaml.safe_dump(config))
     page = build_report([run])
     assert "Base model: m; batch size: 8; training examples per task: 100; data: data/mix.jsonl." in page
+
+
+def test_an_own_loop_is_told_at_its_first_step_when_it_would_never_regroup():
+    # the issue: the plain-loop recipe (regroup_every=50, 63 steps, regrouping in the first half) never
+    # regrouped and the Python API said nothing (the CLI does)
+    import warnings
+
+    import badit
+    from badit.regrouping import regroup_due
+
+    config = badit.BaditConfig(r=2, num_experts=3, regroup_every=50)
+    with pytest.warns(UserWarning, match=r"never regroups: the first regroup would fall at step 50"):
+        assert not regroup_due(config, step=1, total_steps=63, epoch_end=False)
+    fine = badit.BaditConfig(r=2, num_experts=3, regroup_every=10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert not regroup_due(fine, step=1, total_steps=63, epoch_end=False)
+        assert [s for s in range(1, 64) if regroup_due(fine, step=s, total_steps=63, epoch_end=False)] == [
+            10,
+            20,
+            30,
+        ]

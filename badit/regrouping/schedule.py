@@ -6,6 +6,7 @@ The fields are validated (and defaulted) once, by `BaditConfig`; this module onl
 from __future__ import annotations
 
 import math
+import warnings
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # only a type: `badit report` reads the schedule without importing PEFT (and torch)
@@ -25,6 +26,12 @@ def regroup_due(config: PeftConfig, *, step: int, total_steps: int | None, epoch
     if not config.regroup:
         return False
     every, until = config.regroup_every, config.regroup_until
+    if step == 1 and not epoch_end and total_steps is not None and every != "epoch":
+        # an own loop's first call: say at once when its schedule leaves no step to regroup at
+        # (the CLI and RegroupCallback check this before training: `never_regroups`)
+        reason = never_regroups(config, total_steps=total_steps, steps_per_epoch=total_steps)
+        if reason is not None:
+            warnings.warn(f"BADIT: {reason}", stacklevel=2)
     if total_steps is not None:
         if step >= total_steps:
             return False
