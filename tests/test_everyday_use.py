@@ -4,6 +4,8 @@ layer names in the no-match message, the final scores in TensorBoard, `badit tra
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import yaml
 from transformers import GPT2Config, GPT2LMHeadModel
@@ -160,3 +162,15 @@ def test_an_own_loop_is_told_at_its_first_step_when_it_would_never_regroup():
             20,
             30,
         ]
+
+
+def test_the_help_names_every_method_and_the_intervals_it_computes(capsys):
+    from badit.names import METHODS
+
+    for argv in (["--help"], ["train", "--help"], ["sweep", "--help"]):
+        with pytest.raises(SystemExit):
+            main(argv)
+    out = capsys.readouterr().out
+    missing = [n for n in METHODS if not re.search(rf"(?<![\w-]){re.escape(n)}(?![\w-])", out)]
+    assert missing == []
+    assert "bootstrap" not in out  # the intervals are seed- and example-aware t intervals

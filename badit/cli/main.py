@@ -30,7 +30,8 @@ examples:
 
 Methods (method.name): badit; svd-moe (no regrouping); loramoe (random experts: the LoRAMoE variant
 of the BADIT code, per-sequence dense routing without balancing loss, not Dou et al.'s token-level
-LoRAMoE); lora, pissa, olora (PEFT LoRA of rank K*r, alpha matched to BADIT's per-component scale).
+LoRAMoE); lora, pissa, olora (PEFT LoRA of rank K*r, alpha matched to BADIT's per-component scale);
+hydralora (one shared A, K routed B's); setting continual only: o-lora, inflora, gainlora.
 
 Any field of the config can be overridden as section.field=value (values are YAML: 3, 1e-4, true,
 [a, b], null). Multi-GPU: `accelerate launch -m badit.cli.main train CONFIG` or
@@ -348,7 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     _command(
         commands,
         "sweep",
-        "methods x learning rates x seeds: lr chosen on dev, mean ± std on test, bootstrap CI, cost",
+        "methods x learning rates x seeds: lr chosen on dev, mean ± std on test, seed- and example-aware 95%% intervals, cost",
         "Run a sweep file: every method at every learning rate with the first seed, scored on\n"
         "dev; the best learning rate per method with every seed, scored on test; one adapter per task\n"
         "for the interference methods. Writes ordinary run folders, sweep.json, sweep.md and plots.\n"
