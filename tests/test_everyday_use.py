@@ -174,3 +174,36 @@ def test_the_help_names_every_method_and_the_intervals_it_computes(capsys):
     missing = [n for n in METHODS if not re.search(rf"(?<![\w-]){re.escape(n)}(?![\w-])", out)]
     assert missing == []
     assert "bootstrap" not in out  # the intervals are seed- and example-aware t intervals
+
+
+def test_the_report_leads_with_the_headline_and_draws_interval_bars_and_zero_scores(tmp_path):
+    from badit.experiments.report import build_report
+    from badit.experiments.report.figures import grouped_bars
+    from tests.test_results import METHOD_SEEDS, _predicted_run
+
+    folders = [_predicted_run(tmp_path / f"{m}-{s}", m, s, ex) for (m, s), ex in METHOD_SEEDS.items()]
+    page = build_report(folders)
+    # lora - badit, worked by hand in tests/test_results.py: -7.50 [.., ..] over 2 tasks x 2 examples x 2 seeds
+    headline = re.search(
+        r"Headline: lora \(multitask\) − badit \(multitask\), average ROUGE-L: ([^<]*)", page
+    )
+    assert (
+        headline and headline.group(1).startswith("-7.50 [") and "no difference resolved" in headline.group(1)
+    )
+    # a 0.00 score is drawn (a marker at 0), an interval's ends become asymmetric error bars
+    from badit.analysis.plots import pyplot
+
+    plt = pyplot()
+    drawn = []
+    original = plt.Axes.plot
+
+    def recording(self, *args, **kwargs):
+        drawn.append(args)
+        return original(self, *args, **kwargs)
+
+    plt.Axes.plot = recording
+    try:
+        grouped_bars(["a", "b"], {"x": ([0.0, 50.0], [None, (40.0, 70.0)])}, "t", "score")
+    finally:
+        plt.Axes.plot = original
+    assert drawn and list(drawn[0][1]) == [0.0]

@@ -28,6 +28,7 @@ def build_report(inputs: list[str | Path], title: str = "badit report") -> str:
         f"{len(collection.runs)} run(s): " + "; ".join(f"{r.label} = {r.path}" for r in collection.runs),
         f"Tasks compared ({len(collection.shared_tasks)}): {', '.join(collection.shared_tasks)}.",
         _setup_line(collection.runs),
+        *_headlines(groups, collection.shared_tasks),
     ]
     if collection.left_out:
         intro.append(
@@ -48,6 +49,31 @@ def build_report(inputs: list[str | Path], title: str = "badit report") -> str:
     # a bar over the sections (their figures are most of the time), shown only after 2 s
     parts = [build() for build in tqdm(builders, desc="report", unit="section", delay=2, leave=False)]
     return render(title, intro, [p for p in parts if p is not None])
+
+
+def _headlines(groups, tasks) -> list[str]:
+    """The page's answer first: each group against the reference of its setting (badit where there is one),
+    average ROUGE-L over the shared tasks, with its 95% interval and counts, and whether the interval tells
+    the difference from 0 (the score section's difference rows, in words)."""
+    from badit.evaluation.statistics import describe
+    from badit.experiments.results import reference_differences
+
+    lines = []
+    for difference in reference_differences(groups, tasks):
+        paired = difference.paired("rougeL")
+        if not paired:
+            continue
+        low, high = paired["ci95"]
+        verdict = (
+            "no difference resolved at this n"
+            if low <= 0 <= high
+            else f"{difference.group.label} {'higher' if low > 0 else 'lower'}"
+        )
+        lines.append(
+            f"Headline: {difference.group.label} − {difference.reference.label}, average ROUGE-L: "
+            f"{describe(paired)}: {verdict}."
+        )
+    return lines
 
 
 def _setup_line(runs) -> str:

@@ -98,7 +98,10 @@ def training_section(collection: Collection) -> Section:
     section.add(
         paragraph(
             "tokens/s: input tokens between two log records divided by the wall time between them (all "
-            f"processes together).{continual}"
+            "processes together), on the machine each run trained on and beside whatever else ran there: on "
+            "a CPU BADIT's extra low-rank passes and routing weigh far more against the base model's "
+            "matmuls than on a GPU (docs/benchmarks.md gives the per-step cost against LoRA on both), and "
+            f"runs that shared a machine slow each other.{continual}"
         )
     )
     _step_figure(

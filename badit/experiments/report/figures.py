@@ -28,28 +28,36 @@ def _uri(fig) -> str:
 
 def grouped_bars(
     categories: Sequence[str],
-    series: dict[str, tuple[Sequence[float], Sequence[float | None]]],
+    series: dict[str, tuple[Sequence[float], Sequence[float | tuple[float, float] | None]]],
     title: str,
     ylabel: str,
     xlabel: str = "task",
 ) -> str:
-    """One group of bars per category, one bar per series (label -> (values, error bars or None))."""
+    """One group of bars per category, one bar per series (label -> (values, errors)); an error is None,
+    a half-width, or the (low, high) ends of an interval. A bar of height 0 is marked at 0 (a bar chart
+    would draw nothing: a 0.00 score must not look like a missing run)."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(WIDTH_IN, 3.6))
     n = max(len(series), 1)
     width = 0.8 / n
     for i, (label, (values, errors)) in enumerate(series.items()):
         x = [c + (i - (n - 1) / 2) * width for c in range(len(categories))]
-        err = [0.0 if e is None else e for e in errors]
+        below, above = [], []
+        for value, error in zip(values, errors):
+            if isinstance(error, tuple):  # an interval's ends
+                below.append(max(value - error[0], 0.0))
+                above.append(max(error[1] - value, 0.0))
+            else:
+                below.append(0.0 if error is None else error)
+                above.append(0.0 if error is None else error)
+        color = COLORS[i % len(COLORS)]
+        has_errors = any(below) or any(above)
         ax.bar(
-            x,
-            values,
-            width,
-            label=label,
-            color=COLORS[i % len(COLORS)],
-            yerr=err if any(err) else None,
-            capsize=3,
+            x, values, width, label=label, color=color, yerr=[below, above] if has_errors else None, capsize=3
         )
+        zeros = [xi for xi, value in zip(x, values) if value == 0]
+        if zeros:
+            ax.plot(zeros, [0.0] * len(zeros), marker="^", linestyle="none", color=color, markersize=6)
     ax.set_xticks(range(len(categories)), [short_label(c) for c in categories], rotation=20, ha="right")
     ax.axhline(0, color="black", linewidth=0.6)
     ax.set_title(title)

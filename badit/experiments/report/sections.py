@@ -19,7 +19,6 @@ from badit.names import METRICS
 def scores_section(collection: Collection, groups: list[Group]) -> Section:
     section = Section("Scores per task")
     tasks = collection.shared_tasks
-    spread = any(len(g.runs) > 1 for g in groups)
     section.add(
         paragraph(
             "Each cell: the score (mean ± sample standard deviation over the seeds when there are several) "
@@ -51,9 +50,18 @@ def scores_section(collection: Collection, groups: list[Group]) -> Section:
         rows += difference_rows(groups, differences, metric)
         section.add(table(header, rows))
     for metric, name in METRICS.items():
-        spreads = {g.label: [g.score(t, metric, tasks) for t in [*tasks, AVERAGE]] for g in groups}
-        bars = {label: ([x.mean for x in row], [x.std for x in row]) for label, row in spreads.items()}
-        title = f"{name} per task" + (" (error bars: std over seeds)" if spread else "")
+        bars, kinds = {}, set()
+        for g in groups:  # the 95% interval where there is one, else the std over seeds
+            values, errors = [], []
+            for t in [*tasks, AVERAGE]:
+                score, interval = g.score(t, metric, tasks), g.interval(t, metric, tasks)
+                values.append(score.mean)
+                errors.append((interval.low, interval.high) if interval else score.std)
+                kinds.add("interval" if interval else "std" if score.std else None)
+            bars[g.label] = (values, errors)
+        what = {"interval": "95% interval over seeds and examples", "std": "std over seeds"}
+        shown = [what[k] for k in ("interval", "std") if k in kinds]
+        title = f"{name} per task" + (f" (error bars: {'; '.join(shown)})" if shown else "")
         section.add(
             figure(figures.grouped_bars([*tasks, AVERAGE], bars, title, name), f"{name} per task and method")
         )
