@@ -44,3 +44,24 @@ EXPORT_FORMATS = ("lora", "merged")
 
 EMBEDDED_MODEL = "smollm2-135m-instruct"
 """The name under which configs refer to the embedded default model."""
+
+SUPERNI_BENCHMARK = (
+    "task002_quoref_answer_generation",
+    "task073_commonsenseqa_answer_generation",
+    "task181_outcome_extraction",
+    "task363_sst2_polarity_classification",
+    "task511_reddit_tifu_long_text_summarization",
+    "task591_sciq_answer_generation",
+    "task639_multi_woz_user_utterance_generation",
+    "task748_glucose_reverse_cause_event_detection",
+    "task875_emotion_classification",
+    "task1290_xsum_summarization",
+    "task1510_evalution_relation_extraction",
+    "task1572_samsum_summary",
+    "task1590_diplomacy_text_generation",
+    "task1687_sentiment140_classification",
+    "task1729_personachat_generate_next",
+)
+"""The 15 SuperNI tasks of the continual benchmark BADIT evaluates on (O-LoRA's and SAPT's long-sequence
+SuperNI benchmark), each 1000 train / 100 dev / 100 test in their split; `badit data fetch --benchmark
+superni15` downloads them (a seeded split of the same tasks, not their exact instances)."""

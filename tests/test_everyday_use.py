@@ -207,3 +207,60 @@ def test_the_report_leads_with_the_headline_and_draws_interval_bars_and_zero_sco
     finally:
         plt.Axes.plot = original
     assert drawn and list(drawn[0][1]) == [0.0]
+
+
+def _raw_task(name: str, n: int) -> dict:
+    return {
+        "Definition": [f"Answer {name}."],
+        "Positive Examples": [],
+        "Instances": [{"id": f"{name}-{i}", "input": f"q {i}", "output": [f"a {i}"]} for i in range(n)],
+    }
+
+
+def test_data_fetch_downloads_and_splits_named_tasks_into_the_layout_runs_read(tmp_path, capsys):
+    # the issue: configs point at ../shared/data/superni with no word on where SuperNI comes from
+    import json
+
+    from badit.names import SUPERNI_BENCHMARK
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for name in ("task001_a", "task002_b"):
+        (raw / f"{name}.json").write_text(json.dumps(_raw_task(name, 30)))
+    out = tmp_path / "superni"
+    argv = ["data", "fetch", "task001_a", "task002_b", "--base-url", raw.as_uri(), "--output", str(out)]
+    assert main([*argv, "--train-size", "20", "--dev-size", "4", "--test-size", "6"]) == 0
+    for name in ("task001_a", "task002_b"):
+        counts = {
+            s: len(json.loads((out / name / f"{s}.json").read_text())["Instances"])
+            for s in ("train", "dev", "test")
+        }
+        assert counts == {"train": 20, "dev": 4, "test": 6}
+    assert main(["data", "check", str(out)]) == 0
+    # a task missing at the source: nothing written, one line
+    capsys.readouterr()
+    assert (
+        main(["data", "fetch", "task003_c", "--base-url", raw.as_uri(), "--output", str(tmp_path / "x")]) == 2
+    )
+    assert "download failed" in capsys.readouterr().err and not (tmp_path / "x").exists()
+    assert len(SUPERNI_BENCHMARK) == 15 and len(set(SUPERNI_BENCHMARK)) == 15
+
+
+def test_configs_ship_with_the_package_and_copy_without_overwriting(tmp_path, capsys, monkeypatch):
+    from badit.experiments.recipes import CONFIG_DIR, list_configs
+
+    names = [name for name, _ in list_configs()]
+    assert {"superni_multitask", "own_tasks", "sweeps/interference_cpu"} <= set(names)
+    assert CONFIG_DIR.parent.name == "badit"  # inside the package: installed with it (package-data)
+    monkeypatch.chdir(tmp_path)
+    assert main(["configs", "copy", "superni_multitask"]) == 0
+    assert (tmp_path / "superni_multitask.yaml").read_text() == (
+        CONFIG_DIR / "superni_multitask.yaml"
+    ).read_text()
+    capsys.readouterr()
+    assert main(["configs", "copy", "superni_multitask"]) == 2
+    assert "exists; badit never overwrites it" in capsys.readouterr().err
+    assert main(["configs", "copy", "sweeps/interference_cpu", "sweep.yaml"]) == 0
+    assert "is relative to it: copy that config beside it too" in capsys.readouterr().out
+    assert main(["configs", "copy", "nope"]) == 2
+    assert main(["configs", "list"]) == 0 and "superni_multitask" in capsys.readouterr().out

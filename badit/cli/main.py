@@ -1,4 +1,5 @@
-"""The ``badit`` command: train, eval, compare, report, analyze, data check, demo, export, merge, sweep.
+"""The ``badit`` command: train, eval, compare, report, analyze, data check / fetch, configs, demo, export,
+merge, sweep.
 
 Until a command needs them, torch, transformers and PEFT are not imported (only the standard library and
 badit's light modules: names, errors, the config and data readers), so that ``badit --help`` answers at
@@ -319,8 +320,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = commands.add_parser("data", help="data tools (see `badit data check --help`)")
     sizes = "a count, or a fraction such as 0.1"
+    data_commands = data.add_subparsers(dest="data_command", metavar="COMMAND")
     _command(
-        data.add_subparsers(dest="data_command", metavar="COMMAND"),
+        data_commands,
         "check",
         "validate a data source and report counts per task",
         "Read every task of PATH and report its train/dev/test counts and every problem found.\n"
@@ -344,6 +346,43 @@ def build_parser() -> argparse.ArgumentParser:
                 "test", f"test examples per task, {sizes} (default 10%%; SuperNI 100)"
             ),
             "--seed": _value("N", "seed of the split (default 42)", type=int, dest="split_size_seed"),
+        },
+    )
+    _command(
+        data_commands,
+        "fetch",
+        "download SuperNI tasks (e.g. the paper's 15) into a folder per task with train/dev/test",
+        "Download named tasks from the natural-instructions repository (allenai/natural-instructions) and\n"
+        "split each with a seed into DIR/<task>/{train,dev,test}.json, the layout data.path reads. With\n"
+        "--benchmark superni15: the 15 tasks of the continual benchmark (SAPT / O-LoRA / BADIT), 1000 train,\n"
+        "100 dev and 100 test each: the same tasks as the papers, a seeded split of their instances (not\n"
+        "the papers' exact instances). Every task is downloaded and checked before anything is written.",
+        {
+            "tasks": {
+                "nargs": "*",
+                "metavar": "TASK",
+                "help": "task names, e.g. task002_quoref_answer_generation",
+            },
+            "--benchmark": {"choices": ("superni15",), "help": "all tasks of a benchmark (superni15)"},
+            "--output": _value("DIR", "the folder to write (new, empty, or an earlier fetch)", required=True),
+            "--base-url": _value("URL", "where <task>.json files are (default: the repository on GitHub)"),
+            "--train-size": _value("N", "training examples per task (default 1000)", type=int, default=1000),
+            "--dev-size": _value("N", "dev examples per task (default 100)", type=int, default=100),
+            "--test-size": _value("N", "test examples per task (default 100)", type=int, default=100),
+            "--seed": _value("N", "seed of the split (default 42)", type=int, default=42),
+        },
+    )
+    _command(
+        commands,
+        "configs",
+        "list the configs badit ships, or copy one to edit",
+        "badit configs list: the run and sweep configs installed with badit (paper settings, CPU sweeps).\n"
+        "badit configs copy NAME [DEST]: copy one (e.g. superni_multitask, sweeps/interference_cpu) to DEST\n"
+        "(default: NAME's file name here); an existing file is never overwritten.",
+        {
+            "action": {"choices": ("list", "copy"), "help": "list or copy"},
+            "name": {"nargs": "?", "help": "copy: the config's name, as `badit configs list` prints it"},
+            "dest": {"nargs": "?", "help": "copy: the file to write (default: the config's file name here)"},
         },
     )
     _command(
@@ -552,6 +591,46 @@ def _analyze(args) -> int:
     return 0
 
 
+def _data(args) -> int:
+    return _data_fetch(args) if args.data_command == "fetch" else _data_check(args)
+
+
+def _data_fetch(args) -> int:
+    from badit.data.tasks import DEFAULT_BASE_URL, SplitSizes, download_tasks
+    from badit.names import SUPERNI_BENCHMARK
+    from badit.outputs import OutputError, check_output_folder, mark_output_folder
+
+    names = list(args.tasks) + (list(SUPERNI_BENCHMARK) if args.benchmark == "superni15" else [])
+    if not names:
+        raise OutputError("name the tasks to fetch (TASK ...) or a benchmark (--benchmark superni15)")
+    output = check_output_folder(args.output, "data fetch")
+    sizes = SplitSizes(train=args.train_size, dev=args.dev_size, test=args.test_size, seed=args.seed)
+    written = download_tasks(names, output, args.base_url or DEFAULT_BASE_URL, sizes)  # all checked first
+    mark_output_folder(output, "data fetch")
+    print(
+        f"{len(written)} tasks in {output} (train {args.train_size}, dev {args.dev_size}, test {args.test_size} each)"
+    )
+    print(f"use it as data.path={output}")
+    return 0
+
+
+def _configs(args) -> int:
+    from badit.experiments.recipes import copy_config, list_configs
+
+    if args.action == "list":
+        for name, summary in list_configs():
+            print(f"{name:40s} {summary}")
+        return 0
+    target = copy_config(args.name, args.dest)
+    print(f"copied to {target}")
+    base = next(
+        (line for line in target.read_text(encoding="utf-8").splitlines() if line.startswith("base:")), None
+    )
+    if base is not None:  # a sweep: its base config is named relative to it
+        print(f"its {base.split('#')[0].strip()} is relative to it: copy that config beside it too")
+    return 0
+
+
 def _data_check(args) -> int:
     from badit.data import Columns, run_data_check
 
@@ -673,14 +752,15 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         logging.getLogger("badit").setLevel(logging.INFO)
     # train: after its config is read (see _train); data check and report never need transformers (nor torch)
-    if args.command not in ("train", "data", "report"):
+    if args.command not in ("train", "data", "report", "configs"):
         _quiet_libraries(args)
     handlers = {
         "train": _train,
         "eval": _eval,
         "compare": _compare,
         "analyze": _analyze,
-        "data": _data_check,
+        "data": _data,
+        "configs": _configs,
         "demo": _demo,
         "report": _report,
         "export": _export,
