@@ -264,3 +264,33 @@ def test_configs_ship_with_the_package_and_copy_without_overwriting(tmp_path, ca
     assert "is relative to it: copy that config beside it too" in capsys.readouterr().out
     assert main(["configs", "copy", "nope"]) == 2
     assert main(["configs", "list"]) == 0 and "superni_multitask" in capsys.readouterr().out
+
+
+def test_eval_scores_an_adapter_trained_elsewhere_as_it_scores_a_run(tmp_path, capsys):
+    # the issue: `badit eval` could not score an adapter trained outside badit (TRL, an own loop)
+    import json
+
+    from badit.experiments.settings import run
+
+    config = tiny_run_config(tmp_path, "lora", training={"max_steps": 2})
+    run(from_dict(config))
+    run_dir = tmp_path / "run-lora-multitask"
+    adapter = tmp_path / "elsewhere"
+    __import__("shutil").copytree(run_dir / "adapter", adapter)  # a PEFT folder, as TRL would save it
+    (adapter / "badit-manifest.json").unlink()
+    out = tmp_path / "scores"
+    argv = ["eval", str(adapter), "--data", config["data"]["path"], "--output", str(out)]
+    assert main([*argv, "data.max_source_length=120", "evaluation.max_new_tokens=6"]) == 0  # as the run
+
+    def predictions(folder):
+        rows = [json.loads(line) for line in (folder / "predictions.jsonl").read_text().splitlines()]
+        return {(r["task"], r["id"]): r["prediction"] for r in rows}
+
+    assert predictions(out) == predictions(run_dir) != {}
+    assert (
+        json.loads((out / "metrics.json").read_text())["tasks"]
+        == json.loads((run_dir / "metrics.json").read_text())["tasks"]
+    )
+    capsys.readouterr()
+    assert main(["eval", str(adapter), "--output", str(tmp_path / "x")]) == 2
+    assert "give the data to score it on" in capsys.readouterr().err

@@ -202,9 +202,16 @@ def build_parser() -> argparse.ArgumentParser:
         "Load the run's base model and trained adapter(s), generate greedily and score\n"
         "(ROUGE-L, exact match); writes predictions.jsonl, metrics.json and summary.md.",
         {
-            "run": {"help": "a run folder written by `badit train`"},
+            "run": {
+                "help": "a run folder written by `badit train`, or a PEFT adapter folder trained elsewhere "
+                "(TRL, an own loop: then --data and --output)"
+            },
             "overrides": OVERRIDES,
             "--output": _value("DIR", "write the results here instead of into the run folder"),
+            "--data": _value(
+                "PATH", "an adapter folder: the data to score it on (its test split; as data.path)"
+            ),
+            "--base": _value("MODEL", "an adapter folder: the base model (default: the one it records)"),
         },
         EPILOG_EVAL,
     )
@@ -532,9 +539,14 @@ def _report(args) -> int:
 
 
 def _eval(args) -> int:
-    from badit.experiments.reevaluate import reevaluate
+    from badit.experiments.folder import RunFolder
+    from badit.experiments.reevaluate import evaluate_adapter, reevaluate
     from badit.experiments.results import summary_table
 
+    if not RunFolder(args.run).has_config():  # an adapter trained outside badit
+        metrics = evaluate_adapter(args.run, args.data, args.output, args.base, args.overrides)
+        print(summary_table(metrics, f"{args.run} (adapter)"))
+        return 0
     metrics = reevaluate(args.run, args.overrides, args.output)
     print(summary_table(metrics, f"{args.run} (re-evaluated)"))
     return 0

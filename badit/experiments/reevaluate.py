@@ -86,3 +86,79 @@ def _reevaluate(run: RunFolder, config, out: RunFolder, as_run: bool) -> dict:
         if continual is not None:
             metrics["continual"] = continual
     return out.write_results(config, metrics, info)
+
+
+def evaluate_adapter(
+    adapter_dir: str | Path,
+    data: str | None,
+    output_dir: str | Path | None,
+    base: str | None = None,
+    overrides: Sequence[str] = (),
+) -> dict:
+    """Score an adapter trained outside badit (TRL, an own loop: any PEFT adapter folder, BADIT or LoRA)
+    as `badit eval` scores a run: the test split of ``data`` (a data.path), greedy generation, ROUGE-L
+    and exact match, into the new (or earlier eval) folder ``output_dir``: metrics.json,
+    predictions.jsonl, summary.md. ``base``: the base model (default: the adapter's recorded
+    base_model_name_or_path); ``overrides``: evaluation.* and data.* fields (e.g. data.use_chat_template=true
+    for an adapter trained on chat-templated prompts)."""
+    import json
+
+    from badit.experiments.folder import ADAPTER_CONFIG_FILE, load_adapter, resolve_paths
+    from badit.experiments.stage import load_base_model
+
+    adapter_dir = Path(adapter_dir)
+    if not (adapter_dir / ADAPTER_CONFIG_FILE).is_file():
+        raise RunError(f"{adapter_dir}: neither a run folder nor an adapter folder ({ADAPTER_CONFIG_FILE})")
+    if not data or output_dir is None:
+        raise RunError(
+            f"{adapter_dir} is an adapter folder, not a run: give the data to score it on and where the scores "
+            "go (`badit eval ADAPTER --data PATH --output DIR`)"
+        )
+    recorded = json.loads((adapter_dir / ADAPTER_CONFIG_FILE).read_text(encoding="utf-8"))
+    base = base or recorded.get("base_model_name_or_path")
+    if not base:
+        raise RunError(f"{adapter_dir / ADAPTER_CONFIG_FILE} names no base model; name it with --base MODEL")
+    _check_overrides(overrides)
+    out = RunFolder(check_output_folder(output_dir, "eval", reads=(adapter_dir,)))
+    method = str(recorded.get("peft_type", "lora")).lower()
+    fields = {
+        "name": adapter_dir.name,
+        "output_dir": str(out.path),
+        "model": {"name_or_path": base},
+        "data": {"path": data},
+        "method": {"name": method if method in ("badit", "hydralora") else "lora"},
+    }
+    config = load_config_dict(fields, overrides)
+    config = resolve_paths(config)
+    created = not out.path.exists()
+    try:
+        with RunLock(out.path):
+            mark_output_folder(out.path, "eval")
+            fix = "give a PEFT adapter folder saved with save_pretrained for this base model"
+            model, tokenizer = load_adapter(lambda: load_base_model(config), adapter_dir, fix)
+            source = data_source(config)
+            _, eval_tasks = load_run_tasks(config, task_names(config, source), source)
+            metrics = evaluate_model(config, model, tokenizer, eval_tasks, out)
+            return out.write_results(
+                config, metrics, {"reevaluated": True, "adapter": str(adapter_dir.resolve())}
+            )
+    finally:
+        if created:
+            out.remove_lock_only_folder()
+
+
+def _check_overrides(overrides: Sequence[str]) -> None:
+    for override in overrides:
+        if not override.split("=", 1)[0].startswith(("evaluation.", "data.")):
+            raise ConfigError(
+                f"override {override!r}: badit eval only changes evaluation.* and data.* settings"
+            )
+
+
+def load_config_dict(fields: dict, overrides: Sequence[str]):
+    """A RunConfig from ``fields`` with ``section.field=value`` ``overrides`` applied (checked as a file's)."""
+    from badit.experiments.config import apply_override, from_dict
+
+    for override in overrides:
+        apply_override(fields, override)
+    return from_dict(fields, source="badit eval")
