@@ -294,3 +294,30 @@ def test_eval_scores_an_adapter_trained_elsewhere_as_it_scores_a_run(tmp_path, c
     capsys.readouterr()
     assert main(["eval", str(adapter), "--output", str(tmp_path / "x")]) == 2
     assert "give the data to score it on" in capsys.readouterr().err
+
+
+def test_push_to_hub_is_the_exports_not_the_checkpoints(tmp_path, monkeypatch, capsys):
+    # the issue: Trainer's push_to_hub pushed RUN/checkpoints to a repo named "checkpoints"; no push for an export
+    from huggingface_hub import HfApi
+
+    from badit.experiments.export import push_export
+
+    with pytest.raises(
+        ConfigError, match="training.push_to_hub is set by badit: .*badit export RUN --push-to-hub"
+    ):
+        from_dict({"data": {"path": "/tmp"}, "training": {"push_to_hub": True}})
+    calls = []
+    monkeypatch.setattr(
+        HfApi,
+        "create_repo",
+        lambda self, repo_id, **kw: calls.append(("create", repo_id, kw)) or f"https://hf.co/{repo_id}",
+    )
+    monkeypatch.setattr(
+        HfApi, "upload_folder", lambda self, **kw: calls.append(("upload", kw["repo_id"], kw))
+    )
+    folder = tmp_path / "exported"
+    folder.mkdir()
+    assert push_export(folder, "me/badit-lora", private=True) == "https://hf.co/me/badit-lora"
+    assert [c[:2] for c in calls] == [("create", "me/badit-lora"), ("upload", "me/badit-lora")]
+    assert calls[0][2]["private"] and calls[0][2]["exist_ok"]
+    assert calls[1][2]["folder_path"] == str(folder) and ".badit-output" in calls[1][2]["ignore_patterns"]

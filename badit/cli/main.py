@@ -280,6 +280,11 @@ def build_parser() -> argparse.ArgumentParser:
                 "help": "--format merged: the saved weights' dtype (default: the base model's)",
             },
             "--output": _value("DIR", "the folder to write", required=True),
+            "--push-to-hub": _value(
+                "OWNER/NAME",
+                "then upload the folder to this Hugging Face hub repository (created if missing)",
+            ),
+            "--private": _flag("--push-to-hub: create the repository private"),
         },
     )
     merge = _command(
@@ -508,6 +513,10 @@ def _export(args) -> int:
         dtype=args.dtype,
     )
     print(f"export ({args.format}): {Path(path).resolve()}")
+    if args.push_to_hub:
+        from badit.experiments.export import push_export
+
+        print(f"pushed: {push_export(path, args.push_to_hub, private=args.private)}")
     if distance is not None:
         n = int(distance["prompts"])
         print(

@@ -311,3 +311,30 @@ def _load_base(name_or_path: str):
             f"base model {name_or_path!r}: cannot load it ({first}); name the base with --base MODEL "
             "(a folder, a hub name reachable from here, or smollm2-135m-instruct)"
         ) from None
+
+
+def push_export(folder: str | Path, repo_id: str, private: bool = False) -> str:
+    """Upload an export folder (its model card included, the export marker not) to the Hugging Face hub
+    repository ``repo_id``, created if missing (``private``); returns the repository's URL. Uses the token
+    of `huggingface-cli login` / HF_TOKEN; a refusal of the hub is one line naming the repository."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
+    from badit.outputs import OUTPUT_MARKER
+
+    api = HfApi()
+    try:
+        url = api.create_repo(repo_id, private=private, exist_ok=True)
+        api.upload_folder(
+            folder_path=str(folder),
+            repo_id=repo_id,
+            ignore_patterns=[OUTPUT_MARKER],
+            commit_message="badit export",
+        )
+    except (HfHubHTTPError, OSError, ValueError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ExportError(
+            f"--push-to-hub {repo_id}: the hub refused ({first}); log in (`huggingface-cli login` or HF_TOKEN) "
+            f"with write access, or push {folder} later"
+        ) from None
+    return str(url)

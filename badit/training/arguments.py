@@ -28,6 +28,8 @@ MANAGED = {
     "resume_from_checkpoint": "continue a run with `badit train RUN --resume`",
     "eval_strategy": "badit evaluates by generation after training (the evaluation: section); "
     "the Trainer gets no evaluation set",
+    "push_to_hub": "the Trainer would push RUN/checkpoints (to a repo named 'checkpoints'); push the trained "
+    "adapter with its model card: `badit export RUN --push-to-hub OWNER/NAME`",
 }
 """TrainingArguments fields that badit sets itself, and what to use instead."""
 
