@@ -321,3 +321,14 @@ def test_push_to_hub_is_the_exports_not_the_checkpoints(tmp_path, monkeypatch, c
     assert [c[:2] for c in calls] == [("create", "me/badit-lora"), ("upload", "me/badit-lora")]
     assert calls[0][2]["private"] and calls[0][2]["exist_ok"]
     assert calls[1][2]["folder_path"] == str(folder) and ".badit-output" in calls[1][2]["ignore_patterns"]
+
+
+def test_a_zero_score_points_to_where_its_cause_is_looked_for(tmp_path):
+    from badit.experiments.report import build_report
+    from tests.helpers import hand_run
+
+    run = hand_run(tmp_path / "r", "badit", "multitask", 1, {"add_one": 80.0, "subtract_one": 0.0})
+    page = build_report([run])
+    assert "scores 0.00 ROUGE-L on subtract_one: its answers are under &#x27;Predictions&#x27;" in page or (
+        "scores 0.00 ROUGE-L on subtract_one: its answers are under 'Predictions'" in page
+    )

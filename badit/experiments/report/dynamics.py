@@ -293,19 +293,22 @@ def _usage_blocks(section: Section, run: Run) -> None:
     k = usage.shape[-1]
     experts = [f"e{i}" for i in range(k)]
     short_layers = [name.removeprefix("base_model.model.").removeprefix("model.") for name in layers]
-    uri = figures.heatmap_panels(
-        [usage[:, t].tolist() for t in range(len(tasks))],
-        tasks,
+    # one small heatmap, not one panel per task: what sets each task's mixture apart is its departure from
+    # the tasks' mean mixture (panels of near-uniform routing look alike and fill the page)
+    departure = (usage - usage.mean(axis=1, keepdims=True)).mean(axis=0)  # (T, K), averaged over layers
+    bound = max(float(np.abs(departure).max()), 1e-6)
+    uri = figures.heatmap(
+        departure.tolist(),
         experts,
-        short_layers,
-        f"{run.label}: mean routing weight per layer, one panel per task",
+        tasks,
+        f"{run.label}: each task's routing minus the tasks' mean (mean over {len(layers)} layers)",
         "expert",
-        "layer",
-        "mean routing weight",
-        0.0,
-        float(usage.max()),
+        "task",
+        "routing weight minus the mean over tasks",
+        vmin=-bound,
+        vmax=bound,
     )
-    section.add(figure(uri, f"routing per task and layer of {run.label}"))
+    section.add(figure(uri, f"routing per task of {run.label}, relative to the mean over tasks"))
     rows = []
     for t, task in enumerate(tasks):
         load = usage[:, t].mean(0)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 import io
-import math
 from collections.abc import Sequence
 
 from badit.analysis.plots import heatmap_figure, printable_texts, pyplot, short_label
@@ -107,44 +106,3 @@ def heatmap(matrix, xlabels, ylabels, title: str, xlabel: str, ylabel: str, colo
 def task_heatmap(matrix, tasks, title: str, colorbar: str, vmin: float, vmax: float) -> str:
     """A task-by-task matrix (gradient cosine, neuron overlap, preference similarity) on a fixed scale."""
     return heatmap(matrix, tasks, tasks, title, "task", "task", colorbar, vmin=vmin, vmax=vmax)
-
-
-def heatmap_panels(
-    matrices: Sequence[Sequence[Sequence[float]]],
-    panel_titles: Sequence[str],
-    xlabels: Sequence[str],
-    ylabels: Sequence[str],
-    title: str,
-    xlabel: str,
-    ylabel: str,
-    colorbar: str,
-    vmin: float = 0.0,
-    vmax: float = 1.0,
-) -> str:
-    """Heatmaps of the same shape side by side with one shared colour bar (e.g. one per task)."""
-    plt = pyplot()
-    n = len(matrices)
-    per_row = min(n, 4)
-    nrows = math.ceil(n / per_row)
-    fig, axes = plt.subplots(
-        nrows,
-        per_row,
-        figsize=(WIDTH_IN * 1.3, 0.8 + nrows * (1.0 + 0.3 * len(ylabels))),
-        squeeze=False,
-        layout="constrained",
-    )
-    im = None
-    for i, ax in enumerate(axes.flat):
-        if i >= n:
-            ax.axis("off")
-            continue
-        im = ax.imshow(matrices[i], cmap="viridis", vmin=vmin, vmax=vmax, aspect="auto")
-        ax.set_title(short_label(panel_titles[i], 30), fontsize=9)
-        ax.set_xticks(range(len(xlabels)), xlabels, fontsize=7)
-        ax.set_yticks(range(len(ylabels)), ylabels if i % per_row == 0 else [""] * len(ylabels), fontsize=7)
-        ax.set_xlabel(xlabel, fontsize=8)
-        if i % per_row == 0:
-            ax.set_ylabel(ylabel, fontsize=8)
-    fig.suptitle(title)
-    fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.85, label=colorbar)
-    return _uri(fig)

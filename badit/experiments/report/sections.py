@@ -66,6 +66,17 @@ def scores_section(collection: Collection, groups: list[Group]) -> Section:
             figure(figures.grouped_bars([*tasks, AVERAGE], bars, title, name), f"{name} per task and method")
         )
     section.add(paragraph("'average' is the mean over the tasks shared by all runs."))
+    for g in groups:  # a 0.00 is an answer, not a missing bar: say where its cause is looked for
+        for t in tasks:
+            if g.score(t, "rougeL", tasks).mean == 0:
+                section.add(
+                    paragraph(
+                        f"{g.label} scores 0.00 ROUGE-L on {t}: its answers are under 'Predictions'; whether its "
+                        "tasks route alike under 'Routing' (each task's routing relative to the others); which "
+                        "pair of tasks' gradients conflict most under 'Interference analysis'.",
+                        kind="flag",
+                    )
+                )
     if collection.left_out:
         for label, tasks_out in collection.left_out.items():
             section.add(
