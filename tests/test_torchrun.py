@@ -128,3 +128,33 @@ def test_torchrun_two_processes_match_one_process_with_the_same_global_batch(tmp
         for folder in (one, two)
     ]
     assert losses[0] == pytest.approx(losses[1], abs=1e-5)
+
+
+@pytest.mark.slow
+def test_torchrun_continual_runs_its_stages_in_order_on_two_processes(tmp_path):
+    # issue 31: rank 1 loaded stage 1's adapter before rank 0 had written it (no wait between stages)
+    config = tiny_run_config(
+        tmp_path,
+        "lora",
+        "continual",
+        training={"max_steps": 2, "per_device_train_batch_size": 2},
+        evaluation={"max_examples_per_task": 1, "max_new_tokens": 2, "continual_base_scores": False},
+    )
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    done = subprocess.run(
+        [*launch, "-m", "badit.cli.main", "train", str(path)],
+        cwd=ROOT,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = json.loads((Path(config["output_dir"]) / "metrics.json").read_text())
+    assert metrics["continual"]["order"] == ["demo_copy_words", "demo_reverse_words"]
+    assert len(metrics["continual"]["score_matrix"]["rougeL"]) == 2  # both stages trained and scored
+    stages = sorted((Path(config["output_dir"]) / "stages").iterdir())
+    assert [s.name for s in stages] == ["00-demo_copy_words", "01-demo_reverse_words"]
+    assert all((s / "done.json").is_file() for s in stages)

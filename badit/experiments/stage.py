@@ -365,6 +365,18 @@ def run_task_ids(config: RunConfig) -> dict[str, int]:
     return {name: i for i, name in enumerate(task_names(config))}
 
 
+STAGE_POLL_SECONDS = 2.0
+"""How often a non-main process looks for the stage's done.json (a file, not a collective: rank 0's
+evaluation of a stage may outlast any collective's timeout, NCCL's 10 minutes included)."""
+
+
+def wait_for_stage(stage: StageFolder) -> None:
+    """Block until rank 0 has finished ``stage`` (adapter saved, evaluated: its done.json exists). The
+    processes of a continual run then start the next stage, which loads this adapter, together."""
+    while not stage.done_file.is_file():
+        time.sleep(STAGE_POLL_SECONDS)
+
+
 def peak_memory_mb() -> float:
     """Peak GPU memory allocated by this process (CUDA), else its peak resident memory (CPU), in MiB."""
     if torch.cuda.is_available():
@@ -423,6 +435,8 @@ def run_stage(
     model, tokenizer = adapter_model(ctx.config, init_adapter, len(ctx.task_ids))
     result = train(ctx, model, tokenizer, train_tasks, stage)
     if not ctx.is_main:
+        if mark_done:  # the next stage may load this one's adapter: wait until rank 0 has written it all
+            wait_for_stage(stage)
         return None
     start = time.perf_counter()
     metrics = evaluate_model(ctx.config, model, tokenizer, eval_tasks, stage)
