@@ -19,6 +19,7 @@ import difflib
 import enum
 import importlib.util
 import math
+import os
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -354,6 +355,18 @@ YAML_BOOLEAN_WORDS = {False: ("no", "off", "false"), True: ("yes", "on", "true")
 """The words YAML 1.1 (PyYAML) turns into booleans, by the boolean: a choice field takes its word back."""
 
 
+def _zero_stage(path: str) -> int | None:
+    """The ZeRO stage a DeepSpeed JSON config sets (None when it sets none or cannot be read: DeepSpeed
+    reports that itself)."""
+    import json
+
+    try:
+        stage = json.loads(Path(path).read_text(encoding="utf-8")).get("zero_optimization", {}).get("stage")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return stage if isinstance(stage, int) else None
+
+
 def _coerce(value: Any, kind: Any, name: str, source: str) -> Any:
     """``value`` converted to ``kind`` where that is lossless (``"2e-4"`` -> 0.0002, 3 -> 3.0), else an error.
     Enumerations (TrainingArguments' ``optim`` ...) keep the value, checked against their members."""
@@ -504,8 +517,25 @@ def _check_fields(config: RunConfig, source: str) -> None:
     if t.deepspeed is not None:
         if not Path(t.deepspeed).is_file():
             fail(f"training.deepspeed {t.deepspeed}: no such file; give a DeepSpeed JSON config (or null)")
+        if _zero_stage(t.deepspeed) == 3:
+            fail(
+                f"training.deepspeed {t.deepspeed}: ZeRO stage 3 shards the adapter's parameters, which BADIT's "
+                "regrouping permutes and adapter saving reads whole (a LoRA adapter was written with an empty "
+                "lora_B): use ZeRO stage 2 (configs/ds_zero2.json) or plain data parallel (torchrun)"
+            )
         if importlib.util.find_spec("deepspeed") is None:
             fail("training.deepspeed needs the deepspeed package: pip install deepspeed (or set it to null)")
+    fsdp = t.trainer_args.get("fsdp")
+    if fsdp not in (None, "", False, []) or os.environ.get("ACCELERATE_USE_FSDP", "").lower() in (
+        "1",
+        "true",
+    ):
+        fail(
+            "FSDP (training.fsdp, or accelerate launch --use_fsdp) is not supported: it shards the adapter's "
+            "parameters, so BADIT's regrouping moves nothing (it trains as svd-moe) and the adapters of every "
+            "method are saved wrong or fail after training; on a CPU it is silently not used at all. Use data "
+            "parallel (torchrun / accelerate launch --multi_gpu) or DeepSpeed ZeRO-2 (training.deepspeed)"
+        )
     if t.max_steps == 0 or t.max_steps < -1:  # Trainer reads any value <= 0 as "train by epochs"
         fail(
             f"training.max_steps must be a positive number of steps, or -1 to train num_train_epochs; got {t.max_steps}"
