@@ -8,7 +8,7 @@ substituted), so that the docs stay true.
 - README's "Train on your own tasks" block runs in bash: the data script, `badit data check`, `badit train`;
 - usage's JSON rows are read as own data, its abridged sweep file agrees with the shipped one.
 The TRL and plain-loop blocks of docs/usage.md run in tests/test_custom_loops.py.
-Not run: installing (`scripts/install.sh`), `badit demo` on SmolLM2 (minutes; its pipeline is
+Not run: installing (`scripts/install.sh`), `lm_eval` (lm-evaluation-harness, not installed here), `badit demo` on SmolLM2 (minutes; its pipeline is
 tests/test_training_runs.py's), several-GPU launches (`torchrun`, `accelerate`: their commands parse
 here) and `vllm serve` (docs/usage.md says it was not run here).
 """
