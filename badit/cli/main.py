@@ -408,6 +408,11 @@ def build_parser() -> argparse.ArgumentParser:
         {
             "sweep_file": _value("SWEEP.yaml", "the sweep file"),
             "--output": _value("DIR", "output folder (default: the file's output_dir)"),
+            "--backend": {
+                "choices": ("local", "submitit"),
+                "help": "where runs train (default: the file's launcher.backend, else local): local subprocesses, "
+                "or submitit jobs (Slurm where srun exists, else submitit's local executor)",
+            },
             "--dry-run": _flag(
                 "check the file and print the runs (finished ones: skipped on a rerun); train nothing"
             ),
@@ -579,6 +584,14 @@ def _sweep(args) -> int:
     from badit.experiments.sweep import is_finished, load_sweep, plan_final, plan_selection, run_sweep
 
     sweep = load_sweep(args.sweep_file, args.output)
+    if args.backend:
+        from badit.experiments.sweep import SweepError, check_backend
+
+        def fail(message: str):
+            raise SweepError(f"--backend: {message}")
+
+        check_backend(args.backend, fail)
+        sweep.launcher.backend = args.backend
     if args.dry_run:
         final = plan_final(sweep, {m: "<chosen lr>" for m in sweep.methods})
         for job in plan_selection(sweep) + final:

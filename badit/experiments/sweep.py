@@ -76,9 +76,11 @@ sweep file is accepted and unused (the interval is no longer a bootstrap).
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import math
 import os
 import queue
+import shutil
 import signal
 import statistics
 import subprocess
@@ -120,12 +122,31 @@ KNOWN_KEYS = (
     "interference",
     "bootstrap_samples",
     "extend_grid",
+    "launcher",
 )
+BACKENDS = ("local", "submitit")
+"""Where a sweep's runs train (`launcher.backend`, `badit sweep --backend`): ``local`` subprocesses of
+the sweep (one per visible GPU at a time), or ``submitit`` jobs: Slurm where ``srun`` exists, else
+submitit's local executor."""
 CI_LEVEL = 0.95  # two-sided 95%: percentiles 2.5 and 97.5
 
 
 class SweepError(ConfigError):
     """A bad sweep file or a failed run, with the field (or log file) and the fix in the message."""
+
+
+@dataclass
+class Launcher:
+    """How the runs are started (the sweep file's ``launcher:`` section)."""
+
+    backend: str = "local"
+    max_parallel: int | None = None
+    """Runs in flight at once; default: one per visible GPU (local), every run (Slurm), one (submitit's
+    local executor: runs on this machine's CPUs slow each other)."""
+    timeout_min: int = 24 * 60
+    """submitit: the job time limit (Slurm's --time); a run cut by it continues with --resume."""
+    slurm: dict[str, Any] = field(default_factory=dict)
+    """submitit: further `AutoExecutor.update_parameters` fields, e.g. {slurm_partition: gpu, gpus_per_node: 1}."""
 
 
 @dataclass
@@ -143,6 +164,7 @@ class Sweep:
     extend_grid: bool = False
     """A method whose chosen learning rate is at the edge of the grid gets one more selection run, one
     grid step beyond that edge (once)."""
+    launcher: Launcher = field(default_factory=Launcher)
 
     @property
     def reference(self) -> str:
@@ -181,6 +203,33 @@ def load_sweep(path: str | Path, output_dir: str | Path | None = None) -> Sweep:
             f"{path}: the top level must be a mapping (base:, methods:, learning_rates:, seeds:)"
         )
     return parse_sweep(data, path, output_dir)
+
+
+def parse_launcher(data: Any, fail) -> Launcher:
+    """The ``launcher:`` section, checked (``fail``: raises with the sweep file named)."""
+    if not isinstance(data, dict):
+        fail("launcher must be a mapping, e.g. {backend: submitit, max_parallel: 4}")
+    unknown = [k for k in data if k not in ("backend", "max_parallel", "timeout_min", "slurm")]
+    if unknown:
+        fail(
+            f"launcher: unknown field {unknown[0]!r}; the fields are backend, max_parallel, timeout_min, slurm"
+        )
+    launcher = Launcher(**data)
+    check_backend(launcher.backend, fail)
+    for name in ("max_parallel", "timeout_min"):
+        value = getattr(launcher, name)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            fail(f"launcher.{name} must be a positive integer, got {value!r}")
+    if not isinstance(launcher.slurm, dict):
+        fail("launcher.slurm must be a mapping of submitit parameters, e.g. {slurm_partition: gpu}")
+    return launcher
+
+
+def check_backend(backend: str, fail) -> None:
+    if backend not in BACKENDS:
+        fail(f"launcher.backend {backend!r} is unknown; use one of {', '.join(BACKENDS)}")
+    if backend == "submitit" and importlib.util.find_spec("submitit") is None:
+        fail("launcher.backend submitit needs the submitit package: pip install 'badit[slurm]'")
 
 
 def parse_sweep(data: dict, source: Path, output_dir: str | Path | None = None) -> Sweep:
@@ -242,6 +291,7 @@ def parse_sweep(data: dict, source: Path, output_dir: str | Path | None = None) 
     extend_grid = data.get("extend_grid", False)
     if not isinstance(extend_grid, bool):
         fail(f"extend_grid must be true or false, got {extend_grid!r}")
+    launcher = parse_launcher(data.get("launcher") or {}, fail)
     out = output_dir if output_dir is not None else data.get("output_dir")
     if not out:
         fail("output_dir is missing (or pass --output)")
@@ -256,6 +306,7 @@ def parse_sweep(data: dict, source: Path, output_dir: str | Path | None = None) 
         interference,
         samples,
         extend_grid,
+        launcher,
     )
     try:
         for job in plan(sweep, {m: rates[0] for m in methods}):
@@ -440,16 +491,19 @@ def _clock(seconds: float) -> str:
 
 def run_jobs(sweep: Sweep, jobs: list[Job], progress: Progress, runner=None) -> None:
     """Train the unfinished ``jobs`` (one per GPU, or one at a time); raise on the first failure."""
-    runner = runner or _train_subprocess
+    runner = runner or (_train_submitit if sweep.launcher.backend == "submitit" else _train_subprocess)
     todo = [j for j in jobs if not is_finished(j.run_dir(sweep))]
     for job in jobs:  # all checked before anything trains
         if job not in todo:
             check_finished_run(sweep, job)
             progress.finished(job.name, None)
-    gpus = visible_gpus()
+    gpus = visible_gpus() if sweep.launcher.backend == "local" else []
+    parallel = sweep.launcher.max_parallel or (
+        len(gpus) or 1 if sweep.launcher.backend == "local" else (len(todo) or 1) if _has_slurm() else 1
+    )
     slots: queue.Queue = queue.Queue()
-    for gpu in gpus or [None]:
-        slots.put(gpu)
+    for i in range(parallel):
+        slots.put(gpus[i % len(gpus)] if gpus else None)
 
     failed = threading.Event()  # set by the first failure: no run starts after it
 
@@ -470,7 +524,7 @@ def run_jobs(sweep: Sweep, jobs: list[Job], progress: Progress, runner=None) -> 
         finally:
             slots.put(gpu)
 
-    with ThreadPoolExecutor(max_workers=max(1, len(gpus))) as pool:
+    with ThreadPoolExecutor(max_workers=parallel) as pool:
         futures = [pool.submit(one, job) for job in todo]
         try:
             for future in futures:
@@ -491,10 +545,10 @@ EVALUATE_CODE = (
 base config sets model.trust_remote_code: the user's file said so, not a run folder from elsewhere)."""
 
 
-def _train_subprocess(sweep: Sweep, job: Job, gpu: str | None) -> None:
+def _job_command(sweep: Sweep, job: Job) -> list[str]:
+    """The command that trains ``job`` (or scores its selection run on test), resuming a run folder that
+    exists: what every backend runs."""
     run_dir = job.run_dir(sweep)
-    log = sweep.output_dir / SWEEP_LOG_DIR / f"{job.name.replace('/', '-')}.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
     if job.evaluate is not None:  # the winning selection run, scored on test
         trust = "trust" if base_config(sweep).model.trust_remote_code else "-"
         command = [
@@ -509,7 +563,58 @@ def _train_subprocess(sweep: Sweep, job: Job, gpu: str | None) -> None:
         command = [sys.executable, "-m", "badit.cli.main", "train", str(sweep.base)]
         command += [f"{k}={_yaml_value(v)}" for k, v in job_overrides(sweep, job).items()]
     if run_dir.exists() and job.evaluate is None:
-        command.append("--resume")  # an interrupted run continues from its last checkpoint
+        command.append("--resume")  # an interrupted (or preempted) run continues from its last checkpoint
+    return command
+
+
+def _has_slurm() -> bool:
+    return shutil.which("srun") is not None
+
+
+_REMOTE: set = set()
+"""The submitit jobs of the running sweep (`_stop_children` cancels them)."""
+
+
+def _train_submitit(sweep: Sweep, job: Job, gpu: str | None) -> None:
+    """``job`` as a submitit job: on Slurm where ``srun`` exists (``launcher.slurm`` passed through, e.g. the
+    partition and GPUs), else submitit's local executor; its stdout and stderr are the job's files under
+    SWEEP/submitit/. A job that fails, is cancelled or times out raises; rerunning the sweep resumes it."""
+    import submitit
+
+    run_dir = job.run_dir(sweep)
+    folder = sweep.output_dir / "submitit"
+    executor = submitit.AutoExecutor(folder=str(folder), cluster=None if _has_slurm() else "local")
+    executor.update_parameters(
+        name=f"badit-{job.name.replace('/', '-')}",
+        timeout_min=sweep.launcher.timeout_min,
+        **sweep.launcher.slurm,
+    )
+    command = _job_command(sweep, job)
+    submitted = executor.submit(
+        submitit.helpers.CommandFunction(command, cwd=os.getcwd(), env=dict(os.environ))
+    )
+    _REMOTE.add(submitted)
+    try:
+        submitted.result()
+    except Exception as error:  # submitit's FailedJobError / UncompletedJobError, the command's exit code
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise SweepError(
+            f"run {job.name} failed as submitit job {submitted.job_id} ({first[:200]}); see {submitted.paths.stderr}. "
+            "Fix it and rerun the sweep to resume"
+        ) from None
+    finally:
+        _REMOTE.discard(submitted)
+    if not is_finished(run_dir):
+        raise SweepError(
+            f"run {job.name}: submitit job {submitted.job_id} ended without results; see {submitted.paths.stdout}"
+        )
+
+
+def _train_subprocess(sweep: Sweep, job: Job, gpu: str | None) -> None:
+    run_dir = job.run_dir(sweep)
+    log = sweep.output_dir / SWEEP_LOG_DIR / f"{job.name.replace('/', '-')}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    command = _job_command(sweep, job)
     env = dict(os.environ)
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = gpu
@@ -834,7 +939,11 @@ has nothing to flush (checkpoints are written crash-safe), so the wait only has 
 
 
 def _stop_children() -> None:
-    """SIGTERM to each running child's process group, SIGKILL to those still alive after the grace time."""
+    """Cancel the submitit jobs; SIGTERM to each running child's process group, SIGKILL to those still
+    alive after the grace time."""
+    for remote in list(_REMOTE):
+        with contextlib.suppress(Exception):  # already ended
+            remote.cancel()
     children = list(_CHILDREN)
     for child in children:
         with contextlib.suppress(ProcessLookupError):
@@ -891,7 +1000,12 @@ def _run_sweep(sweep: Sweep, echo, runner, start: float) -> dict:
         len(selection) + len(sweep.methods) * len(sweep.seeds) + len(sweep.interference) * len(sweep.seeds)
     )
     progress = Progress(total, 0, echo)
-    echo(f"sweep: {total} runs into {sweep.output_dir} ({len(visible_gpus()) or 'no multi-'}GPU parallelism)")
+    where = (
+        f"{len(visible_gpus()) or 'no multi-'}GPU parallelism"
+        if sweep.launcher.backend == "local"
+        else f"submitit, {'Slurm' if _has_slurm() else 'local executor'}"
+    )
+    echo(f"sweep: {total} runs into {sweep.output_dir} ({where})")
     run_jobs(sweep, selection, progress, runner)
     dev: dict[str, dict[float, float]] = {m: {} for m in sweep.methods}
 

@@ -1,0 +1,55 @@
+"""Issue 31: `badit sweep --backend submitit` (the sweep file's `launcher:`): the runs go through submitit,
+on Slurm where `srun` exists and submitit's local executor here, with the same run folders, selection
+and results as the local backend; bad launcher sections fail before anything trains."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from badit.cli.main import main
+from badit.experiments.sweep import SweepError, load_sweep, run_sweep
+from tests.helpers import tiny_run_config, write_sweep
+
+
+@pytest.mark.parametrize(
+    "launcher, message",
+    [
+        ({"backend": "kubernetes"}, "launcher.backend 'kubernetes' is unknown; use one of local, submitit"),
+        ({"backend": "submitit", "max_parallel": 0}, "launcher.max_parallel must be a positive integer"),
+        ({"backend": "submitit", "nodes": 2}, "launcher: unknown field 'nodes'"),
+        ({"slurm": "gpu"}, "launcher.slurm must be a mapping"),
+    ],
+)
+def test_a_bad_launcher_fails_before_training(tmp_path, launcher, message):
+    sweep_file = write_sweep(tmp_path, tiny_run_config(tmp_path), launcher=launcher)
+    with pytest.raises(SweepError, match=message):
+        load_sweep(sweep_file)
+
+
+@pytest.mark.slow
+def test_a_sweep_through_submitit_trains_selects_and_scores_like_the_local_backend(tmp_path, capsys):
+    pytest.importorskip("submitit")
+    config = tiny_run_config(tmp_path, data={"max_train_examples_per_task": 8})
+    config["training"]["max_steps"] = 2
+    config["evaluation"]["max_new_tokens"] = 4
+    sweep_file = write_sweep(tmp_path, config, methods=["lora"], learning_rates=[1e-3], seeds=[3])
+    assert main(["sweep", str(sweep_file), "--backend", "submitit"]) == 0
+    assert "(submitit, local executor)" in capsys.readouterr().out
+    out = tmp_path / "sweep"
+    summary = json.loads((out / "sweep.json").read_text())
+    # one selection run trained as a submitit job, its adapter scored on test as a second one
+    assert summary["selection"]["lora"]["chosen_lr"] == 1e-3
+    test_run = out / "test" / "lora-seed3"
+    metrics = json.loads((test_run / "metrics.json").read_text())
+    assert metrics["run"]["trained_in"] == str(out / "select" / "lora-lr0.001")
+    jobs = sorted(p.name for p in (out / "submitit").glob("*_log.out"))
+    assert len(jobs) == 2, jobs  # each run's output is its submitit job's log
+    # nothing is trained twice, whichever backend reruns it
+    sweep = load_sweep(sweep_file)
+
+    def must_not_train(sweep, job, gpu):
+        raise AssertionError(f"{job.name} was trained again")
+
+    assert run_sweep(sweep, echo=lambda *a, **k: None, runner=must_not_train)["results"] == summary["results"]
