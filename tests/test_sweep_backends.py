@@ -53,3 +53,17 @@ def test_a_sweep_through_submitit_trains_selects_and_scores_like_the_local_backe
         raise AssertionError(f"{job.name} was trained again")
 
     assert run_sweep(sweep, echo=lambda *a, **k: None, runner=must_not_train)["results"] == summary["results"]
+
+
+def test_a_task_scored_on_fewer_than_2_examples_is_refused_before_any_run(tmp_path):
+    # issue 31 item 2: "every task needs at least 2 test examples for an interval" known before training
+    config = tiny_run_config(tmp_path, evaluation={"max_examples_per_task": 1})
+    sweep = load_sweep(write_sweep(tmp_path, config))
+
+    def must_not_train(sweep, job, gpu):
+        raise AssertionError(f"{job.name} trained")
+
+    with pytest.raises(
+        SweepError, match=r"task demo_copy_words: 1 dev example\(s\).*at least 2 examples per task"
+    ):
+        run_sweep(sweep, echo=lambda *a, **k: None, runner=must_not_train)

@@ -918,8 +918,35 @@ def edge_warning(method: str, lr: float, edge: str, grid: list[float]) -> str:
     )
 
 
+def too_small_splits(sweep: Sweep) -> list[str]:
+    """One line per task and split (dev: selection, test) that the sweep's runs would score on fewer than
+    2 examples: no interval can be formed there (no variance), so the comparison it exists for fails."""
+    import dataclasses
+
+    from badit.experiments.stage import data_source, load_run_tasks, task_names
+
+    config = job_config(sweep, plan_selection(sweep)[0])
+    source = data_source(config)
+    names = task_names(config, source)
+    lines = []
+    for split in ("dev", "test"):
+        scored = dataclasses.replace(config, evaluation=dataclasses.replace(config.evaluation, split=split))
+        _, tasks = load_run_tasks(scored, names, source)
+        lines += [
+            f"task {t.name}: {len(t.instances)} {split} example(s)" for t in tasks if len(t.instances) < 2
+        ]
+    return lines
+
+
 def check_selection_data(sweep: Sweep) -> None:
-    """Refuse a sweep whose selection examples are test examples, naming the tasks (before any run)."""
+    """Refuse, before any run trains and naming the tasks, a sweep whose selection examples are test
+    examples, or whose runs would score a task on fewer than 2 dev or test examples (no interval)."""
+    small = too_small_splits(sweep)
+    if small:
+        raise SweepError(
+            f"{sweep.source}: {'; '.join(small)}: an interval needs at least 2 examples per task. Give those "
+            "tasks more dev / test examples (data.dev_size, data.split_sizes, evaluation.max_examples_per_task)"
+        )
     overlap = selection_overlap(sweep)
     if overlap:
         raise SweepError(
