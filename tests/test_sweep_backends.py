@@ -67,3 +67,24 @@ def test_a_task_scored_on_fewer_than_2_examples_is_refused_before_any_run(tmp_pa
         SweepError, match=r"task demo_copy_words: 1 dev example\(s\).*at least 2 examples per task"
     ):
         run_sweep(sweep, echo=lambda *a, **k: None, runner=must_not_train)
+
+
+def test_gpus_per_run_groups_the_visible_gpus():
+    from badit.experiments.sweep import run_gpus
+
+    assert run_gpus(["0", "1", "2", "3", "4"], 2) == ["0,1", "2,3"]  # GPU 4 left over: unused
+    assert run_gpus(["0", "1"], 1) == ["0", "1"] and run_gpus([], 4) == []
+    with pytest.raises(SweepError, match="gpus_per_run 4: only 2 GPUs are visible"):
+        run_gpus(["0", "1"], 4)
+
+
+@pytest.mark.slow
+def test_gpus_per_run_launches_each_run_data_parallel(tmp_path):
+    # on this CPU machine: 2 gloo processes per run (torch.distributed.run), as 2 GPUs per run would be
+    config = tiny_run_config(tmp_path, data={"max_train_examples_per_task": 8})
+    config["training"].update(max_steps=2, per_device_train_batch_size=2)
+    config["evaluation"]["max_new_tokens"] = 2
+    sweep_file = write_sweep(tmp_path, config, learning_rates=[1e-3], launcher={"gpus_per_run": 2})
+    run_sweep(load_sweep(sweep_file), echo=lambda *a, **k: None)
+    metrics = json.loads((tmp_path / "sweep" / "select" / "lora-lr0.001" / "metrics.json").read_text())
+    assert metrics["run"]["processes"] == 2

@@ -146,7 +146,10 @@ class Launcher:
     timeout_min: int = 24 * 60
     """submitit: the job time limit (Slurm's --time); a run cut by it continues with --resume."""
     slurm: dict[str, Any] = field(default_factory=dict)
-    """submitit: further `AutoExecutor.update_parameters` fields, e.g. {slurm_partition: gpu, gpus_per_node: 1}."""
+    """submitit: further `AutoExecutor.update_parameters` fields, e.g. {slurm_partition: gpu, cpus_per_task: 8}."""
+    gpus_per_run: int = 1
+    """Processes (GPUs) per run: above 1 a run is launched as `torch.distributed.run` with that many
+    processes (data parallel; on a machine without GPUs, gloo processes on its CPUs)."""
 
 
 @dataclass
@@ -209,14 +212,13 @@ def parse_launcher(data: Any, fail) -> Launcher:
     """The ``launcher:`` section, checked (``fail``: raises with the sweep file named)."""
     if not isinstance(data, dict):
         fail("launcher must be a mapping, e.g. {backend: submitit, max_parallel: 4}")
-    unknown = [k for k in data if k not in ("backend", "max_parallel", "timeout_min", "slurm")]
+    fields = ("backend", "max_parallel", "timeout_min", "slurm", "gpus_per_run")
+    unknown = [k for k in data if k not in fields]
     if unknown:
-        fail(
-            f"launcher: unknown field {unknown[0]!r}; the fields are backend, max_parallel, timeout_min, slurm"
-        )
+        fail(f"launcher: unknown field {unknown[0]!r}; the fields are {', '.join(fields)}")
     launcher = Launcher(**data)
     check_backend(launcher.backend, fail)
-    for name in ("max_parallel", "timeout_min"):
+    for name in ("max_parallel", "timeout_min", "gpus_per_run"):
         value = getattr(launcher, name)
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
             fail(f"launcher.{name} must be a positive integer, got {value!r}")
@@ -453,6 +455,16 @@ def check_finished_run(sweep: Sweep, job: Job) -> None:
         )
 
 
+def run_gpus(gpus: list[str], per_run: int) -> list[str]:
+    """The visible GPUs as CUDA_VISIBLE_DEVICES values of ``per_run`` GPUs each (["0,1", "2,3"] for 4 GPUs
+    and 2 per run); GPUs left over are not used. A SweepError when fewer than ``per_run`` are visible."""
+    if not gpus or per_run == 1:
+        return gpus
+    if len(gpus) < per_run:
+        raise SweepError(f"launcher.gpus_per_run {per_run}: only {len(gpus)} GPUs are visible")
+    return [",".join(gpus[i : i + per_run]) for i in range(0, len(gpus) - per_run + 1, per_run)]
+
+
 def visible_gpus() -> list[str]:
     try:
         import torch
@@ -497,13 +509,14 @@ def run_jobs(sweep: Sweep, jobs: list[Job], progress: Progress, runner=None) -> 
         if job not in todo:
             check_finished_run(sweep, job)
             progress.finished(job.name, None)
-    gpus = visible_gpus() if sweep.launcher.backend == "local" else []
+    gpus = run_gpus(visible_gpus(), sweep.launcher.gpus_per_run) if sweep.launcher.backend == "local" else []
     parallel = sweep.launcher.max_parallel or (
         len(gpus) or 1 if sweep.launcher.backend == "local" else (len(todo) or 1) if _has_slurm() else 1
     )
+    parallel = min(parallel, len(gpus)) if gpus else parallel  # a GPU (group) trains one run at a time
     slots: queue.Queue = queue.Queue()
     for i in range(parallel):
-        slots.put(gpus[i % len(gpus)] if gpus else None)
+        slots.put(gpus[i] if gpus else None)
 
     failed = threading.Event()  # set by the first failure: no run starts after it
 
@@ -560,7 +573,19 @@ def _job_command(sweep: Sweep, job: Job) -> list[str]:
             trust,
         ]
     else:
-        command = [sys.executable, "-m", "badit.cli.main", "train", str(sweep.base)]
+        launch = [sys.executable, "-m", "badit.cli.main"]
+        if sweep.launcher.gpus_per_run > 1:  # data parallel over the run's GPUs (gloo processes on a CPU)
+            processes = str(sweep.launcher.gpus_per_run)
+            launch = [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                "--nproc_per_node",
+                processes,
+            ]
+            launch += ["-m", "badit.cli.main"]
+        command = [*launch, "train", str(sweep.base)]
         command += [f"{k}={_yaml_value(v)}" for k, v in job_overrides(sweep, job).items()]
     if run_dir.exists() and job.evaluate is None:
         command.append("--resume")  # an interrupted (or preempted) run continues from its last checkpoint
@@ -584,10 +609,11 @@ def _train_submitit(sweep: Sweep, job: Job, gpu: str | None) -> None:
     run_dir = job.run_dir(sweep)
     folder = sweep.output_dir / "submitit"
     executor = submitit.AutoExecutor(folder=str(folder), cluster=None if _has_slurm() else "local")
+    parameters = {"gpus_per_node": sweep.launcher.gpus_per_run} if _has_slurm() else {}
     executor.update_parameters(
         name=f"badit-{job.name.replace('/', '-')}",
         timeout_min=sweep.launcher.timeout_min,
-        **sweep.launcher.slurm,
+        **{**parameters, **sweep.launcher.slurm},
     )
     command = _job_command(sweep, job)
     submitted = executor.submit(
