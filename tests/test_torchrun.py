@@ -66,6 +66,19 @@ def test_replica_check_and_nonfinite_verdict_agree_across_ranks(tmp_path):
         assert stopped_at == 4  # rank 0's own loss was finite: it learns of rank 1's NaN by the all-reduce
 
 
+def _torchrun_train(config_file: Path, timeout: int) -> subprocess.CompletedProcess:
+    """`badit train CONFIG` launched by torchrun as 2 gloo processes of one thread each."""
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    return subprocess.run(
+        [*launch, "-m", "badit.cli.main", "train", str(config_file)],
+        cwd=ROOT,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 def _adapter(run_dir: Path) -> dict[str, torch.Tensor]:
     return load_file(str(run_dir / "adapter" / "adapter_model.safetensors"))
 
@@ -90,15 +103,7 @@ def test_torchrun_two_processes_match_one_process_with_the_same_global_batch(tmp
     two, one = tmp_path / "two", tmp_path / "one"
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump({**config, "output_dir": str(two)}))
-    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    done = subprocess.run(
-        [*launch, "-m", "badit.cli.main", "train", str(path)],
-        cwd=ROOT,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = _torchrun_train(path, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("run folder:") == 1  # only rank 0 evaluates and reports
     metrics = json.loads((two / "metrics.json").read_text())
@@ -142,15 +147,7 @@ def test_torchrun_continual_runs_its_stages_in_order_on_two_processes(tmp_path):
     )
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
-    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    done = subprocess.run(
-        [*launch, "-m", "badit.cli.main", "train", str(path)],
-        cwd=ROOT,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    done = _torchrun_train(path, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     metrics = json.loads((Path(config["output_dir"]) / "metrics.json").read_text())
     assert metrics["continual"]["order"] == ["demo_copy_words", "demo_reverse_words"]
