@@ -3,6 +3,7 @@ against lora, on a random-weight Llama with SmolLM2-135M's shapes, and PCGrad's 
 
 Usage:
     python benchmarks/method_speed.py [--methods lora badit hydralora] [--surgery none pcgrad]
+    python benchmarks/method_speed.py --methods lora badit badit:gate=components,router_input=raw --surgery none
                                       [--tasks 4] [--batch 8] [--seq 256] [--layers 30] [--repeats 5]
                                       [--device cuda] [--dtype bfloat16]
 
@@ -41,10 +42,18 @@ def batch_of(tasks: int, batch: int, seq: int, device: str) -> dict[str, torch.T
     }
 
 
+def method_config(spec: str) -> MethodConfig:
+    """``name`` or ``name:field=value,...`` (e.g. ``badit:gate=components,router_input=raw``, the paper's
+    routing forward) as a MethodConfig."""
+    name, _, fields = spec.partition(":")
+    options = dict(item.split("=", 1) for item in fields.split(",") if item)
+    return MethodConfig(name=name, **options)
+
+
 def trainer_for(method: str, surgery: str, args: argparse.Namespace, output_dir: str):
     torch.manual_seed(0)
     base = smollm2_shaped(args.layers).to(args.device, getattr(torch, args.dtype))
-    model = build_adapter_model(base, build_peft_config(MethodConfig(name=method)), seed=0)
+    model = build_adapter_model(base, build_peft_config(method_config(method)), seed=0)
     model.to(args.device)
     training = TrainingArguments(
         output_dir=output_dir, report_to=[], use_cpu=args.device == "cpu", bf16=args.dtype == "bfloat16"
@@ -87,7 +96,7 @@ def main() -> None:
     reference = statistics.median(times.get(("lora", "none"), next(iter(times.values()))))
     for (method, surgery), values in times.items():
         median = statistics.median(values)
-        print(f"{method:>10} surgery={surgery:<7} {median * 1e3:9.1f} ms   x{median / reference:.2f} of lora")
+        print(f"{method:>42} surgery={surgery:<7} {median * 1e3:9.1f} ms   x{median / reference:.2f} of lora")
 
 
 if __name__ == "__main__":
