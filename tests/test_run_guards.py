@@ -362,8 +362,12 @@ def test_no_run_starts_after_a_sweep_run_fails(tmp_path):
 def test_stopping_a_sweep_stops_its_running_train_process(tmp_path):
     """Two live processes: `badit sweep` and its `badit train` child (in a process group of its own).
     SIGTERM to the sweep only: the child is stopped too (before issue 20 it trained on)."""
+    # 2 examples per task scored: a sweep refuses fewer (no interval), before any run starts
     config = tiny_run_config(
-        tmp_path, "lora", training={"max_steps": 2000, "save_steps": 1000}, evaluation=EVAL
+        tmp_path,
+        "lora",
+        training={"max_steps": 2000, "save_steps": 1000},
+        evaluation={**EVAL, "max_examples_per_task": 2},
     )
     sweep_file = write_sweep(tmp_path, config)
     parent = subprocess.Popen(

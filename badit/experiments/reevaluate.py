@@ -103,12 +103,15 @@ def evaluate_adapter(
     for an adapter trained on chat-templated prompts)."""
     import json
 
-    from badit.experiments.folder import ADAPTER_CONFIG_FILE, load_adapter, resolve_paths
+    from badit.experiments.folder import ADAPTER_CONFIG_FILE, CONFIG_FILE, load_adapter, resolve_paths
     from badit.experiments.stage import load_base_model
 
     adapter_dir = Path(adapter_dir)
     if not (adapter_dir / ADAPTER_CONFIG_FILE).is_file():
-        raise RunError(f"{adapter_dir}: neither a run folder nor an adapter folder ({ADAPTER_CONFIG_FILE})")
+        raise RunError(
+            f"{adapter_dir}: not a run folder (no {CONFIG_FILE}; run `badit train CONFIG` first) nor an adapter "
+            f"folder ({ADAPTER_CONFIG_FILE})"
+        )
     if not data or output_dir is None:
         raise RunError(
             f"{adapter_dir} is an adapter folder, not a run: give the data to score it on and where the scores "

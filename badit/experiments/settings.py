@@ -96,6 +96,10 @@ def run(
         raise
     finally:
         lock.release()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        # the run's collectives are over on this process: leave the group before the interpreter exits,
+        # so that no communication thread is torn down at exit (seen: a gloo rank aborting with SIGABRT)
+        torch.distributed.destroy_process_group()
     return metrics if ctx.is_main else {}
 
 
