@@ -365,11 +365,10 @@ class BaditLinear(nn.Module, BaditLayer):
                 self.badit_A0[name].copy_(a0)
                 self.badit_B0[name].copy_(b0)
                 state.removed = True
-        for key, value in state_dict.items():  # fixed routings saved with the adapter (set_fixed_routing)
-            if key.startswith(f"{prefix}badit_fixed_routing.") and _is_plain_tensor(value):
-                name = key[len(f"{prefix}badit_fixed_routing.") :]
-                if name in self.badit_state and name not in self.badit_fixed_routing:
-                    self.badit_fixed_routing[name] = torch.zeros_like(value, device=self.badit_A[name].device)
+        for name in self.badit_state:  # a fixed routing saved with the adapter: its buffer, to be loaded
+            value = state_dict.get(f"{prefix}badit_fixed_routing.{name}")
+            if _is_plain_tensor(value) and name not in self.badit_fixed_routing:
+                self.badit_fixed_routing[name] = torch.zeros_like(value, device=self.badit_A[name].device)
         self._plain_weight_to_residual(state_dict, prefix)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 

@@ -214,7 +214,7 @@ def export(
     run = RunFolder(source)
     if not run.has_config():
         return _export(source, output, task, weights, fmt, base, dtype, run)
-    with RunLock(run.path):  # not while a training writes the adapter read here
+    with RunLock.for_reading(run.path):  # not while a training writes the adapter read here
         return _export(source, output, task, weights, fmt, base, dtype, run)
 
 

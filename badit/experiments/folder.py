@@ -26,6 +26,7 @@ A stage folder (`StageFolder`) holds one trained adapter: ``adapter/``, ``checkp
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import dataclasses
 import hashlib
@@ -100,6 +101,13 @@ class RunLock:
         self.folder, self.what = Path(folder), what
         self.path = self.folder / LOCK_FILE
         self._fd: int | None = None
+
+    @classmethod
+    def for_reading(cls, folder: str | Path):
+        """The lock of a run that a command only reads (export, eval into another folder): taken where the
+        folder is writable; a read-only run (a copy from elsewhere) is read without one, as no badit
+        process of this user can be writing it."""
+        return cls(folder) if os.access(folder, os.W_OK | os.X_OK) else contextlib.nullcontext()
 
     def holder(self) -> str:
         """The pid written by the holder ("unknown" if the file says nothing)."""

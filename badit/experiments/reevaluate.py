@@ -29,11 +29,7 @@ def reevaluate(
     names it (``run.trained_in``): ``badit sweep`` scores its winning selection run on test this way
     instead of training the same run again."""
     run = RunFolder(run_dir)
-    for override in overrides:
-        if not override.split("=", 1)[0].startswith(("evaluation.", "data.")):
-            raise ConfigError(
-                f"override {override!r}: badit eval only changes evaluation.* and data.* settings"
-            )
+    _check_overrides(overrides)
     config = run.config(overrides)
     out = RunFolder(output_dir) if output_dir else run
     elsewhere = out.path.resolve() != run.path.resolve()
@@ -41,7 +37,10 @@ def reevaluate(
         check_output_folder(out.path, "eval", reads=(run.path,))
     created = not out.path.exists()
     try:
-        with RunLock(run.path), RunLock(out.path) if elsewhere else nullcontext():
+        with (
+            RunLock.for_reading(run.path) if elsewhere else RunLock(run.path),
+            RunLock(out.path) if elsewhere else nullcontext(),
+        ):
             # the run is read (no training may write it meanwhile) and `out` written by this process only
             if elsewhere and not as_run:
                 out.path.mkdir(parents=True, exist_ok=True)
